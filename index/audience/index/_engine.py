@@ -1,0 +1,553 @@
+"""The engine: profile store + user encoder + vector index + lookalike scoring.
+
+Writes are durable in SQLite before the in-memory index changes; the index is saved as
+generations and, on open, the newest good generation is loaded and brought up to date from
+the store (rows changed since, users erased since). Searches run concurrently under a read
+lock; writes and rebuilds swap state under the write lock, so a reader sees the old state
+or the new one, never half of each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._attrs import AttributeTable
+from ._config import EngineConfig
+from ._embed import SentenceTransformerEmbedder, TextEmbedder
+from ._encoder import UserEncoder, Vocabulary
+from ._errors import InvalidQuery, LimitExceeded, UnknownUser
+from ._rwlock import RWLock
+from ._store import ProfileStore, StoredRow, UserRow
+from ._types import (
+    Filter,
+    LookalikeQuery,
+    LookalikeResult,
+    Profile,
+    ScoredUser,
+    Stats,
+    StoredUser,
+    TextItem,
+)
+from ._vectors import Generations, VectorIndex, new_index
+
+log = logging.getLogger("audience.index")
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+STORE_FILE = "profiles.sqlite3"
+INDEX_DIR = "index"
+SNAPSHOT_DIR = "snapshots"
+
+
+def _f32(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+
+
+def _vec(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+class Engine:
+    """Open with `Engine.open(config)`; close with `close()` (saves an index generation)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: ProfileStore,
+        encoder: UserEncoder,
+        generations: Generations,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.encoder = encoder
+        self.generations = generations
+        self.limits = config.limits
+        self._rw = RWLock()
+        self._writer = threading.Lock()  # one writer (upsert, delete, rebuild) at a time
+        self._index: VectorIndex = new_index("flat", encoder.dim)
+        self._attrs = AttributeTable()
+        self._iid_of: dict[str, int] = {}
+        self._uid_of: dict[int, str] = {}
+        self._generation = 0
+        self._saved_sequence = 0
+        self._unsaved = 0
+        self._closed = False
+        text_fp = config.text_fingerprint(encoder.embedder.model_id, encoder.text_dim)
+        self.text_fingerprint = text_fp
+        self.fingerprint = config.vector_fingerprint(text_fp)
+
+    # ================================================================== lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        config: EngineConfig,
+        *,
+        embedder: TextEmbedder | None = None,
+        progress: Progress | None = None,
+    ) -> Engine:
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log.info("Engine - Opening data dir %s", data_dir)
+        store = ProfileStore(data_dir / STORE_FILE)
+        if embedder is None:
+            embedder = SentenceTransformerEmbedder(
+                config.model, device=config.device, batch_size=config.encode_batch_size
+            )
+        vocabulary = Vocabulary(config.attributes, store.vocabulary())
+        engine = cls(config, store, UserEncoder(config, embedder, vocabulary),
+                     Generations(data_dir / INDEX_DIR))
+        engine._load(progress)
+        return engine
+
+    def _load(self, progress: Progress | None) -> None:
+        t0 = time.perf_counter()
+        stored_text_fp = self.store.get_meta("text_fingerprint")
+        stored_fp = self.store.get_meta("vector_fingerprint")
+        if self.store.count() and stored_text_fp != self.text_fingerprint:
+            log.warning("Engine - model or text settings changed; embedding all texts again")
+            self._reencode(reembed=True, progress=progress)
+        elif self.store.count() and stored_fp != self.fingerprint:
+            log.warning("Engine - attribute settings changed; recombining user vectors")
+            self._reencode(reembed=False, progress=progress)
+        self.store.set_meta("text_fingerprint", self.text_fingerprint)
+        self.store.set_meta("vector_fingerprint", self.fingerprint)
+
+        total = self.store.count()
+        done = 0
+        for rows in self.store.iter_meta():
+            for iid, user_id, attributes in rows:
+                self._iid_of[user_id] = iid
+                self._uid_of[iid] = user_id
+                self._attrs.set(iid, attributes)
+            done += len(rows)
+            if progress:
+                progress("load profiles", done, total)
+
+        loaded = self.generations.load_latest(fingerprint=self.fingerprint, dim=self.encoder.dim)
+        if loaded is None:
+            log.info("Index - no usable generation; building from the store")
+            self._index = self._build_index(progress)
+            self._generation = self.generations.latest_generation()
+            self._unsaved = total
+        else:
+            index, manifest = loaded
+            self._generation = manifest.generation
+            self._saved_sequence = manifest.sequence
+            # Bring it up to date: users erased since, then users written since.
+            stale = np.setdiff1d(index.ids(), np.fromiter(self._uid_of, np.int64, len(self._uid_of)))
+            index.remove(stale)
+            replayed = 0
+            for rows in self.store.iter_rows(since_seq=manifest.sequence):
+                ids = np.array([r.iid for r in rows], dtype=np.int64)
+                index.remove(ids)
+                index.add(ids, np.stack([_vec(r.vec) for r in rows]))
+                replayed += len(rows)
+            self._index = index
+            self._unsaved = replayed + len(stale)
+            log.info(
+                "Index - loaded generation %d (%d vectors), replayed %d changes, dropped %d erased",
+                manifest.generation, manifest.count, replayed, len(stale),
+            )
+        if len(self._index) != total:  # never serve an index that disagrees with the store
+            log.error("Index - %d vectors for %d users; rebuilding", len(self._index), total)
+            self._index = self._build_index(progress)
+        log.info("Engine - Ready: %d users in %.1fs", total, time.perf_counter() - t0)
+
+    def _build_index(self, progress: Progress | None) -> VectorIndex:
+        index = new_index("flat", self.encoder.dim)
+        total, done = self.store.count(), 0
+        for rows in self.store.iter_rows():
+            index.add(np.array([r.iid for r in rows], dtype=np.int64),
+                      np.stack([_vec(r.vec) for r in rows]))
+            done += len(rows)
+            if progress:
+                progress("build index", done, total)
+        return index
+
+    def _reencode(self, *, reembed: bool, progress: Progress | None) -> None:
+        """Recompute every stored user vector (and text vector, if `reembed`)."""
+        total, done = self.store.count(), 0
+        for rows in self.store.iter_rows(batch=512):
+            if reembed:
+                text_vecs = self.encoder.text_vectors([_texts(r) for r in rows])
+            else:
+                text_vecs = [None if r.text_vec is None else _vec(r.text_vec) for r in rows]
+            updates = []
+            for r, tv in zip(rows, text_vecs):
+                pending: list[tuple[str, str, int]] = []
+                vec = self.encoder.combine(tv, self.encoder.attribute_vector(r.attributes, pending))
+                if pending:  # values learned under new settings
+                    self.store.upsert([], pending)
+                if not vec.any():
+                    vec = _vec(r.vec)  # attribute-only user whose attributes are no longer used
+                updates.append((r.iid, None if tv is None else _f32(tv), _f32(vec)))
+            self.store.rewrite_vectors(updates)
+            done += len(rows)
+            if progress:
+                progress("embed" if reembed else "recombine", done, total)
+
+    def save(self) -> int:
+        """Write an index generation if anything changed since the last one."""
+        with self._writer:
+            return self._save_locked()
+
+    def _save_locked(self) -> int:
+        if self._unsaved == 0 and self._generation:
+            return self._generation
+        with self._rw.read():
+            seq = self.store.sequence
+            manifest = self.generations.save(self._index, sequence=seq, fingerprint=self.fingerprint)
+        self._generation = manifest.generation
+        self._saved_sequence = seq
+        self._unsaved = 0
+        log.info("Index - saved generation %d (%d vectors)", manifest.generation, manifest.count)
+        return manifest.generation
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.save()
+        self._closed = True
+        self.store.close()
+
+    # ================================================================== writes
+
+    def upsert(self, profiles: Sequence[Profile]) -> tuple[int, int]:
+        """Insert or replace profiles. Returns (users written, store sequence)."""
+        self._check_batch(profiles, "profiles")
+        latest = {p.user_id: p for p in profiles}  # a repeated id: the last one wins
+        batch = list(latest.values())
+        text_vecs = self.encoder.text_vectors(
+            [p.texts if not p.vector else () for p in batch]
+        )  # the slow part, outside every lock
+        with self._writer:
+            pending: list[tuple[str, str, int]] = []
+            rows, vecs = [], []
+            try:
+                for i, (p, tv) in enumerate(zip(batch, text_vecs)):
+                    if p.vector:
+                        vec = _vec(p.vector).astype(np.float32)
+                        vec = vec / np.linalg.norm(vec)
+                    else:
+                        vec = self.encoder.combine(
+                            tv, self.encoder.attribute_vector(p.attributes, pending)
+                        )
+                    if not vec.any():
+                        raise InvalidQuery(
+                            f"profiles[{i}]",
+                            "needs at least one text or an attribute declared in the schema "
+                            f"(declared: {[a.name for a in self.config.attributes]})",
+                        )
+                    vecs.append(vec)
+                    rows.append(UserRow(
+                        user_id=p.user_id,
+                        texts_json=json.dumps(
+                            [[t.text, t.weight, t.timestamp] for t in p.texts], ensure_ascii=False
+                        ),
+                        attributes_json=json.dumps(p.attributes, ensure_ascii=False),
+                        text_vec=None if tv is None else _f32(tv),
+                        vec=_f32(vec),
+                    ))
+                seq, iids = self.store.upsert(rows, pending)
+            except BaseException:
+                self.encoder.vocabulary.forget(pending)
+                raise
+            ids = np.array(iids, dtype=np.int64)
+            with self._rw.write():
+                self._index.remove(ids)
+                self._index.add(ids, np.stack(vecs))
+                for p, iid in zip(batch, iids):
+                    self._iid_of[p.user_id] = iid
+                    self._uid_of[iid] = p.user_id
+                    self._attrs.set(iid, p.attributes)
+            self._after_write(len(batch))
+        return len(batch), seq
+
+    def delete(self, user_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Erase users from the store and the index. Returns (deleted, ids not stored)."""
+        self._check_ids(user_ids, "user_ids")
+        with self._writer:
+            _, found = self.store.delete(user_ids)
+            ids = np.array([iid for _, iid in found], dtype=np.int64)
+            with self._rw.write():
+                self._index.remove(ids)
+                for uid, iid in found:
+                    self._iid_of.pop(uid, None)
+                    self._uid_of.pop(iid, None)
+                    self._attrs.remove(iid)
+            self._after_write(len(found))
+        gone = {uid for uid, _ in found}
+        return len(found), [u for u in dict.fromkeys(user_ids) if u not in gone]
+
+    def _after_write(self, changes: int) -> None:
+        self._unsaved += changes
+        if self._unsaved >= self.config.save_every_changes:
+            self._save_locked()
+
+    def rebuild_index(self, *, reembed: bool = False, progress: Progress | None = None) -> dict:
+        """Recompute vectors from the store (re-embedding texts if asked), build a new index,
+        swap it in atomically and save it as a new generation."""
+        t0 = time.perf_counter()
+        with self._writer:
+            log.info("Rebuild - Start (reembed=%s)", reembed)
+            self._reencode(reembed=reembed, progress=progress)
+            index = self._build_index(progress)
+            with self._rw.write():
+                self._index = index
+            self._unsaved = max(1, len(index))
+            generation = self._save_locked()
+            log.info("Rebuild - Completed: %d users in %.1fs", len(index), time.perf_counter() - t0)
+        return {"users": len(index), "generation": generation,
+                "seconds": time.perf_counter() - t0}
+
+    def snapshot(self) -> tuple[int, Path]:
+        """A consistent copy of the store and the current index generation under snapshots/."""
+        with self._writer:
+            generation = self._save_locked()
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            target = self.config.data_dir / SNAPSHOT_DIR / f"snapshot-{stamp}-gen{generation:08d}"
+            target.mkdir(parents=True, exist_ok=True)
+            self.store.backup(target / STORE_FILE)
+            for suffix in (".faiss", ".json"):
+                src = self.generations.dir / f"gen-{generation:08d}{suffix}"
+                shutil.copy2(src, target / src.name)
+        log.info("Snapshot - written generation %d", generation)
+        return generation, target
+
+    # ================================================================== reads
+
+    def get_user(self, user_id: str, *, include_vector: bool = False) -> StoredUser:
+        self._check_user_id(user_id, "user_id")
+        row = self.store.get(user_id)
+        if row is None:
+            raise UnknownUser([user_id])
+        profile = Profile(user_id=row.user_id, texts=tuple(_texts(row)), attributes=row.attributes)
+        return StoredUser(profile, row.vec if include_vector else b"", self.encoder.dim)
+
+    def stats(self) -> Stats:
+        with self._rw.read():
+            return Stats(
+                users=len(self._iid_of),
+                indexed=len(self._index),
+                dimension=self.encoder.dim,
+                model=self.encoder.embedder.model_id,
+                index_type=self._index.kind,
+                generation=self._generation,
+                sequence=self.store.sequence,
+                data_dir=str(self.config.data_dir),
+                attributes=tuple(self._attrs.names),
+            )
+
+    def estimate_reach(self, filters: Sequence[Filter], exclude_user_ids: Sequence[str] = ()) -> tuple[int, int]:
+        self._check_filters(filters)
+        self._check_ids(exclude_user_ids, "exclude_user_ids")
+        with self._rw.read():
+            mask = self._attrs.mask(filters)
+            self._clear(mask, exclude_user_ids)
+            return int(mask.sum()), len(self._iid_of)
+
+    def find_lookalikes(self, query: LookalikeQuery) -> LookalikeResult:
+        k_limit = self.limits.max_k
+        if query.k is not None and query.k > k_limit:
+            raise InvalidQuery(
+                "k", f"must be at most {k_limit}; use StreamLookalikes for larger audiences"
+            )
+        users, eligible = self._lookalikes(query, k_limit)
+        return LookalikeResult(users, eligible)
+
+    def stream_lookalikes(
+        self, query: LookalikeQuery, chunk: int = 1000
+    ) -> tuple[int, Iterator[list[ScoredUser]]]:
+        """(eligible, chunks best first) for audiences up to limits.max_stream_k."""
+        if query.k is not None and query.k > self.limits.max_stream_k:
+            raise InvalidQuery("k", f"must be at most {self.limits.max_stream_k}")
+        users, eligible = self._lookalikes(query, self.limits.max_stream_k)
+        return eligible, (users[i : i + chunk] for i in range(0, max(len(users), 1), chunk))
+
+    def _lookalikes(self, query: LookalikeQuery, k_limit: int) -> tuple[list[ScoredUser], int]:
+        self._check_query(query)
+        seed_ids = [s.user_id for s in query.seeds if s.user_id is not None]
+        stored = self.store.vectors_for(seed_ids + list(query.negative_user_ids))
+        missing = [u for u in seed_ids if u not in stored]
+        if missing:
+            raise UnknownUser(missing, field="seeds")
+        missing = [u for u in query.negative_user_ids if u not in stored]
+        if missing:
+            raise UnknownUser(missing, field="negative_user_ids")
+
+        vectors, weights = [], []
+        for seed in query.seeds:
+            if seed.user_id is not None:
+                vectors.append(_vec(stored[seed.user_id][1]))
+            else:
+                vectors.append(self.encoder.query_vector(seed.text or ""))
+            weights.append(seed.weight)
+        w = np.array(weights, dtype=np.float64)
+        q = (w[:, None] * np.stack(vectors).astype(np.float64)).sum(axis=0) / w.sum()
+        if query.negative_user_ids:
+            neg = np.stack([_vec(stored[u][1]) for u in query.negative_user_ids]).mean(axis=0)
+            q = q - query.negative_weight * neg
+        norm = float(np.linalg.norm(q))
+        if not norm > 1e-6:
+            raise InvalidQuery("seeds", "the seeds (less the negative users) have no direction")
+        q = (q / norm).astype(np.float32)
+
+        with self._rw.read():
+            mask = self._attrs.mask(query.filters)
+            removed = self._clear(mask, query.exclude_user_ids)
+            if not query.include_seeds:
+                removed += self._clear(mask, seed_ids)
+            removed += self._clear(mask, query.negative_user_ids)
+            eligible = int(mask.sum())
+            if query.k is not None:
+                k = query.k
+            else:
+                k = math.ceil((query.fraction or 0.0) * eligible)
+                if k > k_limit:
+                    raise LimitExceeded("fraction", k, k_limit)
+            k = min(k, eligible)
+            if k == 0:
+                return [], eligible
+            unfiltered = not query.filters and not removed
+            scores, ids = self._index.search(q[None, :], k, None if unfiltered else mask)
+            users = [
+                ScoredUser(self._uid_of[int(i)], float(s))
+                for s, i in zip(scores[0], ids[0])
+                if i >= 0 and (query.min_score is None or s >= query.min_score)
+            ]
+        return users, eligible
+
+    def _clear(self, mask: np.ndarray, user_ids: Sequence[str]) -> int:
+        """Unset the given users in the mask; returns how many were set."""
+        iids = [self._iid_of[u] for u in user_ids if u in self._iid_of]
+        if not iids:
+            return 0
+        idx = np.array(iids, dtype=np.int64)
+        n = int(mask[idx].sum())
+        mask[idx] = False
+        return n
+
+    # ================================================================== validation
+
+    def _check_batch(self, profiles: Sequence[Profile], field: str) -> None:
+        lim = self.limits
+        if not profiles:
+            raise InvalidQuery(field, "at least one profile is required")
+        if len(profiles) > lim.max_batch_users:
+            raise LimitExceeded(field, len(profiles), lim.max_batch_users)
+        for i, p in enumerate(profiles):
+            where = f"{field}[{i}]"
+            self._check_user_id(p.user_id, f"{where}.user_id")
+            if len(p.texts) > lim.max_texts_per_user:
+                raise LimitExceeded(f"{where}.texts", len(p.texts), lim.max_texts_per_user)
+            for j, t in enumerate(p.texts):
+                size = len(t.text.encode("utf-8", "surrogatepass"))
+                if size > lim.max_text_bytes:
+                    raise LimitExceeded(f"{where}.texts[{j}].text (bytes)", size, lim.max_text_bytes)
+                if not t.text.strip():
+                    raise InvalidQuery(f"{where}.texts[{j}].text", "must not be empty")
+                if not (math.isfinite(t.weight) and t.weight > 0):
+                    raise InvalidQuery(f"{where}.texts[{j}].weight", "must be finite and > 0")
+                if t.timestamp < 0:
+                    raise InvalidQuery(f"{where}.texts[{j}].timestamp", "must be >= 0")
+            if len(p.attributes) > lim.max_attributes_per_user:
+                raise LimitExceeded(f"{where}.attributes", len(p.attributes), lim.max_attributes_per_user)
+            for name, value in p.attributes.items():
+                if not name or len(name) > 128:
+                    raise InvalidQuery(f"{where}.attributes", "names must be 1 to 128 characters")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise InvalidQuery(f"{where}.attributes[{name!r}]", "must be finite")
+                if isinstance(value, str) and len(value) > 1024:
+                    raise InvalidQuery(f"{where}.attributes[{name!r}]", "at most 1024 characters")
+            if p.vector:
+                dim = self.encoder.dim
+                if len(p.vector) != 4 * dim:
+                    raise InvalidQuery(
+                        f"{where}.vector", f"must be {dim} float32 values ({4 * dim} bytes), "
+                        f"got {len(p.vector)} bytes"
+                    )
+                v = _vec(p.vector)
+                if not np.isfinite(v).all() or not v.any():
+                    raise InvalidQuery(f"{where}.vector", "must be finite and not all zero")
+
+    def _check_user_id(self, user_id: str, field: str) -> None:
+        if not user_id:
+            raise InvalidQuery(field, "must not be empty")
+        if len(user_id.encode("utf-8", "surrogatepass")) > self.limits.max_user_id_bytes:
+            raise InvalidQuery(field, f"must be at most {self.limits.max_user_id_bytes} bytes")
+        if any(unicodedata.category(c) in ("Cc", "Cs") for c in user_id):
+            raise InvalidQuery(field, "must not contain control characters or lone surrogates")
+
+    def _check_ids(self, user_ids: Sequence[str], field: str) -> None:
+        if len(user_ids) > self.limits.max_ids_per_request:
+            raise LimitExceeded(field, len(user_ids), self.limits.max_ids_per_request)
+        for i, u in enumerate(user_ids):
+            self._check_user_id(u, f"{field}[{i}]")
+
+    def _check_filters(self, filters: Sequence[Filter]) -> None:
+        if len(filters) > self.limits.max_filters:
+            raise LimitExceeded("filters", len(filters), self.limits.max_filters)
+        for i, f in enumerate(filters):
+            where = f"filters[{i}]"
+            if not f.attribute:
+                raise InvalidQuery(f"{where}.attribute", "must not be empty")
+            kinds = (f.equals is not None) + (f.any_of is not None) + f.is_range
+            if kinds != 1:
+                raise InvalidQuery(where, "needs exactly one of equals, range, any_of")
+            if f.is_range:
+                for name in ("gte", "gt", "lte", "lt"):
+                    v = getattr(f, name)
+                    if v is not None and not math.isfinite(v):
+                        raise InvalidQuery(f"{where}.range.{name}", "must be finite")
+            values = [f.equals] if f.equals is not None else list(f.any_of or ())
+            if f.any_of is not None and not values:
+                raise InvalidQuery(f"{where}.any_of", "must list at least one value")
+            for v in values:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise InvalidQuery(where, "values must be finite")
+
+    def _check_query(self, q: LookalikeQuery) -> None:
+        lim = self.limits
+        if not q.seeds:
+            raise InvalidQuery("seeds", "at least one seed (user id or text) is required")
+        if len(q.seeds) > lim.max_seeds:
+            raise LimitExceeded("seeds", len(q.seeds), lim.max_seeds)
+        for i, s in enumerate(q.seeds):
+            if (s.user_id is None) == (s.text is None):
+                raise InvalidQuery(f"seeds[{i}]", "needs exactly one of user_id or text")
+            if s.user_id is not None:
+                self._check_user_id(s.user_id, f"seeds[{i}].user_id")
+            elif not (s.text or "").strip():
+                raise InvalidQuery(f"seeds[{i}].text", "must not be empty")
+            elif len(s.text.encode("utf-8", "surrogatepass")) > lim.max_text_bytes:  # type: ignore[union-attr]
+                raise LimitExceeded(f"seeds[{i}].text (bytes)", len(s.text.encode("utf-8", "surrogatepass")), lim.max_text_bytes)  # type: ignore[union-attr]
+            if not (math.isfinite(s.weight) and s.weight > 0):
+                raise InvalidQuery(f"seeds[{i}].weight", "must be finite and > 0")
+        if (q.k is None) == (q.fraction is None):
+            raise InvalidQuery("k", "give exactly one of k or fraction")
+        if q.k is not None and q.k < 1:
+            raise InvalidQuery("k", "must be at least 1")
+        if q.fraction is not None and not (math.isfinite(q.fraction) and 0 < q.fraction <= 1):
+            raise InvalidQuery("fraction", "must be in (0, 1]")
+        if not (math.isfinite(q.negative_weight) and q.negative_weight >= 0):
+            raise InvalidQuery("negative_weight", "must be finite and >= 0")
+        if q.min_score is not None and not math.isfinite(q.min_score):
+            raise InvalidQuery("min_score", "must be finite")
+        self._check_ids(q.negative_user_ids, "negative_user_ids")
+        self._check_ids(q.exclude_user_ids, "exclude_user_ids")
+        self._check_filters(q.filters)
+
+
+def _texts(row: StoredRow) -> list[TextItem]:
+    return [TextItem(t, float(w), int(ts)) for t, w, ts in row.texts]

@@ -1,0 +1,93 @@
+"""Plain value objects the engine takes and returns (no gRPC, no numpy in signatures users see)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+AttrValue = Union[float, str, bool]
+
+
+@dataclass(frozen=True)
+class TextItem:
+    text: str
+    weight: float = 1.0
+    timestamp: int = 0  # Unix seconds; 0 = unknown
+
+
+@dataclass(frozen=True)
+class Profile:
+    user_id: str
+    texts: tuple[TextItem, ...] = ()
+    attributes: dict[str, AttrValue] = field(default_factory=dict)
+    vector: bytes = b""  # optional precomputed user vector, little-endian float32
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A condition on one attribute: exactly one of equals / range / any_of."""
+
+    attribute: str
+    equals: AttrValue | None = None
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+    any_of: tuple[AttrValue, ...] | None = None
+    negate: bool = False
+
+    @property
+    def is_range(self) -> bool:
+        return any(v is not None for v in (self.gte, self.gt, self.lte, self.lt))
+
+
+@dataclass(frozen=True)
+class Seed:
+    user_id: str | None = None
+    text: str | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class LookalikeQuery:
+    seeds: tuple[Seed, ...]
+    k: int | None = None
+    fraction: float | None = None
+    negative_user_ids: tuple[str, ...] = ()
+    negative_weight: float = 0.5
+    exclude_user_ids: tuple[str, ...] = ()
+    include_seeds: bool = False
+    filters: tuple[Filter, ...] = ()
+    min_score: float | None = None
+
+
+@dataclass(frozen=True)
+class ScoredUser:
+    user_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class LookalikeResult:
+    users: list[ScoredUser]
+    eligible: int
+
+
+@dataclass(frozen=True)
+class StoredUser:
+    profile: Profile
+    vector: bytes  # little-endian float32
+    dimension: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    users: int
+    indexed: int
+    dimension: int
+    model: str
+    index_type: str
+    generation: int
+    sequence: int
+    data_dir: str
+    attributes: tuple[str, ...]
