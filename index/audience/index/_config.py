@@ -104,7 +104,8 @@ class EngineConfig:
     encode_batch_size: int = 64
     # Characters of each text given to the model (it reads at most 256 tokens anyway).
     max_embed_chars: int = 2000
-    attributes: tuple[AttributeSpec, ...] = ()
+    # The attribute schema; None = the one this data dir was last opened with (none if new).
+    attributes: tuple[AttributeSpec, ...] | None = None
     # Share of the user vector's squared norm given to attributes (0 = text only).
     attribute_weight: float = DEFAULT_ATTRIBUTE_WEIGHT
     # Recency decay of text weights within a user, relative to the user's newest text.
@@ -119,9 +120,19 @@ class EngineConfig:
             raise InvalidQuery("attribute_weight", "must be in [0, 1)")
         if self.recency_half_life_days is not None and not self.recency_half_life_days > 0:
             raise InvalidQuery("recency_half_life_days", "must be > 0")
-        names = [a.name for a in self.attributes]
+        names = [a.name for a in self.attributes or ()]
         if len(set(names)) != len(names):
             raise InvalidQuery("attributes", "an attribute is declared twice")
+
+    def attributes_json(self) -> str:
+        return json.dumps([asdict(a) for a in self.attributes or ()])
+
+    def with_attributes_json(self, text: str) -> EngineConfig:
+        specs = []
+        for d in json.loads(text):
+            d["values"] = tuple(d.get("values", ()))
+            specs.append(AttributeSpec(**d))
+        return replace(self, attributes=tuple(specs))
 
     def with_(self, **changes: Any) -> EngineConfig:
         return replace(self, **changes)
@@ -139,7 +150,7 @@ class EngineConfig:
         """What changes the user vectors; a change means recombining them (no embedding)."""
         return _digest({
             "text": text_fingerprint,
-            "attributes": [asdict(a) for a in self.attributes],
+            "attributes": [asdict(a) for a in self.attributes or ()],
             "attribute_weight": self.attribute_weight,
         })
 

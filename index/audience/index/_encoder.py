@@ -70,7 +70,7 @@ class UserEncoder:
         self.config = config
         self.embedder = embedder
         self.vocabulary = vocabulary
-        self.specs = config.attributes
+        self.specs = config.attributes or ()
         self.attr_dim = sum(s.width for s in self.specs)
         self.text_dim = embedder.dim
         self.dim = self.text_dim + self.attr_dim

@@ -100,11 +100,14 @@ class Engine:
         data_dir.mkdir(parents=True, exist_ok=True)
         log.info("Engine - Opening data dir %s", data_dir)
         store = ProfileStore(data_dir / STORE_FILE)
+        if config.attributes is None:  # keep the schema this data dir was last opened with
+            config = config.with_attributes_json(store.get_meta("attributes") or "[]")
+        store.set_meta("attributes", config.attributes_json())
         if embedder is None:
             embedder = SentenceTransformerEmbedder(
                 config.model, device=config.device, batch_size=config.encode_batch_size
             )
-        vocabulary = Vocabulary(config.attributes, store.vocabulary())
+        vocabulary = Vocabulary(config.attributes or (), store.vocabulary())
         engine = cls(config, store, UserEncoder(config, embedder, vocabulary),
                      Generations(data_dir / INDEX_DIR))
         engine._load(progress)
@@ -247,7 +250,7 @@ class Engine:
                         raise InvalidQuery(
                             f"profiles[{i}]",
                             "needs at least one text or an attribute declared in the schema "
-                            f"(declared: {[a.name for a in self.config.attributes]})",
+                            f"(declared: {[a.name for a in self.config.attributes or ()]})",
                         )
                     vecs.append(vec)
                     rows.append(UserRow(

@@ -1,0 +1,138 @@
+"""Building and running the gRPC server.
+
+`AudienceServer(config).start()` binds (port 0 = a free port), starts answering at once with
+health NOT_SERVING, loads the engine, then turns SERVING. `serve(config)` runs one until
+SIGTERM / SIGINT, then drains in-flight calls for `grace_seconds` and saves the index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from audience.client._proto import audience_pb2 as pb
+from audience.client._proto import audience_pb2_grpc as pb_grpc
+from audience.index import Engine, PreconditionFailed, TextEmbedder
+
+from ._config import ServerConfig
+from ._errors import ErrorMappingInterceptor
+from ._servicers import (
+    AdminServicer,
+    EngineHolder,
+    LookalikeServicer,
+    ProfilesServicer,
+    SegmentsServicer,
+)
+
+log = logging.getLogger("audience.server")
+
+SERVICE_NAMES = tuple(
+    pb.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("Profiles", "Lookalike", "Segments", "Admin")
+)
+
+
+class ProgressLog:
+    """Engine progress callback that logs a stage at most every `every` seconds."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self._last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every or done >= total:
+            self._last = now
+            log.info("Load - %s: %d/%d", stage, done, total)
+
+
+class AudienceServer:
+    def __init__(self, config: ServerConfig, *, embedder: TextEmbedder | None = None) -> None:
+        self.config = config
+        self._embedder = embedder
+        self.holder = EngineHolder()
+        self.health = health.HealthServicer()
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+            interceptors=[ErrorMappingInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        pb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.holder), self._server)
+        pb_grpc.add_LookalikeServicer_to_server(LookalikeServicer(self.holder), self._server)
+        pb_grpc.add_SegmentsServicer_to_server(SegmentsServicer(), self._server)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.holder), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = 0
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def start(self) -> int:
+        """Bind, start, load the engine; returns the port once SERVING."""
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise PreconditionFailed(f"cannot listen on {address}: {exc}") from exc
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._server.start()
+        log.info("Server - listening on %s:%d (NOT_SERVING while loading)", self.config.host, self.port)
+        if self.config.port_file:
+            _write_port_file(self.config.port_file, self.port)
+        try:
+            engine = Engine.open(self.config.engine, embedder=self._embedder, progress=ProgressLog())
+        except BaseException:
+            self._server.stop(0)
+            raise
+        self.holder.set(engine)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("Server - SERVING")
+        return self.port
+
+    @property
+    def engine(self) -> Engine:
+        return self.holder.engine
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish, then save and close the engine."""
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        engine = self.holder.take()
+        if engine is not None:
+            engine.close()
+        log.info("Server - stopped")
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = AudienceServer(config)
+    server.start()
+    stop.wait()
+    log.info("Server - shutting down (grace %.0fs)", config.grace_seconds)
+    server.stop()

@@ -1,0 +1,246 @@
+"""The `audience` admin CLI.
+
+    audience serve --data-dir ./data [--attribute age:numeric:13:90 ...]
+    audience ingest FILE --id-col ID --text-col TEXT [--attr COL ...]
+    audience lookalike --seed ID [--seed-text TEXT] [-k 100 | --fraction 0.01] [--filter 'age>=30']
+    audience stats | rebuild-index [--reembed] | snapshot
+
+Every command but `serve` talks to a running server (--target, default 127.0.0.1:50051, or
+the AUDIENCE_TARGET environment variable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from audience.client import AudienceClient, AudienceError, Filter
+
+from ._config import DEFAULT_PORT, load_config
+
+log = logging.getLogger("audience.server")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("faiss", "faiss.loader", "sentence_transformers", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _client(args: argparse.Namespace) -> AudienceClient:
+    return AudienceClient(args.target, timeout=args.timeout, token=args.token)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from disk, never from a hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from ._app import serve  # heavy imports (torch, faiss) only for this command
+
+    config = load_config(
+        args.config,
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        port_file=args.port_file,
+        model=args.model,
+        attributes=args.attribute or None,
+        attribute_weight=args.attribute_weight,
+        recency_half_life_days=args.recency_half_life_days,
+        max_workers=args.max_workers,
+    )
+    serve(config)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ._ingest import ColumnMap, group_profiles, read_rows
+
+    cols = ColumnMap(
+        id_col=args.id_col,
+        text_cols=tuple(args.text_col or ()),
+        attr_cols=tuple(ColumnMap.parse_attr(a) for a in args.attr or ()),
+        time_col=args.time_col,
+        time_format=args.time_format,
+        weight_col=args.weight_col,
+    )
+    t0 = time.perf_counter()
+    rows = read_rows(Path(args.file), args.format, args.delimiter)
+    profiles, report = group_profiles(rows, cols, max_texts_per_user=args.max_texts_per_user)
+    print(
+        f"read {report.rows} rows -> {report.users} users, {report.texts} texts "
+        f"({report.skipped_rows} rows without an id, {report.unparsed_times} unparsed times, "
+        f"{report.dropped_texts} texts over --max-texts-per-user) in {time.perf_counter() - t0:.1f}s",
+        file=sys.stderr,
+    )
+    if args.limit_users:
+        profiles = profiles[: args.limit_users]
+    t1 = time.perf_counter()
+    with _client(args) as client:
+        client.wait_ready(timeout=args.wait)
+        result = client.upsert_users(
+            profiles, batch_size=args.batch_size, progress=not args.no_progress
+        )
+    seconds = time.perf_counter() - t1
+    print(
+        f"upserted {result.upserted} users in {seconds:.1f}s "
+        f"({result.upserted / max(seconds, 1e-9):.1f} users/s), sequence {result.sequence}"
+    )
+    return 0
+
+
+def cmd_lookalike(args: argparse.Namespace) -> int:
+    if not args.seed and not args.seed_text:
+        raise SystemExit("lookalike: give at least one --seed USER_ID or --seed-text TEXT")
+    with _client(args) as client:
+        result = client.find_lookalikes(
+            seed_ids=args.seed or (),
+            seed_texts=args.seed_text or (),
+            k=args.k if args.fraction is None else None,
+            fraction=args.fraction,
+            filters=[Filter.parse(f) for f in args.filter or ()],
+            negative_ids=args.negative or (),
+            exclude_ids=args.exclude or (),
+            include_seeds=args.include_seeds,
+            min_score=args.min_score,
+        )
+    if args.json:
+        print(json.dumps({"eligible": result.eligible,
+                          "users": [asdict(u) for u in result.users]}, ensure_ascii=False))
+    else:
+        print(f"{len(result.users)} of {result.eligible} eligible users")
+        for rank, u in enumerate(result.users, 1):
+            print(f"{rank:>5}  {u.score:.4f}  {u.user_id}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.stats()
+    if args.json:
+        print(json.dumps(asdict(stats)))
+    else:
+        for key, value in asdict(stats).items():
+            print(f"{key:>12}: {value}")
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        done = client.rebuild_index(reembed=args.reembed)
+    print(f"rebuilt: {done.users} users, generation {done.generation}, {done.seconds:.1f}s")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        done = client.snapshot()
+    print(f"snapshot of generation {done.generation} at {done.path}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="audience", description="Audience admin CLI.")
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def client_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--target", default=os.environ.get("AUDIENCE_TARGET", f"127.0.0.1:{DEFAULT_PORT}"),
+                        help="server address host:port (env AUDIENCE_TARGET)")
+        sp.add_argument("--token", default=os.environ.get("AUDIENCE_TOKEN"),
+                        help="bearer token (env AUDIENCE_TOKEN)")
+        sp.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, seconds")
+
+    s = sub.add_parser("serve", help="run the gRPC server")
+    s.add_argument("--config", type=Path, help="TOML file ([server], [engine], [limits])")
+    s.add_argument("--data-dir", type=Path, help="data directory (default ./data)")
+    s.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
+    s.add_argument("--port-file", type=Path, help="write the bound port to this file")
+    s.add_argument("--model", help="sentence-transformers model directory (default: packaged all-MiniLM-L6-v2)")
+    s.add_argument("--attribute", action="append", metavar="SPEC",
+                   help="attribute in the user vector: name:numeric:MIN:MAX or "
+                        "name:categorical[:a,b,c], optional @WEIGHT; repeatable "
+                        "(default: the data dir's last schema)")
+    s.add_argument("--attribute-weight", type=float, help="share of the vector for attributes (0.2)")
+    s.add_argument("--recency-half-life-days", type=float, help="decay of older texts (off)")
+    s.add_argument("--max-workers", type=int, help="handler threads (16)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("ingest", help="load profiles from a CSV/TSV/JSONL/Parquet file")
+    client_flags(s)
+    s.add_argument("file")
+    s.add_argument("--format", default="auto", choices=("auto", "csv", "tsv", "jsonl", "parquet"))
+    s.add_argument("--delimiter", help="CSV/TSV delimiter (default , or tab)")
+    s.add_argument("--id-col", required=True, help="column with the user id")
+    s.add_argument("--text-col", action="append", help="column with a text; repeatable")
+    s.add_argument("--attr", action="append", metavar="COL[:number|:text]",
+                   help="attribute column; repeatable")
+    s.add_argument("--time-col", help="column with the text's time")
+    s.add_argument("--time-format", help="strptime format of --time-col (default: epoch or ISO 8601)")
+    s.add_argument("--weight-col", help="column with the text's weight")
+    s.add_argument("--max-texts-per-user", type=int, help="keep only the newest N texts per user")
+    s.add_argument("--limit-users", type=int, help="upload only the first N users")
+    s.add_argument("--batch-size", type=int, default=64, help="users per request")
+    s.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the server")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("lookalike", help="find users like the seeds")
+    client_flags(s)
+    s.add_argument("--seed", action="append", help="seed user id; repeatable")
+    s.add_argument("--seed-text", action="append", help="seed free text; repeatable")
+    s.add_argument("-k", type=int, default=100, help="audience size (default 100)")
+    s.add_argument("--fraction", type=float, help="audience size as a share of eligible users")
+    s.add_argument("--filter", action="append",
+                   help="e.g. 'gender=female', 'age>=30', 'industry in Arts,Education'; repeatable")
+    s.add_argument("--negative", action="append", help="user id to steer away from; repeatable")
+    s.add_argument("--exclude", action="append", help="user id never to return; repeatable")
+    s.add_argument("--include-seeds", action="store_true")
+    s.add_argument("--min-score", type=float)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_lookalike)
+
+    s = sub.add_parser("stats", help="counts and settings of the running server")
+    client_flags(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("rebuild-index", help="rebuild the vector index from the store")
+    client_flags(s)
+    s.add_argument("--reembed", action="store_true", help="embed every text again (after a model change)")
+    s.set_defaults(func=cmd_rebuild)
+
+    s = sub.add_parser("snapshot", help="write a consistent copy of store and index")
+    client_flags(s)
+    s.set_defaults(func=cmd_snapshot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except AudienceError as exc:
+        print(f"error: {exc.code}: {exc.details}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

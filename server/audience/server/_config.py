@@ -1,0 +1,69 @@
+"""Server configuration: defaults <- TOML file <- command-line flags, in one object.
+
+    [server]                      [engine]                          [limits]
+    host = "127.0.0.1"            data_dir = "./data"               max_k = 10000
+    port = 50051                  model = "all-MiniLM-L6-v2"        max_batch_users = 1000
+    max_workers = 16              attribute_weight = 0.2            ...
+    max_concurrent_rpcs = 256     attributes = ["age:numeric:13:90", "gender:categorical"]
+    max_message_bytes = 67108864  recency_half_life_days = 180
+    grace_seconds = 10
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from audience.index import AttributeSpec, EngineConfig, InvalidQuery, Limits
+
+DEFAULT_PORT = 50051
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    engine: EngineConfig
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT  # 0 picks a free port (see port_file)
+    max_workers: int = 16  # handler threads
+    max_concurrent_rpcs: int = 256  # beyond this, calls get RESOURCE_EXHAUSTED
+    max_message_bytes: int = 64 * 1024 * 1024
+    grace_seconds: float = 10.0  # in-flight calls get this long on SIGTERM
+    port_file: Path | None = None  # the bound port is written here once serving
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
+    """Build the config from an optional TOML file; keyword overrides win (None = not given)."""
+    doc: dict[str, Any] = tomllib.loads(Path(path).read_text()) if path else {}
+    server = dict(doc.get("server", {}))
+    engine = dict(doc.get("engine", {}))
+    limits = dict(doc.get("limits", {}))
+    server_keys = {f.name for f in fields(ServerConfig)} - {"engine"}
+    engine_keys = {f.name for f in fields(EngineConfig)} - {"limits"}
+    limits_override = overrides.pop("limits", None)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in server_keys:
+            server[key] = value
+        elif key in engine_keys:
+            engine[key] = value
+        else:
+            raise InvalidQuery(key, "unknown setting")
+    unknown = (set(server) - server_keys) | (set(engine) - engine_keys) | (
+        set(limits) - {f.name for f in fields(Limits)}
+    )
+    if unknown:
+        raise InvalidQuery("config", f"unknown settings: {sorted(unknown)}")
+    if "attributes" in engine and engine["attributes"] is not None:
+        engine["attributes"] = tuple(
+            a if isinstance(a, AttributeSpec) else AttributeSpec.parse(a)
+            for a in engine["attributes"]
+        )
+    engine.setdefault("data_dir", "./data")
+    engine["limits"] = limits_override or Limits(**limits)
+    for key in ("port_file",):
+        if server.get(key) is not None:
+            server[key] = Path(server[key])
+    return ServerConfig(engine=EngineConfig(**engine), **server)

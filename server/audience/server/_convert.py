@@ -1,0 +1,120 @@
+"""Protobuf messages <-> engine value objects. Malformed messages raise InvalidQuery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from audience.client._proto import audience_pb2 as pb
+from audience.index import (
+    AttrValue,
+    Filter,
+    InvalidQuery,
+    LookalikeQuery,
+    Profile,
+    ScoredUser,
+    Seed,
+    StoredUser,
+    TextItem,
+)
+
+DEFAULT_K = 100
+DEFAULT_NEGATIVE_WEIGHT = 0.5
+
+
+def value_from_pb(v: pb.AttributeValue, field: str) -> AttrValue:
+    kind = v.WhichOneof("kind")
+    if kind is None:
+        raise InvalidQuery(field, "an attribute value needs one of number, text, flag")
+    return getattr(v, kind)
+
+
+def value_to_pb(value: AttrValue) -> pb.AttributeValue:
+    if isinstance(value, bool):
+        return pb.AttributeValue(flag=value)
+    if isinstance(value, (int, float)):
+        return pb.AttributeValue(number=float(value))
+    return pb.AttributeValue(text=str(value))
+
+
+def profile_from_pb(p: pb.Profile, field: str) -> Profile:
+    return Profile(
+        user_id=p.user_id,
+        texts=tuple(
+            TextItem(t.text, t.weight if t.HasField("weight") else 1.0, t.timestamp) for t in p.texts
+        ),
+        attributes={
+            name: value_from_pb(v, f"{field}.attributes[{name!r}]")
+            for name, v in p.attributes.items()
+        },
+        vector=p.vector,
+    )
+
+
+def profiles_from_pb(profiles: Sequence[pb.Profile]) -> list[Profile]:
+    return [profile_from_pb(p, f"profiles[{i}]") for i, p in enumerate(profiles)]
+
+
+def stored_user_to_pb(user: StoredUser) -> pb.GetUserResponse:
+    p = user.profile
+    return pb.GetUserResponse(
+        profile=pb.Profile(
+            user_id=p.user_id,
+            texts=[pb.Text(text=t.text, weight=t.weight, timestamp=t.timestamp) for t in p.texts],
+            attributes={k: value_to_pb(v) for k, v in p.attributes.items()},
+        ),
+        vector=user.vector,
+        dimension=user.dimension,
+    )
+
+
+def filters_from_pb(filters: Sequence[pb.Filter]) -> tuple[Filter, ...]:
+    out = []
+    for i, f in enumerate(filters):
+        where = f"filters[{i}]"
+        cond = f.WhichOneof("condition")
+        if cond == "equals":
+            out.append(Filter(f.attribute, equals=value_from_pb(f.equals, f"{where}.equals"),
+                              negate=f.negate))
+        elif cond == "any_of":
+            values = tuple(
+                value_from_pb(v, f"{where}.any_of[{j}]") for j, v in enumerate(f.any_of.values)
+            )
+            out.append(Filter(f.attribute, any_of=values, negate=f.negate))
+        elif cond == "range":
+            r = f.range
+            bounds = {n: getattr(r, n) for n in ("gte", "gt", "lte", "lt") if r.HasField(n)}
+            if not bounds:
+                raise InvalidQuery(f"{where}.range", "needs at least one of gte, gt, lte, lt")
+            out.append(Filter(f.attribute, negate=f.negate, **bounds))
+        else:
+            raise InvalidQuery(where, "needs one of equals, range, any_of")
+    return tuple(out)
+
+
+def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
+    seeds = []
+    for i, s in enumerate(r.seeds):
+        kind = s.WhichOneof("kind")
+        if kind is None:
+            raise InvalidQuery(f"seeds[{i}]", "needs one of user_id or text")
+        weight = s.weight if s.HasField("weight") else 1.0
+        seeds.append(Seed(user_id=s.user_id, weight=weight) if kind == "user_id"
+                     else Seed(text=s.text, weight=weight))
+    size = r.WhichOneof("size")
+    return LookalikeQuery(
+        seeds=tuple(seeds),
+        k=r.k if size == "k" else (DEFAULT_K if size is None else None),
+        fraction=r.fraction if size == "fraction" else None,
+        negative_user_ids=tuple(r.negative_user_ids),
+        negative_weight=(
+            r.negative_weight if r.HasField("negative_weight") else DEFAULT_NEGATIVE_WEIGHT
+        ),
+        exclude_user_ids=tuple(r.exclude_user_ids),
+        include_seeds=r.include_seeds,
+        filters=filters_from_pb(r.filters),
+        min_score=r.min_score if r.HasField("min_score") else None,
+    )
+
+
+def scored_to_pb(users: Sequence[ScoredUser]) -> list[pb.ScoredUser]:
+    return [pb.ScoredUser(user_id=u.user_id, score=u.score) for u in users]

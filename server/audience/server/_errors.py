@@ -1,0 +1,104 @@
+"""Engine errors -> gRPC status codes, in one table, applied around every servicer method.
+
+Anything not in the table is a bug: it is logged (type only, never request content) and
+answered INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from audience.index import (
+    AudienceError,
+    Cancelled,
+    IndexNotReady,
+    InvalidQuery,
+    LimitExceeded,
+    PreconditionFailed,
+    SegmentsNotBuilt,
+    UnknownSegment,
+    UnknownUser,
+)
+
+log = logging.getLogger("audience.server")
+
+STATUS_OF: dict[type[AudienceError], grpc.StatusCode] = {
+    InvalidQuery: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownUser: grpc.StatusCode.NOT_FOUND,
+    UnknownSegment: grpc.StatusCode.NOT_FOUND,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    IndexNotReady: grpc.StatusCode.UNAVAILABLE,
+    SegmentsNotBuilt: grpc.StatusCode.FAILED_PRECONDITION,
+    PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    Cancelled: grpc.StatusCode.CANCELLED,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for cls in type(exc).__mro__:
+        code = STATUS_OF.get(cls)  # type: ignore[arg-type]
+        if code is not None:
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
+    code, message = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("RPC %s failed with %s", method, type(exc).__name__)
+    context.abort(code, message)
+
+
+def _wrap_unary(fn: Callable, method: str) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped below; abort raises
+            if _is_abort(exc):
+                raise
+            _abort(context, exc, method)
+
+    return wrapper
+
+
+def _wrap_stream(fn: Callable, method: str) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from fn(request, context)
+        except Exception as exc:  # noqa: BLE001
+            if _is_abort(exc):
+                raise
+            _abort(context, exc, method)
+
+    return wrapper
+
+
+def _is_abort(exc: Exception) -> bool:
+    # context.abort() sets the status and raises a bare Exception(); let it through.
+    return type(exc) is Exception and not exc.args
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):
+    """Wraps every handler so engine errors become the status codes in STATUS_OF."""
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
+        return handler

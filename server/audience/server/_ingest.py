@@ -1,0 +1,179 @@
+"""Reading profile files for `audience ingest`: CSV / TSV (optionally .gz), JSONL, Parquet.
+
+Each row holds one text of one user; rows of the same user (anywhere in the file) are grouped
+into one profile: texts in file order, attributes from the user's last row.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from audience.client import Profile, Text
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    id_col: str
+    text_cols: tuple[str, ...] = ()
+    # (column, type): type is "auto" (number if it parses as one), "number" or "text"
+    attr_cols: tuple[tuple[str, str], ...] = ()
+    time_col: str | None = None
+    time_format: str | None = None  # strptime format; default: Unix seconds or ISO 8601
+    weight_col: str | None = None
+
+    @staticmethod
+    def parse_attr(spec: str) -> tuple[str, str]:
+        name, _, kind = spec.partition(":")
+        kind = kind or "auto"
+        if kind not in ("auto", "number", "text") or not name:
+            raise ValueError(f"--attr {spec!r}: use COLUMN, COLUMN:number or COLUMN:text")
+        return name, kind
+
+
+@dataclass
+class IngestReport:
+    rows: int = 0
+    users: int = 0
+    texts: int = 0
+    skipped_rows: int = 0  # no user id
+    unparsed_times: int = 0
+    dropped_texts: int = 0  # over --max-texts-per-user
+    notes: list[str] = field(default_factory=list)
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    for ext, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".tab", "tsv"), (".jsonl", "jsonl"),
+                     (".ndjson", "jsonl"), (".json", "jsonl"), (".parquet", "parquet")):
+        if name.endswith(ext):
+            return fmt
+    raise ValueError(f"cannot tell the format of {path.name}; pass --format {'|'.join(FORMATS)}")
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def read_rows(path: Path, fmt: str = "auto", delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+            yield from batch.to_pylist()
+        return
+    with _open_text(path) as f:
+        if fmt == "jsonl":
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path.name} line {n}: not JSON ({exc.msg})") from exc
+            return
+        csv.field_size_limit(sys.maxsize)
+        if fmt == "tsv":
+            yield from csv.DictReader(f, delimiter=delimiter or "\t", quoting=csv.QUOTE_NONE)
+        else:
+            yield from csv.DictReader(f, delimiter=delimiter or ",")
+
+
+def _timestamp(value: Any, fmt: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return int(value.timestamp())
+    text = str(value).strip()
+    try:
+        if fmt:
+            return int(datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp())
+        try:
+            return int(float(text))
+        except ValueError:
+            dt = datetime.fromisoformat(text)
+            return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
+    except (ValueError, OverflowError):
+        return None
+
+
+def _attr(value: Any, kind: str) -> float | str | bool | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if kind == "text":
+        return str(value)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        if kind == "number":
+            return None
+        return str(value)
+    return x if math.isfinite(x) else None
+
+
+def group_profiles(
+    rows: Iterator[dict[str, Any]], cols: ColumnMap, *, max_texts_per_user: int | None = None
+) -> tuple[list[Profile], IngestReport]:
+    report = IngestReport()
+    texts: dict[str, list[Text]] = {}
+    attrs: dict[str, dict[str, float | str | bool]] = {}
+    for row in rows:
+        report.rows += 1
+        if report.rows == 1:
+            missing = [c for c in (cols.id_col, *cols.text_cols, *(a for a, _ in cols.attr_cols),
+                                   cols.time_col, cols.weight_col) if c and c not in row]
+            if missing:
+                raise ValueError(f"columns not in the file: {missing}; it has {sorted(row)}")
+        uid = row.get(cols.id_col)
+        if uid is None or str(uid).strip() == "":
+            report.skipped_rows += 1
+            continue
+        uid = str(uid).strip()
+        user_texts = texts.setdefault(uid, [])
+        ts = 0
+        if cols.time_col:
+            parsed = _timestamp(row.get(cols.time_col), cols.time_format)
+            if parsed is None or parsed < 0:
+                report.unparsed_times += 1
+            else:
+                ts = parsed
+        weight = None
+        if cols.weight_col and row.get(cols.weight_col) not in (None, ""):
+            weight = float(row[cols.weight_col])
+        for col in cols.text_cols:
+            value = row.get(col)
+            for t in value if isinstance(value, list) else [value]:
+                if t is not None and str(t).strip():
+                    user_texts.append(Text(str(t), weight=weight, timestamp=ts))
+        user_attrs = attrs.setdefault(uid, {})
+        for col, kind in cols.attr_cols:
+            v = _attr(row.get(col), kind)
+            if v is not None:
+                user_attrs[col] = v
+    profiles = []
+    for uid, user_texts in texts.items():
+        if max_texts_per_user is not None and len(user_texts) > max_texts_per_user:
+            report.dropped_texts += len(user_texts) - max_texts_per_user
+            # keep the newest texts (file order when there are no timestamps)
+            order = sorted(range(len(user_texts)), key=lambda i: -user_texts[i].timestamp)
+            keep = sorted(order[:max_texts_per_user])
+            user_texts = [user_texts[i] for i in keep]
+        report.texts += len(user_texts)
+        profiles.append(Profile(uid, texts=user_texts, attributes=attrs[uid]))
+    report.users = len(profiles)
+    return profiles, report

@@ -1,0 +1,121 @@
+"""Shared fixtures: a real gRPC server on a free local port, the real client, the real model,
+real SQLite and FAISS files under tmp_path.
+
+The model is loaded once per session and handed to each in-process server, so a test pays
+for a server (milliseconds), not for a model load.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from audience.client import AudienceClient, Profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+ATTRIBUTES = ("age:numeric:10:90", "gender:categorical", "region:categorical")
+
+# A small crafted population: three interests, each with distinct texts.
+TOPICS = {
+    "cook": [
+        "I bake sourdough bread every weekend",
+        "Slow-cooked beef stew with red wine and thyme",
+        "Best knives for chopping vegetables in a home kitchen",
+        "My grandmother's apple pie recipe with a buttery crust",
+        "How to make fresh pasta dough by hand",
+        "Roasting a whole chicken with lemon and garlic",
+    ],
+    "code": [
+        "Debugging a segfault in my C++ program",
+        "Python asyncio tasks and event loops explained",
+        "Refactoring a large Java codebase with unit tests",
+        "Writing a REST API in Go with proper error handling",
+        "Why does my SQL query need an index on this column",
+        "Rust borrow checker errors and lifetimes",
+    ],
+    "ball": [
+        "The striker scored a hat-trick in the derby",
+        "Champions League final tactics and the midfield press",
+        "Our goalkeeper saved a penalty in extra time",
+        "Transfer window rumours for the new football season",
+        "Training drills for youth soccer teams",
+        "The referee's offside call ruined the match",
+    ],
+}
+
+
+def crafted_profiles() -> list[Profile]:
+    """18 users: cook-i, code-i, ball-i (i = 0..5), two texts each, with attributes."""
+    profiles = []
+    for topic, texts in TOPICS.items():
+        for i, text in enumerate(texts):
+            other = texts[(i + 1) % len(texts)]
+            profiles.append(
+                Profile(
+                    f"{topic}-{i}",
+                    texts=[text, other],
+                    attributes={
+                        "age": 20 + 10 * (i % 4),
+                        "gender": "female" if i % 2 else "male",
+                        "region": ["north", "south", "east"][i % 3],
+                        "premium": i < 3,
+                    },
+                )
+            )
+    return profiles
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from audience.index import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, embedder) -> Iterator[Callable[..., object]]:
+    """start_server(**config) -> AudienceServer on 127.0.0.1:<free port>, stopped at teardown."""
+    from audience.server import AudienceServer, load_config
+
+    started = []
+
+    def start(data_dir: Path | None = None, **overrides: object):
+        overrides.setdefault("attributes", ATTRIBUTES)
+        config = load_config(
+            None, data_dir=data_dir or tmp_path / "data", host="127.0.0.1", port=0, **overrides
+        )
+        server = AudienceServer(config, embedder=embedder)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(grace=0)
+
+
+@pytest.fixture
+def server(start_server):
+    return start_server()
+
+
+@pytest.fixture
+def client(server) -> Iterator[AudienceClient]:
+    with AudienceClient(f"127.0.0.1:{server.port}", timeout=30.0) as c:
+        yield c
+
+
+@pytest.fixture
+def loaded(client) -> AudienceClient:
+    """A client whose server holds the crafted population."""
+    client.upsert_users(crafted_profiles(), batch_size=7)
+    return client

@@ -1,0 +1,88 @@
+"""The admin CLI through its entry point, against a real server."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from audience.server._cli import main
+from conftest import TOPICS
+
+
+def rows() -> list[dict]:
+    """Two rows per user (one text each), as a file of posts would have them."""
+    out = []
+    for t, texts in TOPICS.items():
+        for i, text in enumerate(texts):
+            uid = f"{t}-{i}"
+            for j, post in enumerate((text, texts[(i + 1) % len(texts)])):
+                out.append({"uid": uid, "post": post, "age": str(20 + i), "gender": "f" if i % 2 else "m",
+                            "day": f"2024-01-{10 + j:02d}"})
+    return out
+
+
+def write(path: Path, fmt: str) -> Path:
+    data = rows()
+    if fmt == "tsv.gz":
+        with gzip.open(path, "wt", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(data[0]), delimiter="\t")
+            w.writeheader()
+            w.writerows(data)
+    elif fmt == "csv":
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in data))
+    else:
+        pq.write_table(pa.Table.from_pylist(data), path)
+    return path
+
+
+def test_ingest_every_format_then_lookalike(server, tmp_path: Path, capsys) -> None:
+    target = f"127.0.0.1:{server.port}"
+    for n, fmt in enumerate(("csv", "tsv.gz", "jsonl", "parquet")):
+        path = write(tmp_path / f"posts.{fmt}", fmt)
+        code = main(["ingest", str(path), "--target", target, "--id-col", "uid", "--text-col", "post",
+                     "--attr", "age:number", "--attr", "gender", "--time-col", "day",
+                     "--no-progress"])
+        assert code == 0, fmt
+        out = capsys.readouterr()
+        assert "upserted 18 users" in out.out, (fmt, out)
+        assert "36 rows -> 18 users, 36 texts" in out.err
+        assert "0 unparsed times" in out.err
+    record = server.engine.get_user("cook-2")
+    assert len(record.profile.texts) == 2  # two rows grouped into one profile
+    assert record.profile.attributes == {"age": 22.0, "gender": "m"}
+    assert record.profile.texts[0].timestamp > 0
+
+    assert main(["lookalike", "--target", target, "--seed", "code-0", "-k", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [u["user_id"].split("-")[0] for u in result["users"]] == ["code"] * 3
+    assert main(["lookalike", "--target", target, "--seed-text", "football", "-k", "2",
+                 "--filter", "gender=f"]) == 0
+    table = capsys.readouterr().out
+    assert "ball-" in table and "of 9 eligible users" in table
+
+    assert main(["stats", "--target", target, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["users"] == 18 and stats["indexed"] == 18
+    assert main(["rebuild-index", "--target", target]) == 0
+    assert "rebuilt: 18 users" in capsys.readouterr().out
+    assert main(["snapshot", "--target", target]) == 0
+    assert "snapshot of generation" in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear(server, tmp_path: Path, capsys) -> None:
+    target = f"127.0.0.1:{server.port}"
+    assert main(["lookalike", "--target", target, "--seed", "ghost"]) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
+    path = write(tmp_path / "p.csv", "csv")
+    assert main(["ingest", str(path), "--target", target, "--id-col", "nope", "--text-col", "post"]) == 2
+    assert "columns not in the file" in capsys.readouterr().err
