@@ -21,7 +21,7 @@ $(STAMP): constraints.txt pyproject.toml client/pyproject.toml index/pyproject.t
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/audience serve --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
+	$(VENV)/bin/audience serve --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -21,8 +21,15 @@ def rows() -> list[dict]:
         for i, text in enumerate(texts):
             uid = f"{t}-{i}"
             for j, post in enumerate((text, texts[(i + 1) % len(texts)])):
-                out.append({"uid": uid, "post": post, "age": str(20 + i), "gender": "f" if i % 2 else "m",
-                            "day": f"2024-01-{10 + j:02d}"})
+                out.append(
+                    {
+                        "uid": uid,
+                        "post": post,
+                        "age": str(20 + i),
+                        "gender": "f" if i % 2 else "m",
+                        "day": f"2024-01-{10 + j:02d}",
+                    }
+                )
     return out
 
 
@@ -47,11 +54,27 @@ def write(path: Path, fmt: str) -> Path:
 
 def test_ingest_every_format_then_lookalike(server, tmp_path: Path, capsys) -> None:
     target = f"127.0.0.1:{server.port}"
-    for n, fmt in enumerate(("csv", "tsv.gz", "jsonl", "parquet")):
+    for fmt in ("csv", "tsv.gz", "jsonl", "parquet"):
         path = write(tmp_path / f"posts.{fmt}", fmt)
-        code = main(["ingest", str(path), "--target", target, "--id-col", "uid", "--text-col", "post",
-                     "--attr", "age:number", "--attr", "gender", "--time-col", "day",
-                     "--no-progress"])
+        code = main(
+            [
+                "ingest",
+                str(path),
+                "--target",
+                target,
+                "--id-col",
+                "uid",
+                "--text-col",
+                "post",
+                "--attr",
+                "age:number",
+                "--attr",
+                "gender",
+                "--time-col",
+                "day",
+                "--no-progress",
+            ]
+        )
         assert code == 0, fmt
         out = capsys.readouterr()
         assert "upserted 18 users" in out.out, (fmt, out)
@@ -65,8 +88,22 @@ def test_ingest_every_format_then_lookalike(server, tmp_path: Path, capsys) -> N
     assert main(["lookalike", "--target", target, "--seed", "code-0", "-k", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [u["user_id"].split("-")[0] for u in result["users"]] == ["code"] * 3
-    assert main(["lookalike", "--target", target, "--seed-text", "football", "-k", "2",
-                 "--filter", "gender=f"]) == 0
+    assert (
+        main(
+            [
+                "lookalike",
+                "--target",
+                target,
+                "--seed-text",
+                "football",
+                "-k",
+                "2",
+                "--filter",
+                "gender=f",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "ball-" in table and "of 9 eligible users" in table
 
@@ -84,5 +121,8 @@ def test_cli_errors_are_clear(server, tmp_path: Path, capsys) -> None:
     assert main(["lookalike", "--target", target, "--seed", "ghost"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
     path = write(tmp_path / "p.csv", "csv")
-    assert main(["ingest", str(path), "--target", target, "--id-col", "nope", "--text-col", "post"]) == 2
+    assert (
+        main(["ingest", str(path), "--target", target, "--id-col", "nope", "--text-col", "post"])
+        == 2
+    )
     assert "columns not in the file" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -11,8 +10,18 @@ import pytest
 
 from conftest import ROOT
 
-HEAVY = {"torch", "faiss-cpu", "faiss", "hdbscan", "fast-hdbscan", "sentence-transformers",
-         "numpy", "transformers", "audience-index", "audience-server"}
+HEAVY = {
+    "torch",
+    "faiss-cpu",
+    "faiss",
+    "hdbscan",
+    "fast-hdbscan",
+    "sentence-transformers",
+    "numpy",
+    "transformers",
+    "audience-index",
+    "audience-server",
+}
 
 
 @pytest.mark.timeout(600)
@@ -20,10 +29,13 @@ def test_client_installs_alone_and_queries(tmp_path: Path, server, loaded) -> No
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt",
-                    ROOT / "client"], check=True)
-    frozen = subprocess.run([py, "-m", "pip", "freeze"], check=True, capture_output=True,
-                            text=True).stdout
+    subprocess.run(
+        [py, "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt", ROOT / "client"],
+        check=True,
+    )
+    frozen = subprocess.run(
+        [py, "-m", "pip", "freeze"], check=True, capture_output=True, text=True
+    ).stdout
     names = {line.split("==")[0].split(" @ ")[0].lower() for line in frozen.splitlines() if line}
     assert names & HEAVY == set(), names
     assert {"grpcio", "protobuf", "audience-client"} <= names
@@ -35,6 +47,7 @@ def test_client_installs_alone_and_queries(tmp_path: Path, server, loaded) -> No
         "    r = c.find_lookalikes(seed_ids=['cook-0'], k=3)\n"
         "    print(','.join(u.user_id.split('-')[0] for u in r.users))\n"
     )
-    out = subprocess.run([py, "-c", script], check=True, capture_output=True, text=True,
-                         cwd=tmp_path).stdout
+    out = subprocess.run(
+        [py, "-c", script], check=True, capture_output=True, text=True, cwd=tmp_path
+    ).stdout
     assert out.strip() == "cook,cook,cook"

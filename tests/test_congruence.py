@@ -18,13 +18,20 @@ WORDS = (
 def random_population(rng: random.Random, n: int) -> list[Profile]:
     profiles = []
     for i in range(n):
-        texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(rng.randint(1, 3))]
-        profiles.append(Profile(
-            f"user-{i}",
-            texts=texts,
-            attributes={"age": rng.randint(15, 80), "gender": rng.choice(["female", "male"]),
-                        "region": rng.choice(["north", "south", "east", "west"])},
-        ))
+        texts = [
+            " ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(rng.randint(1, 3))
+        ]
+        profiles.append(
+            Profile(
+                f"user-{i}",
+                texts=texts,
+                attributes={
+                    "age": rng.randint(15, 80),
+                    "gender": rng.choice(["female", "male"]),
+                    "region": rng.choice(["north", "south", "east", "west"]),
+                },
+            )
+        )
     return profiles
 
 
@@ -47,12 +54,19 @@ def test_lookalikes_equal_brute_force(client: AudienceClient) -> None:
         seeds = rng.sample(ids, rng.randint(1, 5))
         weights = [rng.uniform(0.2, 3.0) for _ in seeds]
         k = rng.randint(1, 40)
-        flt = rng.choice([None, Filter.range("age", gte=30, lte=60), Filter.eq("gender", "female"),
-                          Filter.one_of("region", ["north", "west"])])
+        flt = rng.choice(
+            [
+                None,
+                Filter.range("age", gte=30, lte=60),
+                Filter.eq("gender", "female"),
+                Filter.one_of("region", ["north", "west"]),
+            ]
+        )
         from audience.client import Seed
 
         result = client.find_lookalikes(
-            seeds=[Seed(user_id=s, weight=w) for s, w in zip(seeds, weights)], k=k,
+            seeds=[Seed(user_id=s, weight=w) for s, w in zip(seeds, weights)],
+            k=k,
             filters=[flt] if flt else [],
         )
         w = np.array(weights)[:, None]
@@ -60,7 +74,8 @@ def test_lookalikes_equal_brute_force(client: AudienceClient) -> None:
         q /= np.linalg.norm(q)
         scores = matrix @ q
         eligible = [
-            j for j, u in enumerate(ids)
+            j
+            for j, u in enumerate(ids)
             if u not in seeds and (flt is None or _passes(flt, attrs[u]))
         ]
         order = sorted(eligible, key=lambda j: -scores[j])[:k]

@@ -37,7 +37,8 @@ def test_free_text_seed_and_weights(loaded: AudienceClient) -> None:
     assert {topic(u.user_id) for u in result.users} == {"cook"}
     # A heavier text seed wins over a lighter id seed.
     mixed = loaded.find_lookalikes(
-        seeds=[Seed(user_id="code-0", weight=0.1), Seed(text="football match goal", weight=5.0)], k=3
+        seeds=[Seed(user_id="code-0", weight=0.1), Seed(text="football match goal", weight=5.0)],
+        k=3,
     )
     assert {topic(u.user_id) for u in mixed.users} == {"ball"}
 
@@ -113,10 +114,19 @@ def test_delete_removes_from_results_and_store(loaded: AudienceClient) -> None:
 
 
 def test_upsert_replaces(loaded: AudienceClient) -> None:
-    loaded.upsert_users([Profile("cook-5", texts=["goal! the striker scores in the football final"],
-                                 attributes={"gender": "male"})])
+    loaded.upsert_users(
+        [
+            Profile(
+                "cook-5",
+                texts=["goal! the striker scores in the football final"],
+                attributes={"gender": "male"},
+            )
+        ]
+    )
     user = loaded.get_user("cook-5")
-    assert [t.text for t in user.profile.texts] == ["goal! the striker scores in the football final"]
+    assert [t.text for t in user.profile.texts] == [
+        "goal! the striker scores in the football final"
+    ]
     assert dict(user.profile.attributes) == {"gender": "male"}
     near = loaded.find_lookalikes(seed_ids=["ball-0", "ball-1"], k=5)
     assert "cook-5" in {u.user_id for u in near.users}
@@ -145,13 +155,19 @@ def test_unknown_seed_is_not_found(loaded: AudienceClient) -> None:
         (LookalikeQuery(seed_texts=["   "]), "seeds[0].text"),
         (LookalikeQuery(seed_ids=["cook-0"], min_score=float("inf")), "min_score"),
         (LookalikeQuery(seed_ids=["cook-0"], negative_weight=float("nan")), "negative_weight"),
-        (LookalikeQuery(seed_ids=["cook-0"], filters=[Filter.eq("no_such_attr", 1)]),
-         "filters[0].attribute"),
-        (LookalikeQuery(seed_ids=["cook-0"], filters=[Filter.range("age", gte=float("nan"))]),
-         "filters[0].range.gte"),
+        (
+            LookalikeQuery(seed_ids=["cook-0"], filters=[Filter.eq("no_such_attr", 1)]),
+            "filters[0].attribute",
+        ),
+        (
+            LookalikeQuery(seed_ids=["cook-0"], filters=[Filter.range("age", gte=float("nan"))]),
+            "filters[0].range.gte",
+        ),
     ],
 )
-def test_bad_queries_name_the_field(loaded: AudienceClient, query: LookalikeQuery, field: str) -> None:
+def test_bad_queries_name_the_field(
+    loaded: AudienceClient, query: LookalikeQuery, field: str
+) -> None:
     with pytest.raises(InvalidArgument) as err:
         loaded.find_lookalikes(query)
     assert field in err.value.details
@@ -189,7 +205,7 @@ def test_limits(start_server, tmp_path) -> None:
         with pytest.raises(InvalidArgument, match="k"):
             c.find_lookalikes(seed_ids=["cook-0"], k=6)
         with pytest.raises(ResourceExhausted, match="seeds"):
-            c.find_lookalikes(seed_ids=["cook-0", "cook-1", "cook-2"])
+            c.find_lookalikes(seed_ids=["cook-0", "cook-1", "cook-2"], k=1)
         assert len(c.find_lookalikes(seed_ids=["cook-0"], fraction=0.25).users) == 5
         # The streaming variant is not bound by the unary limit.
         assert len(list(c.stream_lookalikes(seed_ids=["cook-0"], fraction=1.0))) == 17

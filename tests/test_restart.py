@@ -25,8 +25,18 @@ QUERIES = [
 class ServerProcess:
     def __init__(self, data_dir: Path, tmp: Path) -> None:
         self.port_file = tmp / f"port-{time.monotonic_ns()}"
-        args = [sys.executable, "-m", "audience.server", "serve", "--data-dir", str(data_dir),
-                "--port", "0", "--port-file", str(self.port_file)]
+        args = [
+            sys.executable,
+            "-m",
+            "audience.server",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            "0",
+            "--port-file",
+            str(self.port_file),
+        ]
         for a in ATTRIBUTES:
             args += ["--attribute", a]
         self.log = open(tmp / "server.log", "ab")
@@ -65,8 +75,9 @@ class ServerProcess:
 
 
 def answers(client: AudienceClient) -> list[list[tuple[str, float]]]:
-    return [[(u.user_id, round(u.score, 5)) for u in client.find_lookalikes(**q).users]
-            for q in QUERIES]
+    return [
+        [(u.user_id, round(u.score, 5)) for u in client.find_lookalikes(**q).users] for q in QUERIES
+    ]
 
 
 @pytest.mark.timeout(300)
@@ -90,8 +101,15 @@ def test_restart_gives_same_answers(tmp_path: Path) -> None:
         assert answers(c) == before
         assert c.stats().users == stats.users == 17
         # Acknowledged after the last saved generation, then kill -9: replayed from the store.
-        c.upsert_users([Profile("late-1", texts=["sourdough starter and rye bread baking"],
-                                attributes={"age": 40, "gender": "female"})])
+        c.upsert_users(
+            [
+                Profile(
+                    "late-1",
+                    texts=["sourdough starter and rye bread baking"],
+                    attributes={"age": 40, "gender": "female"},
+                )
+            ]
+        )
         c.delete_users(["cook-1"])
         after_writes = answers(c)
     assert second.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -107,4 +125,3 @@ def test_restart_gives_same_answers(tmp_path: Path) -> None:
         assert "cook-1" not in ids and "late-1" in ids
     assert third.stop() == 0
     assert b"sourdough" not in (tmp_path / "server.log").read_bytes()  # no raw text in logs
-

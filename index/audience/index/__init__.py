@@ -1,7 +1,7 @@
 """audience.index: the engine (profile store, user encoder, vector index, lookalikes).
 
-    from audience.index import Engine, EngineConfig
-    engine = Engine.open(EngineConfig(data_dir="./data"))
+from audience.index import Engine, EngineConfig
+engine = Engine.open(EngineConfig(data_dir="./data"))
 """
 
 from ._config import DEFAULT_MODEL, AttributeSpec, EngineConfig, Limits
@@ -34,10 +34,35 @@ from ._types import (
 from ._vectors import FlatIndex, VectorIndex
 
 __all__ = [
-    "DEFAULT_MODEL", "AttrValue", "AttributeSpec", "AudienceError", "Cancelled", "Engine",
-    "EngineConfig", "Filter", "FlatIndex", "IndexNotReady", "InvalidQuery", "LimitExceeded",
-    "Limits", "LookalikeQuery", "LookalikeResult", "PreconditionFailed", "Profile", "Progress",
-    "ScoredUser", "Seed", "SegmentsNotBuilt", "SentenceTransformerEmbedder", "Stats",
-    "StoredUser", "TextEmbedder", "TextItem", "UnknownSegment", "UnknownUser", "UserEncoder",
-    "VectorIndex", "resolve_model_path",
+    "DEFAULT_MODEL",
+    "AttrValue",
+    "AttributeSpec",
+    "AudienceError",
+    "Cancelled",
+    "Engine",
+    "EngineConfig",
+    "Filter",
+    "FlatIndex",
+    "IndexNotReady",
+    "InvalidQuery",
+    "LimitExceeded",
+    "Limits",
+    "LookalikeQuery",
+    "LookalikeResult",
+    "PreconditionFailed",
+    "Profile",
+    "Progress",
+    "ScoredUser",
+    "Seed",
+    "SegmentsNotBuilt",
+    "SentenceTransformerEmbedder",
+    "Stats",
+    "StoredUser",
+    "TextEmbedder",
+    "TextItem",
+    "UnknownSegment",
+    "UnknownUser",
+    "UserEncoder",
+    "VectorIndex",
+    "resolve_model_path",
 ]

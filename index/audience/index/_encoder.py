@@ -45,7 +45,9 @@ class Vocabulary:
             if attr in self._slots and value not in self._slots[attr]:
                 self._slots[attr][value] = slot
 
-    def slot(self, spec: AttributeSpec, value: AttrValue, pending: list[tuple[str, str, int]]) -> int:
+    def slot(
+        self, spec: AttributeSpec, value: AttrValue, pending: list[tuple[str, str, int]]
+    ) -> int:
         """The value's slot; a new value takes the next free slot (recorded in `pending`)."""
         slots = self._slots[spec.name]
         key = category_key(value)

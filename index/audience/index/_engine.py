@@ -108,8 +108,12 @@ class Engine:
                 config.model, device=config.device, batch_size=config.encode_batch_size
             )
         vocabulary = Vocabulary(config.attributes or (), store.vocabulary())
-        engine = cls(config, store, UserEncoder(config, embedder, vocabulary),
-                     Generations(data_dir / INDEX_DIR))
+        engine = cls(
+            config,
+            store,
+            UserEncoder(config, embedder, vocabulary),
+            Generations(data_dir / INDEX_DIR),
+        )
         engine._load(progress)
         return engine
 
@@ -148,7 +152,9 @@ class Engine:
             self._generation = manifest.generation
             self._saved_sequence = manifest.sequence
             # Bring it up to date: users erased since, then users written since.
-            stale = np.setdiff1d(index.ids(), np.fromiter(self._uid_of, np.int64, len(self._uid_of)))
+            stale = np.setdiff1d(
+                index.ids(), np.fromiter(self._uid_of, np.int64, len(self._uid_of))
+            )
             index.remove(stale)
             replayed = 0
             for rows in self.store.iter_rows(since_seq=manifest.sequence):
@@ -160,7 +166,10 @@ class Engine:
             self._unsaved = replayed + len(stale)
             log.info(
                 "Index - loaded generation %d (%d vectors), replayed %d changes, dropped %d erased",
-                manifest.generation, manifest.count, replayed, len(stale),
+                manifest.generation,
+                manifest.count,
+                replayed,
+                len(stale),
             )
         if len(self._index) != total:  # never serve an index that disagrees with the store
             log.error("Index - %d vectors for %d users; rebuilding", len(self._index), total)
@@ -171,8 +180,10 @@ class Engine:
         index = new_index("flat", self.encoder.dim)
         total, done = self.store.count(), 0
         for rows in self.store.iter_rows():
-            index.add(np.array([r.iid for r in rows], dtype=np.int64),
-                      np.stack([_vec(r.vec) for r in rows]))
+            index.add(
+                np.array([r.iid for r in rows], dtype=np.int64),
+                np.stack([_vec(r.vec) for r in rows]),
+            )
             done += len(rows)
             if progress:
                 progress("build index", done, total)
@@ -210,7 +221,9 @@ class Engine:
             return self._generation
         with self._rw.read():
             seq = self.store.sequence
-            manifest = self.generations.save(self._index, sequence=seq, fingerprint=self.fingerprint)
+            manifest = self.generations.save(
+                self._index, sequence=seq, fingerprint=self.fingerprint
+            )
         self._generation = manifest.generation
         self._saved_sequence = seq
         self._unsaved = 0
@@ -253,15 +266,18 @@ class Engine:
                             f"(declared: {[a.name for a in self.config.attributes or ()]})",
                         )
                     vecs.append(vec)
-                    rows.append(UserRow(
-                        user_id=p.user_id,
-                        texts_json=json.dumps(
-                            [[t.text, t.weight, t.timestamp] for t in p.texts], ensure_ascii=False
-                        ),
-                        attributes_json=json.dumps(p.attributes, ensure_ascii=False),
-                        text_vec=None if tv is None else _f32(tv),
-                        vec=_f32(vec),
-                    ))
+                    rows.append(
+                        UserRow(
+                            user_id=p.user_id,
+                            texts_json=json.dumps(
+                                [[t.text, t.weight, t.timestamp] for t in p.texts],
+                                ensure_ascii=False,
+                            ),
+                            attributes_json=json.dumps(p.attributes, ensure_ascii=False),
+                            text_vec=None if tv is None else _f32(tv),
+                            vec=_f32(vec),
+                        )
+                    )
                 seq, iids = self.store.upsert(rows, pending)
             except BaseException:
                 self.encoder.vocabulary.forget(pending)
@@ -311,8 +327,7 @@ class Engine:
             self._unsaved = max(1, len(index))
             generation = self._save_locked()
             log.info("Rebuild - Completed: %d users in %.1fs", len(index), time.perf_counter() - t0)
-        return {"users": len(index), "generation": generation,
-                "seconds": time.perf_counter() - t0}
+        return {"users": len(index), "generation": generation, "seconds": time.perf_counter() - t0}
 
     def snapshot(self) -> tuple[int, Path]:
         """A consistent copy of the store and the current index generation under snapshots/."""
@@ -352,7 +367,9 @@ class Engine:
                 attributes=tuple(self._attrs.names),
             )
 
-    def estimate_reach(self, filters: Sequence[Filter], exclude_user_ids: Sequence[str] = ()) -> tuple[int, int]:
+    def estimate_reach(
+        self, filters: Sequence[Filter], exclude_user_ids: Sequence[str] = ()
+    ) -> tuple[int, int]:
         self._check_filters(filters)
         self._check_ids(exclude_user_ids, "exclude_user_ids")
         with self._rw.read():
@@ -457,7 +474,9 @@ class Engine:
             for j, t in enumerate(p.texts):
                 size = len(t.text.encode("utf-8", "surrogatepass"))
                 if size > lim.max_text_bytes:
-                    raise LimitExceeded(f"{where}.texts[{j}].text (bytes)", size, lim.max_text_bytes)
+                    raise LimitExceeded(
+                        f"{where}.texts[{j}].text (bytes)", size, lim.max_text_bytes
+                    )
                 if not t.text.strip():
                     raise InvalidQuery(f"{where}.texts[{j}].text", "must not be empty")
                 if not (math.isfinite(t.weight) and t.weight > 0):
@@ -465,7 +484,9 @@ class Engine:
                 if t.timestamp < 0:
                     raise InvalidQuery(f"{where}.texts[{j}].timestamp", "must be >= 0")
             if len(p.attributes) > lim.max_attributes_per_user:
-                raise LimitExceeded(f"{where}.attributes", len(p.attributes), lim.max_attributes_per_user)
+                raise LimitExceeded(
+                    f"{where}.attributes", len(p.attributes), lim.max_attributes_per_user
+                )
             for name, value in p.attributes.items():
                 if not name or len(name) > 128:
                     raise InvalidQuery(f"{where}.attributes", "names must be 1 to 128 characters")
@@ -477,8 +498,9 @@ class Engine:
                 dim = self.encoder.dim
                 if len(p.vector) != 4 * dim:
                     raise InvalidQuery(
-                        f"{where}.vector", f"must be {dim} float32 values ({4 * dim} bytes), "
-                        f"got {len(p.vector)} bytes"
+                        f"{where}.vector",
+                        f"must be {dim} float32 values ({4 * dim} bytes), "
+                        f"got {len(p.vector)} bytes",
                     )
                 v = _vec(p.vector)
                 if not np.isfinite(v).all() or not v.any():
@@ -534,7 +556,11 @@ class Engine:
             elif not (s.text or "").strip():
                 raise InvalidQuery(f"seeds[{i}].text", "must not be empty")
             elif len(s.text.encode("utf-8", "surrogatepass")) > lim.max_text_bytes:  # type: ignore[union-attr]
-                raise LimitExceeded(f"seeds[{i}].text (bytes)", len(s.text.encode("utf-8", "surrogatepass")), lim.max_text_bytes)  # type: ignore[union-attr]
+                raise LimitExceeded(
+                    f"seeds[{i}].text (bytes)",
+                    len(s.text.encode("utf-8", "surrogatepass")),
+                    lim.max_text_bytes,
+                )  # type: ignore[union-attr]
             if not (math.isfinite(s.weight) and s.weight > 0):
                 raise InvalidQuery(f"seeds[{i}].weight", "must be finite and > 0")
         if (q.k is None) == (q.fraction is None):

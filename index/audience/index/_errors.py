@@ -1,14 +1,14 @@
 """Errors raised by the engine. The server maps each class to one gRPC status code.
 
-    AudienceError
-    ├── InvalidQuery          bad input; the message names the field   (INVALID_ARGUMENT)
-    ├── UnknownUser           a user id that is not stored             (NOT_FOUND)
-    ├── UnknownSegment        a segment id that does not exist          (NOT_FOUND)
-    ├── LimitExceeded         a request over a configured limit         (RESOURCE_EXHAUSTED)
-    ├── IndexNotReady         still loading or closed                   (UNAVAILABLE)
-    ├── SegmentsNotBuilt      segment query before any build            (FAILED_PRECONDITION)
-    ├── PreconditionFailed    the data dir or model cannot serve this   (FAILED_PRECONDITION)
-    └── Cancelled             the caller went away during a long job    (CANCELLED)
+AudienceError
+├── InvalidQuery          bad input; the message names the field   (INVALID_ARGUMENT)
+├── UnknownUser           a user id that is not stored             (NOT_FOUND)
+├── UnknownSegment        a segment id that does not exist          (NOT_FOUND)
+├── LimitExceeded         a request over a configured limit         (RESOURCE_EXHAUSTED)
+├── IndexNotReady         still loading or closed                   (UNAVAILABLE)
+├── SegmentsNotBuilt      segment query before any build            (FAILED_PRECONDITION)
+├── PreconditionFailed    the data dir or model cannot serve this   (FAILED_PRECONDITION)
+└── Cancelled             the caller went away during a long job    (CANCELLED)
 """
 
 from __future__ import annotations

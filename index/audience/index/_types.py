@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
-AttrValue = Union[float, str, bool]
+AttrValue = float | str | bool
 
 
 @dataclass(frozen=True)

@@ -187,8 +187,14 @@ class Generations:
         digest = _sha256(tmp)
         os.replace(tmp, path)
         manifest = Manifest(
-            generation=generation, sequence=sequence, fingerprint=fingerprint, kind=index.kind,
-            dim=index.dim, count=len(index), sha256=digest, created=time.time(),
+            generation=generation,
+            sequence=sequence,
+            fingerprint=fingerprint,
+            kind=index.kind,
+            dim=index.dim,
+            count=len(index),
+            sha256=digest,
+            created=time.time(),
         )
         _write_durably(path.with_suffix(".json"), json.dumps(asdict(manifest)).encode())
         _fsync_dir(self.dir)
@@ -202,7 +208,9 @@ class Generations:
         for m in self.manifests():
             path = self._file(m.generation)
             if m.fingerprint != fingerprint or m.dim != dim or m.kind not in INDEX_TYPES:
-                log.info("Index - generation %d was built with other settings; skipped", m.generation)
+                log.info(
+                    "Index - generation %d was built with other settings; skipped", m.generation
+                )
                 continue
             if not path.exists() or _sha256(path) != m.sha256:
                 log.error("Index - generation %d is missing or corrupt; falling back", m.generation)
@@ -210,5 +218,7 @@ class Generations:
             try:
                 return INDEX_TYPES[m.kind].read(path, dim), m
             except (RuntimeError, ValueError) as exc:
-                log.error("Index - generation %d failed to load (%s); falling back", m.generation, exc)
+                log.error(
+                    "Index - generation %d failed to load (%s); falling back", m.generation, exc
+                )
         return None

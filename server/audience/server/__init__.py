@@ -1,10 +1,10 @@
 """audience.server: the gRPC servicers, the server runner and the `audience` admin CLI.
 
-    from audience.server import AudienceServer, load_config
-    server = AudienceServer(load_config(data_dir="./data", port=0))
-    port = server.start()      # SERVING once this returns
-    ...
-    server.stop()
+from audience.server import AudienceServer, load_config
+server = AudienceServer(load_config(data_dir="./data", port=0))
+port = server.start()      # SERVING once this returns
+...
+server.stop()
 """
 
 from ._app import SERVICE_NAMES, AudienceServer, serve
@@ -12,6 +12,12 @@ from ._config import ServerConfig, load_config
 from ._errors import STATUS_OF, ErrorMappingInterceptor, status_for
 
 __all__ = [
-    "SERVICE_NAMES", "STATUS_OF", "AudienceServer", "ErrorMappingInterceptor", "ServerConfig",
-    "load_config", "serve", "status_for",
+    "SERVICE_NAMES",
+    "STATUS_OF",
+    "AudienceServer",
+    "ErrorMappingInterceptor",
+    "ServerConfig",
+    "load_config",
+    "serve",
+    "status_for",
 ]

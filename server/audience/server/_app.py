@@ -93,11 +93,15 @@ class AudienceServer:
             raise PreconditionFailed(f"cannot listen on {address}: {exc}") from exc
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.start()
-        log.info("Server - listening on %s:%d (NOT_SERVING while loading)", self.config.host, self.port)
+        log.info(
+            "Server - listening on %s:%d (NOT_SERVING while loading)", self.config.host, self.port
+        )
         if self.config.port_file:
             _write_port_file(self.config.port_file, self.port)
         try:
-            engine = Engine.open(self.config.engine, embedder=self._embedder, progress=ProgressLog())
+            engine = Engine.open(
+                self.config.engine, embedder=self._embedder, progress=ProgressLog()
+            )
         except BaseException:
             self._server.stop(0)
             raise

@@ -81,7 +81,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(
         f"read {report.rows} rows -> {report.users} users, {report.texts} texts "
         f"({report.skipped_rows} rows without an id, {report.unparsed_times} unparsed times, "
-        f"{report.dropped_texts} texts over --max-texts-per-user) in {time.perf_counter() - t0:.1f}s",
+        f"{report.dropped_texts} texts over --max-texts-per-user) "
+        f"in {time.perf_counter() - t0:.1f}s",
         file=sys.stderr,
     )
     if args.limit_users:
@@ -116,8 +117,12 @@ def cmd_lookalike(args: argparse.Namespace) -> int:
             min_score=args.min_score,
         )
     if args.json:
-        print(json.dumps({"eligible": result.eligible,
-                          "users": [asdict(u) for u in result.users]}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"eligible": result.eligible, "users": [asdict(u) for u in result.users]},
+                ensure_ascii=False,
+            )
+        )
     else:
         print(f"{len(result.users)} of {result.eligible} eligible users")
         for rank, u in enumerate(result.users, 1):
@@ -159,10 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def client_flags(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--target", default=os.environ.get("AUDIENCE_TARGET", f"127.0.0.1:{DEFAULT_PORT}"),
-                        help="server address host:port (env AUDIENCE_TARGET)")
-        sp.add_argument("--token", default=os.environ.get("AUDIENCE_TOKEN"),
-                        help="bearer token (env AUDIENCE_TOKEN)")
+        sp.add_argument(
+            "--target",
+            default=os.environ.get("AUDIENCE_TARGET", f"127.0.0.1:{DEFAULT_PORT}"),
+            help="server address host:port (env AUDIENCE_TARGET)",
+        )
+        sp.add_argument(
+            "--token",
+            default=os.environ.get("AUDIENCE_TOKEN"),
+            help="bearer token (env AUDIENCE_TOKEN)",
+        )
         sp.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, seconds")
 
     s = sub.add_parser("serve", help="run the gRPC server")
@@ -171,12 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     s.add_argument("--port-file", type=Path, help="write the bound port to this file")
-    s.add_argument("--model", help="sentence-transformers model directory (default: packaged all-MiniLM-L6-v2)")
-    s.add_argument("--attribute", action="append", metavar="SPEC",
-                   help="attribute in the user vector: name:numeric:MIN:MAX or "
-                        "name:categorical[:a,b,c], optional @WEIGHT; repeatable "
-                        "(default: the data dir's last schema)")
-    s.add_argument("--attribute-weight", type=float, help="share of the vector for attributes (0.2)")
+    s.add_argument(
+        "--model", help="sentence-transformers model directory (default: packaged all-MiniLM-L6-v2)"
+    )
+    s.add_argument(
+        "--attribute",
+        action="append",
+        metavar="SPEC",
+        help="attribute in the user vector: name:numeric:MIN:MAX or "
+        "name:categorical[:a,b,c], optional @WEIGHT; repeatable "
+        "(default: the data dir's last schema)",
+    )
+    s.add_argument(
+        "--attribute-weight", type=float, help="share of the vector for attributes (0.2)"
+    )
     s.add_argument("--recency-half-life-days", type=float, help="decay of older texts (off)")
     s.add_argument("--max-workers", type=int, help="handler threads (16)")
     s.set_defaults(func=cmd_serve)
@@ -188,10 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--delimiter", help="CSV/TSV delimiter (default , or tab)")
     s.add_argument("--id-col", required=True, help="column with the user id")
     s.add_argument("--text-col", action="append", help="column with a text; repeatable")
-    s.add_argument("--attr", action="append", metavar="COL[:number|:text]",
-                   help="attribute column; repeatable")
+    s.add_argument(
+        "--attr", action="append", metavar="COL[:number|:text]", help="attribute column; repeatable"
+    )
     s.add_argument("--time-col", help="column with the text's time")
-    s.add_argument("--time-format", help="strptime format of --time-col (default: epoch or ISO 8601)")
+    s.add_argument(
+        "--time-format", help="strptime format of --time-col (default: epoch or ISO 8601)"
+    )
     s.add_argument("--weight-col", help="column with the text's weight")
     s.add_argument("--max-texts-per-user", type=int, help="keep only the newest N texts per user")
     s.add_argument("--limit-users", type=int, help="upload only the first N users")
@@ -206,8 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-text", action="append", help="seed free text; repeatable")
     s.add_argument("-k", type=int, default=100, help="audience size (default 100)")
     s.add_argument("--fraction", type=float, help="audience size as a share of eligible users")
-    s.add_argument("--filter", action="append",
-                   help="e.g. 'gender=female', 'age>=30', 'industry in Arts,Education'; repeatable")
+    s.add_argument(
+        "--filter",
+        action="append",
+        help="e.g. 'gender=female', 'age>=30', 'industry in Arts,Education'; repeatable",
+    )
     s.add_argument("--negative", action="append", help="user id to steer away from; repeatable")
     s.add_argument("--exclude", action="append", help="user id never to return; repeatable")
     s.add_argument("--include-seeds", action="store_true")
@@ -222,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("rebuild-index", help="rebuild the vector index from the store")
     client_flags(s)
-    s.add_argument("--reembed", action="store_true", help="embed every text again (after a model change)")
+    s.add_argument(
+        "--reembed", action="store_true", help="embed every text again (after a model change)"
+    )
     s.set_defaults(func=cmd_rebuild)
 
     s = sub.add_parser("snapshot", help="write a consistent copy of store and index")

@@ -1,20 +1,21 @@
 """Server configuration: defaults <- TOML file <- command-line flags, in one object.
 
-    [server]                      [engine]                          [limits]
-    host = "127.0.0.1"            data_dir = "./data"               max_k = 10000
-    port = 50051                  model = "all-MiniLM-L6-v2"        max_batch_users = 1000
-    max_workers = 16              attribute_weight = 0.2            ...
-    max_concurrent_rpcs = 256     attributes = ["age:numeric:13:90", "gender:categorical"]
-    max_message_bytes = 67108864  recency_half_life_days = 180
-    grace_seconds = 10
+[server]                      [engine]                          [limits]
+host = "127.0.0.1"            data_dir = "./data"               max_k = 10000
+port = 50051                  model = "all-MiniLM-L6-v2"        max_batch_users = 1000
+max_workers = 16              attribute_weight = 0.2            ...
+max_concurrent_rpcs = 256     attributes = ["age:numeric:13:90", "gender:categorical"]
+max_message_bytes = 67108864  recency_half_life_days = 180
+grace_seconds = 10
 """
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from audience.index import AttributeSpec, EngineConfig, InvalidQuery, Limits
 
@@ -51,8 +52,10 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
             engine[key] = value
         else:
             raise InvalidQuery(key, "unknown setting")
-    unknown = (set(server) - server_keys) | (set(engine) - engine_keys) | (
-        set(limits) - {f.name for f in fields(Limits)}
+    unknown = (
+        (set(server) - server_keys)
+        | (set(engine) - engine_keys)
+        | (set(limits) - {f.name for f in fields(Limits)})
     )
     if unknown:
         raise InvalidQuery("config", f"unknown settings: {sorted(unknown)}")

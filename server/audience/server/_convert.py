@@ -40,7 +40,8 @@ def profile_from_pb(p: pb.Profile, field: str) -> Profile:
     return Profile(
         user_id=p.user_id,
         texts=tuple(
-            TextItem(t.text, t.weight if t.HasField("weight") else 1.0, t.timestamp) for t in p.texts
+            TextItem(t.text, t.weight if t.HasField("weight") else 1.0, t.timestamp)
+            for t in p.texts
         ),
         attributes={
             name: value_from_pb(v, f"{field}.attributes[{name!r}]")
@@ -73,8 +74,11 @@ def filters_from_pb(filters: Sequence[pb.Filter]) -> tuple[Filter, ...]:
         where = f"filters[{i}]"
         cond = f.WhichOneof("condition")
         if cond == "equals":
-            out.append(Filter(f.attribute, equals=value_from_pb(f.equals, f"{where}.equals"),
-                              negate=f.negate))
+            out.append(
+                Filter(
+                    f.attribute, equals=value_from_pb(f.equals, f"{where}.equals"), negate=f.negate
+                )
+            )
         elif cond == "any_of":
             values = tuple(
                 value_from_pb(v, f"{where}.any_of[{j}]") for j, v in enumerate(f.any_of.values)
@@ -98,8 +102,11 @@ def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
         if kind is None:
             raise InvalidQuery(f"seeds[{i}]", "needs one of user_id or text")
         weight = s.weight if s.HasField("weight") else 1.0
-        seeds.append(Seed(user_id=s.user_id, weight=weight) if kind == "user_id"
-                     else Seed(text=s.text, weight=weight))
+        seeds.append(
+            Seed(user_id=s.user_id, weight=weight)
+            if kind == "user_id"
+            else Seed(text=s.text, weight=weight)
+        )
     size = r.WhichOneof("size")
     return LookalikeQuery(
         seeds=tuple(seeds),

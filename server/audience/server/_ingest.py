@@ -55,8 +55,15 @@ class IngestReport:
 
 def detect_format(path: Path) -> str:
     name = path.name.lower().removesuffix(".gz")
-    for ext, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".tab", "tsv"), (".jsonl", "jsonl"),
-                     (".ndjson", "jsonl"), (".json", "jsonl"), (".parquet", "parquet")):
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".tab", "tsv"),
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "jsonl"),
+        (".parquet", "parquet"),
+    ):
         if name.endswith(ext):
             return fmt
     raise ValueError(f"cannot tell the format of {path.name}; pass --format {'|'.join(FORMATS)}")
@@ -68,7 +75,9 @@ def _open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8", newline="")
 
 
-def read_rows(path: Path, fmt: str = "auto", delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+def read_rows(
+    path: Path, fmt: str = "auto", delimiter: str | None = None
+) -> Iterator[dict[str, Any]]:
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -135,8 +144,17 @@ def group_profiles(
     for row in rows:
         report.rows += 1
         if report.rows == 1:
-            missing = [c for c in (cols.id_col, *cols.text_cols, *(a for a, _ in cols.attr_cols),
-                                   cols.time_col, cols.weight_col) if c and c not in row]
+            missing = [
+                c
+                for c in (
+                    cols.id_col,
+                    *cols.text_cols,
+                    *(a for a, _ in cols.attr_cols),
+                    cols.time_col,
+                    cols.weight_col,
+                )
+                if c and c not in row
+            ]
             if missing:
                 raise ValueError(f"columns not in the file: {missing}; it has {sorted(row)}")
         uid = row.get(cols.id_col)

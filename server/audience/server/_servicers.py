@@ -14,7 +14,13 @@ from audience.client._proto import audience_pb2 as pb
 from audience.client._proto import audience_pb2_grpc as pb_grpc
 from audience.index import Engine, IndexNotReady
 
-from ._convert import filters_from_pb, profiles_from_pb, query_from_pb, scored_to_pb, stored_user_to_pb
+from ._convert import (
+    filters_from_pb,
+    profiles_from_pb,
+    query_from_pb,
+    scored_to_pb,
+    stored_user_to_pb,
+)
 
 STREAM_CHUNK = 1000  # users per LookalikeChunk
 
@@ -48,7 +54,9 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     def __init__(self, holder: EngineHolder) -> None:
         self._holder = holder
 
-    def UpsertUsers(self, request: pb.UpsertUsersRequest, context: grpc.ServicerContext) -> pb.UpsertUsersResponse:
+    def UpsertUsers(
+        self, request: pb.UpsertUsersRequest, context: grpc.ServicerContext
+    ) -> pb.UpsertUsersResponse:
         n, seq = self._holder.engine.upsert(profiles_from_pb(request.profiles))
         return pb.UpsertUsersResponse(upserted=n, sequence=seq)
 
@@ -61,11 +69,15 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
             total += n
         return pb.UpsertUsersResponse(upserted=total, sequence=seq)
 
-    def DeleteUsers(self, request: pb.DeleteUsersRequest, context: grpc.ServicerContext) -> pb.DeleteUsersResponse:
+    def DeleteUsers(
+        self, request: pb.DeleteUsersRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteUsersResponse:
         deleted, not_found = self._holder.engine.delete(list(request.user_ids))
         return pb.DeleteUsersResponse(deleted=deleted, not_found=not_found)
 
-    def GetUser(self, request: pb.GetUserRequest, context: grpc.ServicerContext) -> pb.GetUserResponse:
+    def GetUser(
+        self, request: pb.GetUserRequest, context: grpc.ServicerContext
+    ) -> pb.GetUserResponse:
         user = self._holder.engine.get_user(request.user_id, include_vector=request.include_vector)
         return stored_user_to_pb(user)
 
@@ -74,20 +86,26 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
     def __init__(self, holder: EngineHolder) -> None:
         self._holder = holder
 
-    def FindLookalikes(self, request: pb.LookalikeRequest, context: grpc.ServicerContext) -> pb.LookalikeResponse:
+    def FindLookalikes(
+        self, request: pb.LookalikeRequest, context: grpc.ServicerContext
+    ) -> pb.LookalikeResponse:
         result = self._holder.engine.find_lookalikes(query_from_pb(request))
         return pb.LookalikeResponse(users=scored_to_pb(result.users), eligible=result.eligible)
 
     def StreamLookalikes(
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LookalikeChunk]:
-        eligible, chunks = self._holder.engine.stream_lookalikes(query_from_pb(request), STREAM_CHUNK)
+        eligible, chunks = self._holder.engine.stream_lookalikes(
+            query_from_pb(request), STREAM_CHUNK
+        )
         for chunk in chunks:
             if not context.is_active():  # the caller went away: stop sending
                 return
             yield pb.LookalikeChunk(users=scored_to_pb(chunk), eligible=eligible)
 
-    def EstimateReach(self, request: pb.EstimateReachRequest, context: grpc.ServicerContext) -> pb.EstimateReachResponse:
+    def EstimateReach(
+        self, request: pb.EstimateReachRequest, context: grpc.ServicerContext
+    ) -> pb.EstimateReachResponse:
         reach, total = self._holder.engine.estimate_reach(
             filters_from_pb(request.filters), list(request.exclude_user_ids)
         )
@@ -109,7 +127,9 @@ class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, holder: EngineHolder) -> None:
         self._holder = holder
 
-    def RebuildIndex(self, request: pb.RebuildIndexRequest, context: grpc.ServicerContext) -> pb.RebuildIndexResponse:
+    def RebuildIndex(
+        self, request: pb.RebuildIndexRequest, context: grpc.ServicerContext
+    ) -> pb.RebuildIndexResponse:
         done = self._holder.engine.rebuild_index(reembed=request.reembed)
         return pb.RebuildIndexResponse(
             users=done["users"], generation=done["generation"], seconds=done["seconds"]
@@ -118,14 +138,24 @@ class AdminServicer(pb_grpc.AdminServicer):
     def BuildSegments(self, request, context):  # type: ignore[no-untyped-def]
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "segment builds are not implemented yet")
 
-    def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotResponse:
+    def Snapshot(
+        self, request: pb.SnapshotRequest, context: grpc.ServicerContext
+    ) -> pb.SnapshotResponse:
         generation, path = self._holder.engine.snapshot()
         return pb.SnapshotResponse(generation=generation, path=str(path))
 
-    def GetStats(self, request: pb.GetStatsRequest, context: grpc.ServicerContext) -> pb.GetStatsResponse:
+    def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.ServicerContext
+    ) -> pb.GetStatsResponse:
         s = self._holder.engine.stats()
         return pb.GetStatsResponse(
-            users=s.users, indexed=s.indexed, dimension=s.dimension, model=s.model,
-            index_type=s.index_type, generation=s.generation, sequence=s.sequence,
-            data_dir=s.data_dir, attributes=list(s.attributes),
+            users=s.users,
+            indexed=s.indexed,
+            dimension=s.dimension,
+            model=s.model,
+            index_type=s.index_type,
+            generation=s.generation,
+            sequence=s.sequence,
+            data_dir=s.data_dir,
+            attributes=list(s.attributes),
         )

@@ -1,0 +1,94 @@
+"""Python client of Audience: lookalike audiences and user segments over gRPC.
+
+Needs only grpcio and protobuf::
+
+    from audience.client import AudienceClient, Profile
+
+    with AudienceClient("127.0.0.1:50051") as client:
+        client.upsert_users([Profile("u1", texts=["I bake sourdough"], attributes={"age": 31})])
+        for user in client.find_lookalikes(seed_ids=["u1"], k=10).users:
+            print(user.user_id, user.score)
+
+:class:`AsyncAudienceClient` has the same methods as coroutines. Filters are
+:class:`Filter` objects or expressions (``"age>=30"``, ``"region in EU,US"``). Every error
+is an :class:`AudienceError` subclass named after its gRPC status.
+"""
+
+from ._async import AsyncAudienceClient
+from ._errors import (
+    AudienceError,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ServerError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    map_rpc_error,
+)
+from ._sync import AudienceClient
+from ._types import (
+    DeleteResult,
+    Filter,
+    LookalikeQuery,
+    LookalikeResult,
+    Profile,
+    ReachEstimate,
+    RebuildResult,
+    ScoredUser,
+    Seed,
+    Segment,
+    SegmentBuild,
+    SnapshotResult,
+    Stats,
+    Text,
+    UpsertResult,
+    UserRecord,
+    UserSegment,
+)
+
+__all__ = [
+    "AsyncAudienceClient",
+    "AudienceClient",
+    "AudienceError",
+    "Cancelled",
+    "DeadlineExceeded",
+    "DeleteResult",
+    "FailedPrecondition",
+    "Filter",
+    "InvalidArgument",
+    "LookalikeQuery",
+    "LookalikeResult",
+    "NotFound",
+    "PermissionDenied",
+    "Profile",
+    "ReachEstimate",
+    "RebuildResult",
+    "ResourceExhausted",
+    "ScoredUser",
+    "Seed",
+    "Segment",
+    "SegmentBuild",
+    "ServerError",
+    "SnapshotResult",
+    "Stats",
+    "Text",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "UpsertResult",
+    "UserRecord",
+    "UserSegment",
+    "map_rpc_error",
+]
+
+# Show public names as members of this package in reprs and tracebacks, as httpx does.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("audience.client._"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,448 @@
+"""The asyncio client, :class:`AsyncAudienceClient` (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from . import _convert as cv
+from ._channel import Stubs, open_stubs
+from ._errors import AudienceError, map_rpc_error
+from ._options import (
+    DEFAULT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    ClientOptions,
+    Timeout,
+)
+from ._policy import ReadyWait
+from ._progress import Progress, ProgressArg
+from ._proto import audience_pb2 as pb
+from ._types import (
+    DeleteResult,
+    Filter,
+    LookalikeQuery,
+    LookalikeResult,
+    ReachEstimate,
+    RebuildResult,
+    ScoredUser,
+    Seed,
+    Segment,
+    SegmentBuild,
+    SnapshotResult,
+    Stats,
+    UpsertResult,
+    UserRecord,
+    UserSegment,
+    as_tuple,
+)
+
+T = TypeVar("T")
+Profiles = Iterable[cv.ProfileLike] | AsyncIterable[cv.ProfileLike]
+
+
+class AsyncAudienceClient:
+    """asyncio client of the Audience service: the options and methods of
+    :class:`AudienceClient`, as coroutines (streams as async iterators).
+
+    The channel opens on first use, inside the running event loop; use one client per loop.
+    Every method raises :class:`AudienceError` subclasses, never ``grpc.RpcError``.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        retries: int = 3,
+        retry_backoff: float = 0.2,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+    ) -> None:
+        self._options = ClientOptions(
+            target=target,
+            timeout=timeout,
+            token=token,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            max_message_bytes=max_message_bytes,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
+        self._stubs: Stubs | None = None
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        return self._options.target
+
+    def __repr__(self) -> str:
+        return f"AsyncAudienceClient({self._options.target!r})"
+
+    async def __aenter__(self) -> AsyncAudienceClient:
+        self._live  # noqa: B018  (open the channel inside the loop)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled. Closing twice is fine."""
+        self._closed = True
+        stubs, self._stubs = self._stubs, None
+        if stubs is not None:
+            await stubs.channel.close()
+
+    @property
+    def _live(self) -> Stubs:
+        if self._closed:
+            raise RuntimeError("the AsyncAudienceClient is closed")
+        if self._stubs is None:
+            self._stubs = open_stubs(self._options, grpc.aio)
+        return self._stubs
+
+    # ------------------------------------------------------------ call helpers
+
+    async def _unary(self, method: Callable[..., Any], request: Any, timeout: Timeout) -> Any:
+        """One unary call, retried on UNAVAILABLE within its deadline."""
+        attempts = self._options.attempts(timeout)
+        while True:
+            try:
+                return await method(
+                    request, timeout=attempts.timeout(), metadata=self._options.metadata
+                )
+            except grpc.RpcError as exc:
+                await asyncio.sleep(attempts.backoff(exc))
+
+    async def _server_stream(
+        self, method: Any, request: Any, timeout: Timeout, parse: Callable[[Any], list[T]]
+    ) -> AsyncIterator[T]:
+        """Items of a server stream; retried on UNAVAILABLE only before the first message.
+
+        ``timeout`` bounds the whole stream. Stopping early (``aclose()``) cancels the call.
+        """
+        attempts = self._options.attempts(timeout)
+        received = False
+        while True:
+            call = method(request, timeout=attempts.timeout(), metadata=self._options.metadata)
+            try:
+                async for message in call:
+                    received = True
+                    for item in parse(message):
+                        yield item
+                return
+            except grpc.RpcError as exc:
+                if received:
+                    raise map_rpc_error(exc) from exc
+                pause = attempts.backoff(exc)
+            finally:
+                call.cancel()  # a no-op once the stream has ended
+            await asyncio.sleep(pause)
+
+    # ------------------------------------------------------------ health
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll the standard health service until the server is SERVING.
+
+        timeout: how long to wait, seconds. Raises :class:`Unavailable` when time is up.
+        """
+        waiter = ReadyWait(timeout, self._options.target)
+        while True:
+            try:
+                status = await self._live.health(
+                    "",
+                    timeout=waiter.attempt_timeout(),
+                    metadata=self._options.metadata,
+                    wait_for_ready=True,
+                )
+                if waiter.serving(status):
+                    return
+            except grpc.RpcError as exc:
+                waiter.failed(exc)
+            await asyncio.sleep(waiter.pause())
+
+    # ------------------------------------------------------------ profiles
+
+    async def upsert_users(
+        self,
+        profiles: Profiles,
+        *,
+        batch_size: int = 256,
+        progress: ProgressArg = False,
+        timeout: Timeout = DEFAULT,
+    ) -> UpsertResult:
+        """Insert or replace profiles from an iterable or async iterable, ``batch_size`` per
+        request; see :meth:`AudienceClient.upsert_users`. timeout: per batch, seconds."""
+        batcher = cv.Batcher(batch_size)
+        cv.check_profiles(profiles)
+        reporter = Progress(progress)
+        totals = cv.UpsertTotals()
+        try:
+            async for batch in _batches(batcher, profiles):
+                request = cv.upsert_request(batch)
+                response = await self._unary(self._live.profiles.UpsertUsers, request, timeout)
+                reporter.update(totals.add(response))
+        finally:
+            reporter.close()
+        return totals.result()
+
+    async def stream_upsert_users(
+        self, profiles: Profiles, *, batch_size: int = 256, timeout: Timeout = DEFAULT
+    ) -> UpsertResult:
+        """Bulk load over one client stream (not retried); see
+        :meth:`AudienceClient.stream_upsert_users`. timeout: the whole stream, seconds."""
+        batcher = cv.Batcher(batch_size)
+        cv.check_profiles(profiles)
+        failures: list[Exception] = []
+        sent = 0
+
+        async def requests() -> AsyncIterator[pb.UpsertUsersRequest]:
+            nonlocal sent
+            try:  # an error here ends the stream; it is raised to the caller below
+                async for batch in _batches(batcher, profiles):
+                    sent += 1
+                    yield cv.upsert_request(batch)
+            except Exception as exc:
+                failures.append(exc)
+
+        try:
+            response = await self._live.profiles.StreamUpsertUsers(
+                requests(),
+                timeout=self._options.resolve_timeout(timeout),
+                metadata=self._options.metadata,
+            )
+        except grpc.RpcError as exc:
+            if failures:
+                raise failures[0] from None
+            raise map_rpc_error(exc) from exc
+        if failures:
+            raise failures[0]
+        totals = cv.UpsertTotals()
+        totals.add(response, batches=sent)
+        return totals.result()
+
+    async def delete_users(
+        self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT
+    ) -> DeleteResult:
+        """Erase users from the store and the index; unknown ids are reported, not errors."""
+        request = cv.delete_request(user_ids)
+        response = await self._unary(self._live.profiles.DeleteUsers, request, timeout)
+        return cv.delete_result(response)
+
+    async def get_user(
+        self, user_id: str, *, include_vector: bool = False, timeout: Timeout = DEFAULT
+    ) -> UserRecord:
+        """A stored profile; with include_vector, also its indexed vector."""
+        request = cv.get_user_request(user_id, include_vector)
+        return cv.user_record(await self._unary(self._live.profiles.GetUser, request, timeout))
+
+    # ------------------------------------------------------------ lookalikes
+
+    async def find_lookalikes(
+        self,
+        seed_ids: Sequence[str] | LookalikeQuery = (),
+        seed_texts: Sequence[str] = (),
+        *,
+        seeds: Sequence[Seed] = (),
+        k: int | None = None,
+        fraction: float | None = None,
+        filters: Sequence[Filter | str] = (),
+        negative_ids: Sequence[str] = (),
+        negative_weight: float | None = None,
+        exclude_ids: Sequence[str] = (),
+        include_seeds: bool = False,
+        min_score: float | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> LookalikeResult:
+        """Users most like the seeds, best first; also takes one LookalikeQuery alone."""
+        query = cv.build_query(
+            seed_ids,
+            seed_texts,
+            seeds=seeds,
+            k=k,
+            fraction=fraction,
+            filters=filters,
+            negative_ids=negative_ids,
+            negative_weight=negative_weight,
+            exclude_ids=exclude_ids,
+            include_seeds=include_seeds,
+            min_score=min_score,
+        )
+        return await self._find(cv.lookalike_request(query), timeout)
+
+    async def _find(self, request: pb.LookalikeRequest, timeout: Timeout) -> LookalikeResult:
+        response = await self._unary(self._live.lookalike.FindLookalikes, request, timeout)
+        return cv.lookalike_result(response)
+
+    def stream_lookalikes(
+        self,
+        seed_ids: Sequence[str] | LookalikeQuery = (),
+        seed_texts: Sequence[str] = (),
+        *,
+        seeds: Sequence[Seed] = (),
+        k: int | None = None,
+        fraction: float | None = None,
+        filters: Sequence[Filter | str] = (),
+        negative_ids: Sequence[str] = (),
+        negative_weight: float | None = None,
+        exclude_ids: Sequence[str] = (),
+        include_seeds: bool = False,
+        min_score: float | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> AsyncIterator[ScoredUser]:
+        """The same query streamed best first: ``async for user in client.stream_lookalikes(...)``.
+
+        The query is checked now. timeout: deadline of the whole stream, seconds.
+        """
+        query = cv.build_query(
+            seed_ids,
+            seed_texts,
+            seeds=seeds,
+            k=k,
+            fraction=fraction,
+            filters=filters,
+            negative_ids=negative_ids,
+            negative_weight=negative_weight,
+            exclude_ids=exclude_ids,
+            include_seeds=include_seeds,
+            min_score=min_score,
+        )
+        request = cv.lookalike_request(query)
+        return self._server_stream(
+            self._live.lookalike.StreamLookalikes, request, timeout, cv.scored_users
+        )
+
+    async def find_lookalikes_many(
+        self,
+        queries: Iterable[LookalikeQuery],
+        *,
+        concurrency: int = 8,
+        timeout: Timeout = DEFAULT,
+        return_exceptions: bool = False,
+    ) -> list[LookalikeResult | AudienceError]:
+        """Run many queries, at most ``concurrency`` at once; results in input order.
+
+        With return_exceptions, a failed query's :class:`AudienceError` takes its place;
+        otherwise the first failure is raised and the other queries are cancelled.
+        timeout: deadline of each query, seconds.
+        """
+        requests = [cv.lookalike_request(q) for q in as_tuple("queries", queries)]
+        semaphore = asyncio.Semaphore(cv.check_concurrency(concurrency))
+
+        async def one(request: pb.LookalikeRequest) -> LookalikeResult | AudienceError:
+            async with semaphore:
+                try:
+                    return await self._find(request, timeout)
+                except AudienceError as exc:
+                    if return_exceptions:
+                        return exc
+                    raise
+
+        tasks = [asyncio.ensure_future(one(r)) for r in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def estimate_reach(
+        self,
+        filters: Sequence[Filter | str] = (),
+        *,
+        exclude_ids: Sequence[str] = (),
+        timeout: Timeout = DEFAULT,
+    ) -> ReachEstimate:
+        """How many users pass ``filters`` (Filter objects or expressions), less exclusions."""
+        request = cv.reach_request(filters, exclude_ids)
+        response = await self._unary(self._live.lookalike.EstimateReach, request, timeout)
+        return cv.reach_estimate(response)
+
+    # ------------------------------------------------------------ admin
+
+    async def rebuild_index(
+        self, *, reembed: bool = False, timeout: Timeout = None
+    ) -> RebuildResult:
+        """Rebuild the vector index and swap it in (no deadline unless ``timeout`` is given)."""
+        request = cv.rebuild_request(reembed)
+        return cv.rebuild_result(await self._unary(self._live.admin.RebuildIndex, request, timeout))
+
+    async def build_segments(
+        self, *, target_segments: int = 0, timeout: Timeout = None
+    ) -> SegmentBuild:
+        """Build a new segment model (no deadline unless ``timeout`` is given)."""
+        request = cv.build_segments_request(target_segments)
+        return cv.segment_build(await self._unary(self._live.admin.BuildSegments, request, timeout))
+
+    async def snapshot(self, *, timeout: Timeout = DEFAULT) -> SnapshotResult:
+        """Write a consistent copy of the store and the index under the server's data dir."""
+        response = await self._unary(self._live.admin.Snapshot, pb.SnapshotRequest(), timeout)
+        return cv.snapshot_result(response)
+
+    async def stats(self, *, timeout: Timeout = DEFAULT) -> Stats:
+        """What the server holds: users, indexed vectors, model, generation, attributes."""
+        response = await self._unary(self._live.admin.GetStats, pb.GetStatsRequest(), timeout)
+        return cv.stats(response)
+
+    # ------------------------------------------------------------ segments
+
+    async def list_segments(self, *, timeout: Timeout = DEFAULT) -> list[Segment]:
+        """Every segment of the current segment model."""
+        request = pb.ListSegmentsRequest()
+        response = await self._unary(self._live.segments.ListSegments, request, timeout)
+        return [cv.segment(s) for s in response.segments]
+
+    async def get_segment(self, segment_id: str, *, timeout: Timeout = DEFAULT) -> Segment:
+        """One segment: size, keywords, attribute profile, exemplar users, persistence."""
+        request = cv.segment_request(segment_id)
+        return cv.segment(await self._unary(self._live.segments.GetSegment, request, timeout))
+
+    async def get_user_segments(
+        self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT
+    ) -> list[UserSegment]:
+        """The segment of each stored user, with membership strength and outlier flag."""
+        request = cv.user_segments_request(user_ids)
+        response = await self._unary(self._live.segments.GetUserSegments, request, timeout)
+        return cv.user_segments(response)
+
+    async def assign_segments(
+        self, profiles: Iterable[cv.ProfileLike], *, timeout: Timeout = DEFAULT
+    ) -> list[UserSegment]:
+        """Segments for profiles that are not stored (nothing is written)."""
+        request = cv.assign_request(profiles)
+        response = await self._unary(self._live.segments.AssignSegments, request, timeout)
+        return cv.user_segments(response)
+
+    def stream_segment_members(
+        self, segment_id: str, *, timeout: Timeout = DEFAULT
+    ) -> AsyncIterator[ScoredUser]:
+        """Members of a segment, streamed. timeout: deadline of the whole stream, seconds."""
+        request = cv.members_request(segment_id)
+        return self._server_stream(
+            self._live.segments.StreamSegmentMembers, request, timeout, cv.scored_users
+        )
+
+
+async def _batches(batcher: cv.Batcher, profiles: Profiles) -> AsyncIterator[list[pb.Profile]]:
+    """Batches from an iterable or an async iterable of profiles."""
+    if not cv.is_async_iterable(profiles):
+        for batch in batcher.batches(profiles):  # type: ignore[arg-type]
+            yield batch
+        return
+    async for profile in profiles:  # type: ignore[union-attr]
+        batch = batcher.add(profile)
+        if batch:
+            yield batch
+    last = batcher.flush()
+    if last:
+        yield last

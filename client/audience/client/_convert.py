@@ -1,0 +1,471 @@
+"""Request building and response parsing, shared by the sync and asyncio clients.
+
+Client types (``_types``) in, protobuf messages out, and back. Malformed input raises
+:class:`InvalidArgument` here, before anything is sent; value ranges are left to the server.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from ._errors import InvalidArgument, ServerError
+from ._proto import audience_pb2 as pb
+from ._types import (
+    AttributeScalar,
+    DeleteResult,
+    Filter,
+    LookalikeQuery,
+    LookalikeResult,
+    Profile,
+    ReachEstimate,
+    RebuildResult,
+    ScoredUser,
+    Seed,
+    Segment,
+    SegmentBuild,
+    SnapshotResult,
+    Stats,
+    Text,
+    UpsertResult,
+    UserRecord,
+    UserSegment,
+    as_tuple,
+)
+
+ProfileLike = Profile | Mapping[str, Any]
+
+# ---------------------------------------------------------------- scalars
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgument(f"{name} must be an int, not {type(value).__name__}")
+    return int(value)
+
+
+def _float(name: str, value: Any) -> float:
+    """A number as float; NaN and infinities pass through for the server to judge."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgument(f"{name} must be a number, not {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidArgument(f"{name} is too large for a float") from None
+
+
+def string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+def strings(name: str, values: Iterable[str]) -> list[str]:
+    """A list of str from any iterable of str (a bare str is refused)."""
+    return [string(f"{name} item", v) for v in as_tuple(name, values)]
+
+
+def _assign(msg: Any, field: str, value: Any, name: str) -> None:
+    """Set a protobuf field, turning protobuf's own range/type errors into InvalidArgument."""
+    try:
+        setattr(msg, field, value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{name}: {exc}") from None
+
+
+# ---------------------------------------------------------------- attributes and profiles
+
+
+def attribute_to_pb(name: str, value: Any) -> pb.AttributeValue:
+    """bool -> flag (checked before int: bool is an int), number -> number, str -> text."""
+    if isinstance(value, bool):
+        return pb.AttributeValue(flag=value)
+    if isinstance(value, numbers.Real):
+        return pb.AttributeValue(number=_float(f"attribute {name!r}", value))
+    if isinstance(value, str):
+        try:
+            return pb.AttributeValue(text=value)
+        except ValueError as exc:
+            raise InvalidArgument(f"attribute {name!r}: {exc}") from None
+    raise InvalidArgument(
+        f"attribute {name!r}: unsupported value type {type(value).__name__} "
+        "(use a number, a str or a bool)"
+    )
+
+
+def attribute_from_pb(msg: pb.AttributeValue) -> AttributeScalar | None:
+    kind = msg.WhichOneof("kind")
+    return None if kind is None else getattr(msg, kind)
+
+
+def coerce_profile(value: Any) -> Profile:
+    """A :class:`Profile` from a Profile or a dict with the same field names."""
+    if isinstance(value, Profile):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return Profile(**value)
+        except TypeError as exc:
+            raise InvalidArgument(f"bad profile fields {sorted(map(str, value))}: {exc}") from None
+    raise InvalidArgument(f"a profile must be a Profile or a dict, not {type(value).__name__}")
+
+
+def text_to_pb(text: Text) -> pb.Text:
+    msg = pb.Text(text=string("text", text.text), timestamp=_int("timestamp", text.timestamp))
+    if text.weight is not None:
+        _assign(msg, "weight", _float("text weight", text.weight), "text weight")
+    return msg
+
+
+def profile_to_pb(value: ProfileLike) -> pb.Profile:
+    profile = coerce_profile(value)
+    user_id = string("user_id", profile.user_id)
+    vector = profile.vector
+    if not isinstance(vector, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(f"profile {user_id!r}: vector must be bytes (little-endian float32)")
+    try:
+        msg = pb.Profile(user_id=user_id, vector=bytes(vector))
+        msg.texts.extend(text_to_pb(t) for t in profile.texts)
+        for name, attr in profile.attributes.items():
+            msg.attributes[string("attribute name", name)].CopyFrom(attribute_to_pb(name, attr))
+    except ValueError as exc:  # e.g. a str that is not valid UTF-8 (lone surrogates)
+        raise InvalidArgument(f"profile {user_id!r}: {exc}") from None
+    return msg
+
+
+def profile_from_pb(msg: pb.Profile) -> Profile:
+    texts = tuple(
+        Text(t.text, weight=t.weight if t.HasField("weight") else None, timestamp=t.timestamp)
+        for t in msg.texts
+    )
+    attributes = {name: attribute_from_pb(v) for name, v in msg.attributes.items()}
+    return Profile(msg.user_id, texts=texts, attributes=attributes, vector=bytes(msg.vector))
+
+
+def profiles_to_pb(profiles: Iterable[ProfileLike]) -> list[pb.Profile]:
+    return [profile_to_pb(p) for p in _profile_iterable(profiles)]
+
+
+def _profile_iterable(profiles: Any) -> Any:
+    if isinstance(profiles, (Profile, Mapping, str, bytes)):
+        raise InvalidArgument("profiles must be an iterable of profiles; wrap one in a list")
+    return profiles
+
+
+class Batcher:
+    """Groups profiles into protobuf batches of ``batch_size`` as they stream in."""
+
+    def __init__(self, batch_size: int) -> None:
+        if _int("batch_size", batch_size) < 1:
+            raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self._batch: list[pb.Profile] = []
+
+    def add(self, profile: ProfileLike) -> list[pb.Profile] | None:
+        """Add one profile; returns a full batch when one is ready."""
+        self._batch.append(profile_to_pb(profile))
+        return self.flush() if len(self._batch) >= self.batch_size else None
+
+    def flush(self) -> list[pb.Profile] | None:
+        """The pending partial batch, if any."""
+        batch, self._batch = self._batch, []
+        return batch or None
+
+    def batches(self, profiles: Iterable[ProfileLike]) -> Iterator[list[pb.Profile]]:
+        """Lazily batch a (possibly huge) iterable."""
+        for profile in _profile_iterable(profiles):
+            batch = self.add(profile)
+            if batch:
+                yield batch
+        last = self.flush()
+        if last:
+            yield last
+
+
+def upsert_request(batch: list[pb.Profile]) -> pb.UpsertUsersRequest:
+    return pb.UpsertUsersRequest(profiles=batch)
+
+
+def is_async_iterable(value: Any) -> bool:
+    return hasattr(value, "__aiter__")
+
+
+def check_profiles(profiles: Any) -> None:
+    """Refuse a single profile given where an iterable of them is expected."""
+    _profile_iterable(profiles)
+
+
+# ---------------------------------------------------------------- filters and queries
+
+
+def filter_to_pb(value: Filter | str) -> pb.Filter:
+    flt = Filter.parse(value) if isinstance(value, str) else value
+    if not isinstance(flt, Filter):
+        raise InvalidArgument(f"a filter must be a Filter or a str, not {type(value).__name__}")
+    name = flt.attribute
+    msg = pb.Filter(attribute=name, negate=bool(flt.negate))
+    if flt.equals is not None:
+        msg.equals.CopyFrom(attribute_to_pb(name, flt.equals))
+    elif flt.any_of is not None:
+        msg.any_of.SetInParent()  # an empty set is still a set condition
+        msg.any_of.values.extend(attribute_to_pb(name, v) for v in flt.any_of)
+    elif flt.has_range:
+        msg.range.SetInParent()
+        for bound in ("gte", "gt", "lte", "lt"):
+            value = getattr(flt, bound)
+            if value is not None:
+                setattr(msg.range, bound, _float(f"filter {name!r} {bound}", value))
+    return msg
+
+
+def filters_to_pb(filters: Iterable[Filter | str]) -> list[pb.Filter]:
+    return [filter_to_pb(f) for f in as_tuple("filters", filters)]
+
+
+def seed_to_pb(seed: Seed) -> pb.Seed:
+    if not isinstance(seed, Seed):
+        raise InvalidArgument(f"a seed must be a Seed, not {type(seed).__name__}")
+    msg = pb.Seed()
+    if seed.user_id is not None:
+        _assign(msg, "user_id", string("seed user_id", seed.user_id), "seed user_id")
+    elif seed.text is not None:
+        _assign(msg, "text", string("seed text", seed.text), "seed text")
+    if seed.weight is not None:
+        msg.weight = _float("seed weight", seed.weight)
+    return msg
+
+
+def _is_default(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (tuple, list)) and not value)
+
+
+def build_query(seed_ids: Any = (), seed_texts: Any = (), **options: Any) -> LookalikeQuery:
+    """The query for ``find_lookalikes(...)``: a LookalikeQuery passed alone, or the fields."""
+    if isinstance(seed_ids, LookalikeQuery):
+        if not (_is_default(seed_texts) and all(map(_is_default, options.values()))):
+            raise InvalidArgument("pass either a LookalikeQuery or query fields, not both")
+        return seed_ids
+    return LookalikeQuery(seed_ids=seed_ids, seed_texts=seed_texts, **options)
+
+
+def lookalike_request(query: LookalikeQuery) -> pb.LookalikeRequest:
+    """The request for a query; ``k``/``fraction`` set only when given (even k=0)."""
+    if not isinstance(query, LookalikeQuery):
+        raise InvalidArgument(f"expected a LookalikeQuery, not {type(query).__name__}")
+    msg = pb.LookalikeRequest(
+        seeds=[seed_to_pb(s) for s in query.all_seeds()],
+        negative_user_ids=strings("negative_ids", query.negative_ids),
+        exclude_user_ids=strings("exclude_ids", query.exclude_ids),
+        include_seeds=bool(query.include_seeds),
+        filters=filters_to_pb(query.filters),
+    )
+    if query.negative_weight is not None:
+        msg.negative_weight = _float("negative_weight", query.negative_weight)
+    if query.k is not None:
+        _assign(msg, "k", _int("k", query.k), "k")
+    elif query.fraction is not None:
+        msg.fraction = _float("fraction", query.fraction)
+    if query.min_score is not None:
+        msg.min_score = _float("min_score", query.min_score)
+    return msg
+
+
+def reach_request(
+    filters: Iterable[Filter | str], exclude_ids: Iterable[str]
+) -> pb.EstimateReachRequest:
+    return pb.EstimateReachRequest(
+        filters=filters_to_pb(filters), exclude_user_ids=strings("exclude_ids", exclude_ids)
+    )
+
+
+def check_concurrency(concurrency: int) -> int:
+    if _int("concurrency", concurrency) < 1:
+        raise InvalidArgument(f"concurrency must be >= 1, got {concurrency}")
+    return concurrency
+
+
+def delete_request(user_ids: Iterable[str]) -> pb.DeleteUsersRequest:
+    return pb.DeleteUsersRequest(user_ids=strings("user_ids", user_ids))
+
+
+def get_user_request(user_id: str, include_vector: bool) -> pb.GetUserRequest:
+    return pb.GetUserRequest(
+        user_id=string("user_id", user_id), include_vector=bool(include_vector)
+    )
+
+
+def rebuild_request(reembed: bool) -> pb.RebuildIndexRequest:
+    return pb.RebuildIndexRequest(reembed=bool(reembed))
+
+
+def build_segments_request(target_segments: int) -> pb.BuildSegmentsRequest:
+    msg = pb.BuildSegmentsRequest()
+    _assign(msg, "target_segments", _int("target_segments", target_segments), "target_segments")
+    return msg
+
+
+def segment_request(segment_id: str) -> pb.GetSegmentRequest:
+    return pb.GetSegmentRequest(segment_id=string("segment_id", segment_id))
+
+
+def members_request(segment_id: str) -> pb.StreamSegmentMembersRequest:
+    return pb.StreamSegmentMembersRequest(segment_id=string("segment_id", segment_id))
+
+
+def user_segments_request(user_ids: Iterable[str]) -> pb.GetUserSegmentsRequest:
+    return pb.GetUserSegmentsRequest(user_ids=strings("user_ids", user_ids))
+
+
+def assign_request(profiles: Iterable[ProfileLike]) -> pb.AssignSegmentsRequest:
+    return pb.AssignSegmentsRequest(profiles=profiles_to_pb(profiles))
+
+
+# ---------------------------------------------------------------- responses
+
+
+def scored_users(msg: pb.LookalikeResponse | pb.LookalikeChunk) -> list[ScoredUser]:
+    return [ScoredUser(u.user_id, u.score) for u in msg.users]
+
+
+def lookalike_result(msg: pb.LookalikeResponse) -> LookalikeResult:
+    return LookalikeResult(users=scored_users(msg), eligible=msg.eligible)
+
+
+def delete_result(msg: pb.DeleteUsersResponse) -> DeleteResult:
+    return DeleteResult(deleted=msg.deleted, not_found=list(msg.not_found))
+
+
+def user_record(msg: pb.GetUserResponse) -> UserRecord:
+    return UserRecord(
+        profile=profile_from_pb(msg.profile), vector=bytes(msg.vector), dimension=msg.dimension
+    )
+
+
+def reach_estimate(msg: pb.EstimateReachResponse) -> ReachEstimate:
+    return ReachEstimate(reach=msg.reach, total=msg.total)
+
+
+def stats(msg: pb.GetStatsResponse) -> Stats:
+    return Stats(
+        users=msg.users,
+        indexed=msg.indexed,
+        dimension=msg.dimension,
+        model=msg.model,
+        index_type=msg.index_type,
+        generation=msg.generation,
+        sequence=msg.sequence,
+        data_dir=msg.data_dir,
+        attributes=tuple(msg.attributes),
+    )
+
+
+def rebuild_result(msg: pb.RebuildIndexResponse) -> RebuildResult:
+    return RebuildResult(users=msg.users, generation=msg.generation, seconds=msg.seconds)
+
+
+def snapshot_result(msg: pb.SnapshotResponse) -> SnapshotResult:
+    return SnapshotResult(generation=msg.generation, path=msg.path)
+
+
+def segment(msg: pb.Segment) -> Segment:
+    try:
+        profile = json.loads(msg.attribute_profile_json) if msg.attribute_profile_json else {}
+    except ValueError as exc:
+        raise ServerError(f"segment {msg.segment_id!r}: bad attribute_profile_json: {exc}") from exc
+    return Segment(
+        segment_id=msg.segment_id,
+        size=msg.size,
+        share=msg.share,
+        keywords=list(msg.keywords),
+        exemplar_user_ids=list(msg.exemplar_user_ids),
+        persistence=msg.persistence,
+        attribute_profile=profile,
+    )
+
+
+def user_segments(msg: Any) -> list[UserSegment]:
+    """Memberships of a GetUserSegments or AssignSegments response."""
+    return [
+        UserSegment(m.user_id, m.segment_id, strength=m.strength, outlier=m.outlier)
+        for m in msg.memberships
+    ]
+
+
+def segment_build(msg: pb.BuildSegmentsResponse) -> SegmentBuild:
+    return SegmentBuild(model_version=msg.model_version, segments=msg.segments, seconds=msg.seconds)
+
+
+class UpsertTotals:
+    """Running totals of a bulk upload, turned into an :class:`UpsertResult` at the end."""
+
+    def __init__(self) -> None:
+        self.upserted = self.sequence = self.batches = 0
+
+    def add(self, msg: pb.UpsertUsersResponse, *, batches: int = 1) -> int:
+        """Count one answer; returns the users written so far."""
+        self.upserted += msg.upserted
+        self.sequence = max(self.sequence, msg.sequence)
+        self.batches += batches
+        return self.upserted
+
+    def result(self) -> UpsertResult:
+        return UpsertResult(upserted=self.upserted, sequence=self.sequence, batches=self.batches)
+
+
+# ---------------------------------------------------------------- health (grpc.health.v1, by hand)
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def health_request(service: str) -> bytes:
+    """``HealthCheckRequest{string service = 1}`` as protobuf wire bytes."""
+    data = service.encode()
+    return b"\x0a" + _varint(len(data)) + data if data else b""
+
+
+def health_status(data: bytes) -> int:
+    """The ``status`` (field 1, varint) of a ``HealthCheckResponse``; 0 when absent."""
+    status, pos = 0, 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(data, pos)
+            if number == 1:
+                status = value
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire_type} in HealthCheckResponse")
+    if pos > len(data):
+        raise ValueError("truncated HealthCheckResponse")
+    return status
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint in HealthCheckResponse")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7

@@ -1,0 +1,445 @@
+"""The blocking client, :class:`AudienceClient`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
+
+import grpc
+
+from . import _convert as cv
+from ._channel import Stubs, open_stubs
+from ._errors import AudienceError, map_rpc_error
+from ._options import (
+    DEFAULT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    ClientOptions,
+    Timeout,
+)
+from ._policy import ReadyWait
+from ._progress import Progress, ProgressArg
+from ._proto import audience_pb2 as pb
+from ._types import (
+    DeleteResult,
+    Filter,
+    LookalikeQuery,
+    LookalikeResult,
+    ReachEstimate,
+    RebuildResult,
+    ScoredUser,
+    Seed,
+    Segment,
+    SegmentBuild,
+    SnapshotResult,
+    Stats,
+    UpsertResult,
+    UserRecord,
+    UserSegment,
+    as_tuple,
+)
+
+T = TypeVar("T")
+
+
+class AudienceClient:
+    """Blocking client of the Audience service; safe to share between threads.
+
+    target: ``host:port`` of the server.
+    timeout: default deadline of each call in seconds (None: no deadline); every method
+        takes ``timeout=`` to override it for that call.
+    token: sent as ``authorization: Bearer <token>`` on every call.
+    retries / retry_backoff: unary calls are retried on UNAVAILABLE up to ``retries`` times,
+        pausing ``retry_backoff`` seconds first and doubling (jittered), within the deadline.
+    max_message_bytes: largest message sent or received.
+    root_certificates / private_key / certificate_chain: PEM bytes; TLS when
+        root_certificates is given (client certificate optional), plaintext otherwise.
+
+    Every method raises :class:`AudienceError` subclasses, never ``grpc.RpcError``.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        retries: int = 3,
+        retry_backoff: float = 0.2,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+    ) -> None:
+        self._options = options = ClientOptions(
+            target=target,
+            timeout=timeout,
+            token=token,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            max_message_bytes=max_message_bytes,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
+        self._stubs: Stubs | None = open_stubs(options, grpc)
+
+    @property
+    def target(self) -> str:
+        return self._options.target
+
+    def __repr__(self) -> str:
+        return f"AudienceClient({self._options.target!r})"
+
+    def __enter__(self) -> AudienceClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled. Closing twice is fine."""
+        stubs, self._stubs = self._stubs, None
+        if stubs is not None:
+            stubs.channel.close()
+
+    @property
+    def _live(self) -> Stubs:
+        if self._stubs is None:
+            raise RuntimeError("the AudienceClient is closed")
+        return self._stubs
+
+    # ------------------------------------------------------------ call helpers
+
+    def _unary(self, method: Callable[..., T], request: Any, timeout: Timeout) -> T:
+        """One unary call, retried on UNAVAILABLE within its deadline."""
+        attempts = self._options.attempts(timeout)
+        while True:
+            try:
+                return method(request, timeout=attempts.timeout(), metadata=self._options.metadata)
+            except grpc.RpcError as exc:
+                time.sleep(attempts.backoff(exc))
+
+    def _server_stream(
+        self, method: Any, request: Any, timeout: Timeout, parse: Callable[[Any], list[T]]
+    ) -> Iterator[T]:
+        """Items of a server stream; retried on UNAVAILABLE only before the first message.
+
+        ``timeout`` bounds the whole stream. Stopping early cancels the call.
+        """
+        attempts = self._options.attempts(timeout)
+        received = False
+        while True:
+            call = method(request, timeout=attempts.timeout(), metadata=self._options.metadata)
+            try:
+                for message in call:
+                    received = True
+                    yield from parse(message)
+                return
+            except grpc.RpcError as exc:
+                if received:
+                    raise map_rpc_error(exc) from exc
+                pause = attempts.backoff(exc)
+            finally:
+                call.cancel()  # a no-op once the stream has ended
+            time.sleep(pause)
+
+    # ------------------------------------------------------------ health
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll the standard health service until the server is SERVING.
+
+        timeout: how long to wait, seconds. Raises :class:`Unavailable` when time is up.
+        """
+        waiter = ReadyWait(timeout, self._options.target)
+        while True:
+            try:
+                status = self._live.health(
+                    "",
+                    timeout=waiter.attempt_timeout(),
+                    metadata=self._options.metadata,
+                    wait_for_ready=True,
+                )
+                if waiter.serving(status):
+                    return
+            except grpc.RpcError as exc:
+                waiter.failed(exc)
+            time.sleep(waiter.pause())
+
+    # ------------------------------------------------------------ profiles
+
+    def upsert_users(
+        self,
+        profiles: Iterable[cv.ProfileLike],
+        *,
+        batch_size: int = 256,
+        progress: ProgressArg = False,
+        timeout: Timeout = DEFAULT,
+    ) -> UpsertResult:
+        """Insert or replace profiles, ``batch_size`` per request, reading ``profiles`` lazily.
+
+        Each batch is all-or-nothing and durable when acknowledged; batches are retried on
+        UNAVAILABLE (an upsert is idempotent). If a batch fails, the batches before it stay
+        written. progress: True for a bar (tqdm if installed, else stderr lines), or a
+        callable given the number of users written so far after each batch.
+        timeout: deadline of each batch's request, seconds.
+        """
+        batcher = cv.Batcher(batch_size)
+        cv.check_profiles(profiles)
+        reporter = Progress(progress)
+        totals = cv.UpsertTotals()
+        try:
+            for batch in batcher.batches(profiles):
+                request = cv.upsert_request(batch)
+                response = self._unary(self._live.profiles.UpsertUsers, request, timeout)
+                reporter.update(totals.add(response))
+        finally:
+            reporter.close()
+        return totals.result()
+
+    def stream_upsert_users(
+        self,
+        profiles: Iterable[cv.ProfileLike],
+        *,
+        batch_size: int = 256,
+        timeout: Timeout = DEFAULT,
+    ) -> UpsertResult:
+        """Bulk load over one client stream, each batch committed as it arrives (not retried).
+
+        timeout: deadline of the whole stream, seconds. If ``profiles`` raises (or holds a
+        malformed profile) the stream is ended, the batches already sent stay written, and
+        the error is raised.
+        """
+        batcher = cv.Batcher(batch_size)
+        cv.check_profiles(profiles)
+        failures: list[Exception] = []
+        sent = [0]
+
+        def requests() -> Iterator[pb.UpsertUsersRequest]:
+            try:  # runs in a gRPC thread: keep the error for the caller's thread
+                for batch in batcher.batches(profiles):
+                    sent[0] += 1
+                    yield cv.upsert_request(batch)
+            except Exception as exc:
+                failures.append(exc)
+
+        try:
+            response = self._live.profiles.StreamUpsertUsers(
+                requests(),
+                timeout=self._options.resolve_timeout(timeout),
+                metadata=self._options.metadata,
+            )
+        except grpc.RpcError as exc:
+            if failures:
+                raise failures[0] from None
+            raise map_rpc_error(exc) from exc
+        if failures:
+            raise failures[0]
+        totals = cv.UpsertTotals()
+        totals.add(response, batches=sent[0])
+        return totals.result()
+
+    def delete_users(self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT) -> DeleteResult:
+        """Erase users from the store and the index; unknown ids are reported, not errors."""
+        request = cv.delete_request(user_ids)
+        return cv.delete_result(self._unary(self._live.profiles.DeleteUsers, request, timeout))
+
+    def get_user(
+        self, user_id: str, *, include_vector: bool = False, timeout: Timeout = DEFAULT
+    ) -> UserRecord:
+        """A stored profile; with include_vector, also its indexed vector."""
+        request = cv.get_user_request(user_id, include_vector)
+        return cv.user_record(self._unary(self._live.profiles.GetUser, request, timeout))
+
+    # ------------------------------------------------------------ lookalikes
+
+    def find_lookalikes(
+        self,
+        seed_ids: Sequence[str] | LookalikeQuery = (),
+        seed_texts: Sequence[str] = (),
+        *,
+        seeds: Sequence[Seed] = (),
+        k: int | None = None,
+        fraction: float | None = None,
+        filters: Sequence[Filter | str] = (),
+        negative_ids: Sequence[str] = (),
+        negative_weight: float | None = None,
+        exclude_ids: Sequence[str] = (),
+        include_seeds: bool = False,
+        min_score: float | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> LookalikeResult:
+        """Users most like the seeds, best first (see :class:`LookalikeQuery` for the fields).
+
+        Also takes one :class:`LookalikeQuery` alone: ``find_lookalikes(query)``.
+        """
+        query = cv.build_query(
+            seed_ids,
+            seed_texts,
+            seeds=seeds,
+            k=k,
+            fraction=fraction,
+            filters=filters,
+            negative_ids=negative_ids,
+            negative_weight=negative_weight,
+            exclude_ids=exclude_ids,
+            include_seeds=include_seeds,
+            min_score=min_score,
+        )
+        return self._find(cv.lookalike_request(query), timeout)
+
+    def _find(self, request: pb.LookalikeRequest, timeout: Timeout) -> LookalikeResult:
+        response = self._unary(self._live.lookalike.FindLookalikes, request, timeout)
+        return cv.lookalike_result(response)
+
+    def stream_lookalikes(
+        self,
+        seed_ids: Sequence[str] | LookalikeQuery = (),
+        seed_texts: Sequence[str] = (),
+        *,
+        seeds: Sequence[Seed] = (),
+        k: int | None = None,
+        fraction: float | None = None,
+        filters: Sequence[Filter | str] = (),
+        negative_ids: Sequence[str] = (),
+        negative_weight: float | None = None,
+        exclude_ids: Sequence[str] = (),
+        include_seeds: bool = False,
+        min_score: float | None = None,
+        timeout: Timeout = DEFAULT,
+    ) -> Iterator[ScoredUser]:
+        """The same query for large audiences, streamed best first.
+
+        The query is checked now; the call starts on the first ``next()``.
+        timeout: deadline of the whole stream, seconds.
+        """
+        query = cv.build_query(
+            seed_ids,
+            seed_texts,
+            seeds=seeds,
+            k=k,
+            fraction=fraction,
+            filters=filters,
+            negative_ids=negative_ids,
+            negative_weight=negative_weight,
+            exclude_ids=exclude_ids,
+            include_seeds=include_seeds,
+            min_score=min_score,
+        )
+        request = cv.lookalike_request(query)
+        return self._server_stream(
+            self._live.lookalike.StreamLookalikes, request, timeout, cv.scored_users
+        )
+
+    def find_lookalikes_many(
+        self,
+        queries: Iterable[LookalikeQuery],
+        *,
+        concurrency: int = 8,
+        timeout: Timeout = DEFAULT,
+        return_exceptions: bool = False,
+    ) -> list[LookalikeResult | AudienceError]:
+        """Run many queries, up to ``concurrency`` at once; results in input order.
+
+        With return_exceptions, a failed query's :class:`AudienceError` takes its place in
+        the list; otherwise the first failure is raised and queries not yet started are
+        dropped. timeout: deadline of each query, seconds.
+        """
+        requests = [cv.lookalike_request(q) for q in as_tuple("queries", queries)]
+        cv.check_concurrency(concurrency)
+        if not requests:
+            return []
+        pool = ThreadPoolExecutor(min(concurrency, len(requests)), "audience-lookalike")
+        try:
+            futures = [pool.submit(self._find, r, timeout) for r in requests]
+            if not return_exceptions:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    if future.done() and future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+            results: list[LookalikeResult | AudienceError] = []
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except AudienceError as exc:
+                    if not return_exceptions:
+                        raise
+                    results.append(exc)
+            return results
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def estimate_reach(
+        self,
+        filters: Sequence[Filter | str] = (),
+        *,
+        exclude_ids: Sequence[str] = (),
+        timeout: Timeout = DEFAULT,
+    ) -> ReachEstimate:
+        """How many users pass ``filters`` (Filter objects or expressions), less exclusions."""
+        request = cv.reach_request(filters, exclude_ids)
+        return cv.reach_estimate(self._unary(self._live.lookalike.EstimateReach, request, timeout))
+
+    # ------------------------------------------------------------ admin
+
+    def rebuild_index(self, *, reembed: bool = False, timeout: Timeout = None) -> RebuildResult:
+        """Rebuild the vector index and swap it in atomically (a long job: no deadline unless
+        ``timeout`` seconds are given). reembed: embed every stored text again."""
+        request = cv.rebuild_request(reembed)
+        return cv.rebuild_result(self._unary(self._live.admin.RebuildIndex, request, timeout))
+
+    def build_segments(self, *, target_segments: int = 0, timeout: Timeout = None) -> SegmentBuild:
+        """Build a new segment model (a long job: no deadline unless ``timeout`` is given).
+
+        target_segments: desired number of segments; 0 lets the server choose.
+        """
+        request = cv.build_segments_request(target_segments)
+        return cv.segment_build(self._unary(self._live.admin.BuildSegments, request, timeout))
+
+    def snapshot(self, *, timeout: Timeout = DEFAULT) -> SnapshotResult:
+        """Write a consistent copy of the store and the index under the server's data dir."""
+        return cv.snapshot_result(
+            self._unary(self._live.admin.Snapshot, pb.SnapshotRequest(), timeout)
+        )
+
+    def stats(self, *, timeout: Timeout = DEFAULT) -> Stats:
+        """What the server holds: users, indexed vectors, model, generation, attributes."""
+        return cv.stats(self._unary(self._live.admin.GetStats, pb.GetStatsRequest(), timeout))
+
+    # ------------------------------------------------------------ segments
+
+    def list_segments(self, *, timeout: Timeout = DEFAULT) -> list[Segment]:
+        """Every segment of the current segment model."""
+        response = self._unary(self._live.segments.ListSegments, pb.ListSegmentsRequest(), timeout)
+        return [cv.segment(s) for s in response.segments]
+
+    def get_segment(self, segment_id: str, *, timeout: Timeout = DEFAULT) -> Segment:
+        """One segment: size, keywords, attribute profile, exemplar users, persistence."""
+        request = cv.segment_request(segment_id)
+        return cv.segment(self._unary(self._live.segments.GetSegment, request, timeout))
+
+    def get_user_segments(
+        self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT
+    ) -> list[UserSegment]:
+        """The segment of each stored user, with membership strength and outlier flag."""
+        request = cv.user_segments_request(user_ids)
+        return cv.user_segments(self._unary(self._live.segments.GetUserSegments, request, timeout))
+
+    def assign_segments(
+        self, profiles: Iterable[cv.ProfileLike], *, timeout: Timeout = DEFAULT
+    ) -> list[UserSegment]:
+        """Segments for profiles that are not stored (nothing is written)."""
+        request = cv.assign_request(profiles)
+        return cv.user_segments(self._unary(self._live.segments.AssignSegments, request, timeout))
+
+    def stream_segment_members(
+        self, segment_id: str, *, timeout: Timeout = DEFAULT
+    ) -> Iterator[ScoredUser]:
+        """Members of a segment, streamed. timeout: deadline of the whole stream, seconds."""
+        request = cv.members_request(segment_id)
+        return self._server_stream(
+            self._live.segments.StreamSegmentMembers, request, timeout, cv.scored_users
+        )

@@ -1,0 +1,369 @@
+"""Typed values the client takes and returns: small frozen dataclasses, no protobuf in sight."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import InvalidArgument
+from ._filter_expr import parse_filter
+
+AttributeScalar = float | int | str | bool
+
+__all__ = [
+    "AttributeScalar",
+    "DeleteResult",
+    "Filter",
+    "LookalikeQuery",
+    "LookalikeResult",
+    "Profile",
+    "ReachEstimate",
+    "RebuildResult",
+    "ScoredUser",
+    "Seed",
+    "Segment",
+    "SegmentBuild",
+    "SnapshotResult",
+    "Stats",
+    "Text",
+    "UpsertResult",
+    "UserRecord",
+    "UserSegment",
+]
+
+
+def as_tuple(name: str, values: Any) -> tuple:
+    """A sequence argument as a tuple; a bare str is refused (it would iterate characters)."""
+    if isinstance(values, (str, bytes)):
+        raise InvalidArgument(f"{name} must be a sequence, not a single {type(values).__name__}")
+    try:
+        return tuple(values)
+    except TypeError:
+        raise InvalidArgument(f"{name} must be a sequence, not {type(values).__name__}") from None
+
+
+def _set(obj: object, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # normalising fields of a frozen dataclass
+
+
+# ---------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class Text:
+    """One piece of text a user wrote or read.
+
+    weight: relative weight in the user's pooled vector; None means 1.0.
+    timestamp: when it was written, Unix seconds; 0 means unknown (used for recency decay).
+    """
+
+    text: str
+    weight: float | None = None
+    timestamp: int = 0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A user: id, texts (plain str become :class:`Text`), attributes, optional vector.
+
+    Attribute values are numbers, text or flags; numbers come back from the server as float.
+    vector: optional precomputed vector, little-endian float32 bytes.
+    """
+
+    user_id: str
+    texts: Sequence[str | Text] = ()
+    attributes: Mapping[str, AttributeScalar] = field(default_factory=dict)
+    vector: bytes = b""
+
+    def __post_init__(self) -> None:
+        _set(self, "texts", tuple(_text(t) for t in as_tuple("texts", self.texts)))
+        if not isinstance(self.attributes, Mapping):
+            raise InvalidArgument(
+                f"attributes must be a mapping, not {type(self.attributes).__name__}"
+            )
+        _set(self, "attributes", dict(self.attributes))
+
+
+def _text(value: Any) -> Text:
+    if isinstance(value, Text):
+        return value
+    if isinstance(value, str):
+        return Text(value)
+    if isinstance(value, Mapping):
+        try:
+            return Text(**value)
+        except TypeError as exc:
+            raise InvalidArgument(f"bad text fields {sorted(value)}: {exc}") from None
+    raise InvalidArgument(f"a text must be a str, Text or dict, not {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- lookalike queries
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One seed of a lookalike query: a stored user or free text, optionally weighted.
+
+    weight: relative weight; None means 1.0.
+    """
+
+    user_id: str | None = None
+    text: str | None = None
+    weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.user_id is not None and self.text is not None:
+            raise InvalidArgument("a Seed is a user_id or a text, not both")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A condition on one stored attribute; filters in a list are ANDed.
+
+    Exactly one kind of condition: ``equals``, ``any_of``, or range bounds
+    (``gte``/``gt``/``lte``/``lt``, numbers). ``negate`` keeps the users that do NOT match,
+    users lacking the attribute included. Build with :meth:`eq`, :meth:`one_of`,
+    :meth:`range` or :meth:`parse`.
+    """
+
+    attribute: str
+    equals: AttributeScalar | None = None
+    any_of: tuple[AttributeScalar, ...] | None = None
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+    negate: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attribute, str):
+            raise InvalidArgument(
+                f"filter attribute must be a str, not {type(self.attribute).__name__}"
+            )
+        if self.any_of is not None:
+            _set(self, "any_of", as_tuple(f"filter {self.attribute!r} any_of", self.any_of))
+        kinds = [self.equals is not None, self.any_of is not None, self.has_range]
+        if sum(kinds) > 1:
+            raise InvalidArgument(
+                f"filter {self.attribute!r}: give one of equals, any_of or range bounds"
+            )
+
+    @property
+    def has_range(self) -> bool:
+        return any(b is not None for b in (self.gte, self.gt, self.lte, self.lt))
+
+    @classmethod
+    def eq(cls, attribute: str, value: AttributeScalar) -> Filter:
+        """Users whose ``attribute`` equals ``value``."""
+        return cls(attribute, equals=value)
+
+    @classmethod
+    def one_of(cls, attribute: str, values: Sequence[AttributeScalar]) -> Filter:
+        """Users whose ``attribute`` is one of ``values``."""
+        return cls(attribute, any_of=as_tuple("values", values))
+
+    @classmethod
+    def range(
+        cls,
+        attribute: str,
+        *,
+        gte: float | None = None,
+        gt: float | None = None,
+        lte: float | None = None,
+        lt: float | None = None,
+    ) -> Filter:
+        """Users whose numeric ``attribute`` lies within the given bounds."""
+        return cls(attribute, gte=gte, gt=gt, lte=lte, lt=lt)
+
+    @classmethod
+    def parse(cls, expr: str) -> Filter:
+        """Parse ``age>=30``, ``region in EU,US``, ``age=18..65``, ``region!=EU`` and friends.
+
+        Numeric-looking values become floats, others stay text; raises InvalidArgument.
+        """
+        return cls(**parse_filter(expr))
+
+    def negated(self) -> Filter:
+        """The same condition, inverted."""
+        return dataclasses.replace(self, negate=not self.negate)
+
+
+@dataclass(frozen=True)
+class LookalikeQuery:
+    """One lookalike question: "who else is like these seeds?".
+
+    Seeds are ``seed_ids`` (stored users), then ``seed_texts`` (free text), then ``seeds``.
+    k / fraction: audience size as a count or a share of the eligible users; give at most
+    one; neither means the server default (k = 100).
+    filters: :class:`Filter` objects or expressions for :meth:`Filter.parse`.
+    negative_ids / negative_weight: users to steer away from, and how strongly (None: 0.5).
+    exclude_ids: users never returned. include_seeds: return seed users too.
+    min_score: drop users below this cosine similarity.
+    """
+
+    seed_ids: Sequence[str] = ()
+    seed_texts: Sequence[str] = ()
+    seeds: Sequence[Seed] = ()
+    k: int | None = None
+    fraction: float | None = None
+    filters: Sequence[Filter | str] = ()
+    negative_ids: Sequence[str] = ()
+    negative_weight: float | None = None
+    exclude_ids: Sequence[str] = ()
+    include_seeds: bool = False
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("seed_ids", "seed_texts", "seeds", "negative_ids", "exclude_ids"):
+            _set(self, name, as_tuple(name, getattr(self, name)))
+        filters = as_tuple("filters", self.filters)
+        _set(self, "filters", tuple(Filter.parse(f) if isinstance(f, str) else f for f in filters))
+        if self.k is not None and self.fraction is not None:
+            raise InvalidArgument("give k or fraction, not both")
+
+    def all_seeds(self) -> tuple[Seed, ...]:
+        """seed_ids, seed_texts and seeds as one tuple of :class:`Seed`."""
+        return (
+            tuple(Seed(user_id=u) for u in self.seed_ids)
+            + tuple(Seed(text=t) for t in self.seed_texts)
+            + tuple(self.seeds)
+        )
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ScoredUser:
+    """A user and its cosine similarity to the query."""
+
+    user_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class LookalikeResult:
+    """Users best first, and how many users were eligible (passed filters, not excluded)."""
+
+    users: list[ScoredUser]
+    eligible: int
+
+    def __iter__(self) -> Iterator[ScoredUser]:
+        return iter(self.users)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """Users written, the store sequence after the last write, and requests sent."""
+
+    upserted: int
+    sequence: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """Users erased, and the ids that were not stored (a no-op, not an error)."""
+
+    deleted: int
+    not_found: list[str]
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A stored profile, its indexed vector (when asked for) and the vector dimension."""
+
+    profile: Profile
+    vector: bytes
+    dimension: int
+
+    def vector_values(self) -> list[float]:
+        """The vector decoded from little-endian float32 (empty when none was sent)."""
+        values = array("f")
+        values.frombytes(self.vector)
+        if sys.byteorder == "big":
+            values.byteswap()
+        return values.tolist()
+
+
+@dataclass(frozen=True)
+class ReachEstimate:
+    """Users passing the filters (less exclusions), and all users."""
+
+    reach: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the server holds: counts, vector dimension, model, index and store positions."""
+
+    users: int
+    indexed: int
+    dimension: int
+    model: str
+    index_type: str
+    generation: int
+    sequence: int
+    data_dir: str
+    attributes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    """Users indexed, the new index generation, and the rebuild's duration in seconds."""
+
+    users: int
+    generation: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """The generation captured and where the snapshot was written (server-side path)."""
+
+    generation: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A group of users: size, share of all users, what it is about, and how stable it is.
+
+    attribute_profile: numeric (mean, median, quartiles) and categorical (shares, lift)
+    summaries, decoded from the server's JSON; {} when absent.
+    """
+
+    segment_id: str
+    size: int
+    share: float
+    keywords: list[str]
+    exemplar_user_ids: list[str]
+    persistence: float
+    attribute_profile: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UserSegment:
+    """A user's segment, membership strength in [0, 1], and whether it is an outlier."""
+
+    user_id: str
+    segment_id: str
+    strength: float
+    outlier: bool
+
+
+@dataclass(frozen=True)
+class SegmentBuild:
+    """The new segment model's version, its number of segments, and the build time (s)."""
+
+    model_version: str
+    segments: int
+    seconds: float
