@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from audience.client import AudienceClient, Filter, Profile
+from audience.client import AudienceClient, Filter, Profile, Seed
 
 WORDS = (
     "bread pasta oven recipe garlic python rust compiler bug query football goal striker "
@@ -41,8 +41,17 @@ def test_lookalikes_equal_brute_force(client: AudienceClient) -> None:
     client.upsert_users(population, batch_size=40)
     client.delete_users([f"user-{i}" for i in range(0, 150, 10)])  # holes in the id space
     ids = [p.user_id for p in population if int(p.user_id.split("-")[1]) % 10]
-    vectors = {}
     attrs = {p.user_id: p.attributes for p in population}
+    check_against_numpy(client, rng, ids, attrs)
+    client.rebuild_index()  # fits the lexical channel: other vectors, same agreement
+    assert client.stats().lexical_model != "none"
+    check_against_numpy(client, rng, ids, attrs)
+
+
+def check_against_numpy(
+    client: AudienceClient, rng: random.Random, ids: list[str], attrs: dict[str, dict]
+) -> None:
+    vectors = {}
     for uid in ids:
         record = client.get_user(uid, include_vector=True)
         vectors[uid] = np.frombuffer(record.vector, dtype="<f4")
@@ -62,8 +71,6 @@ def test_lookalikes_equal_brute_force(client: AudienceClient) -> None:
                 Filter.one_of("region", ["north", "west"]),
             ]
         )
-        from audience.client import Seed
-
         result = client.find_lookalikes(
             seeds=[Seed(user_id=s, weight=w) for s, w in zip(seeds, weights)],
             k=k,

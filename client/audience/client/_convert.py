@@ -358,6 +358,9 @@ def stats(msg: pb.GetStatsResponse) -> Stats:
         sequence=msg.sequence,
         data_dir=msg.data_dir,
         attributes=tuple(msg.attributes),
+        lexical_model=msg.lexical_model or "none",
+        lexical_documents=msg.lexical_documents,
+        lexical_weight=msg.lexical_weight,
     )
 
 

@@ -314,6 +314,9 @@ class Stats:
     sequence: int
     data_dir: str
     attributes: tuple[str, ...]
+    lexical_model: str = "none"  # version of the fitted lexical model
+    lexical_documents: int = 0  # users it was fitted on
+    lexical_weight: float = 0.0  # its share of the text channels
 
 
 @dataclass(frozen=True)

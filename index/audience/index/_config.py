@@ -115,6 +115,12 @@ class EngineConfig:
     attributes: tuple[AttributeSpec, ...] | None = None
     # Share of the user vector's squared norm given to attributes (0 = text only).
     attribute_weight: float = DEFAULT_ATTRIBUTE_WEIGHT
+    # Lexical channel (TF-IDF + SVD fitted on the stored texts): dimensions (0 = off) and
+    # its share of the text channels (None = by the corpus: 0.9 when mostly CJK, else 0.3).
+    lexical_dim: int = 256
+    lexical_weight: float | None = None
+    lexical_min_users: int = 50  # fit automatically on open once the store has this many
+    lexical_max_fit_docs: int = 200_000  # fit on a sample of at most this many users
     # Recency decay of text weights within a user, relative to the user's newest text.
     recency_half_life_days: float | None = None
     # Write an index generation after this many changes (and always on close).
@@ -125,6 +131,10 @@ class EngineConfig:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not 0.0 <= self.attribute_weight < 1.0:
             raise InvalidQuery("attribute_weight", "must be in [0, 1)")
+        if self.lexical_weight is not None and not 0.0 <= self.lexical_weight <= 1.0:
+            raise InvalidQuery("lexical_weight", "must be in [0, 1]")
+        if self.lexical_dim < 0:
+            raise InvalidQuery("lexical_dim", "must be >= 0")
         if self.recency_half_life_days is not None and not self.recency_half_life_days > 0:
             raise InvalidQuery("recency_half_life_days", "must be > 0")
         names = [a.name for a in self.attributes or ()]
@@ -155,11 +165,12 @@ class EngineConfig:
             }
         )
 
-    def vector_fingerprint(self, text_fingerprint: str) -> str:
+    def vector_fingerprint(self, text_fingerprint: str, lexical_version: str, share: float) -> str:
         """What changes the user vectors; a change means recombining them (no embedding)."""
         return _digest(
             {
                 "text": text_fingerprint,
+                "lexical": [lexical_version, self.lexical_dim, share],
                 "attributes": [asdict(a) for a in self.attributes or ()],
                 "attribute_weight": self.attribute_weight,
             }

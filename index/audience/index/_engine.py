@@ -26,6 +26,7 @@ from ._config import EngineConfig
 from ._embed import SentenceTransformerEmbedder, TextEmbedder
 from ._encoder import UserEncoder, Vocabulary
 from ._errors import InvalidQuery, LimitExceeded, UnknownUser
+from ._lexical import LexicalModel, LexicalModelError
 from ._rwlock import RWLock
 from ._store import ProfileStore, StoredRow, UserRow
 from ._types import (
@@ -46,6 +47,7 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 STORE_FILE = "profiles.sqlite3"
 INDEX_DIR = "index"
+LEXICAL_DIR = "lexical"
 SNAPSHOT_DIR = "snapshots"
 
 
@@ -82,9 +84,17 @@ class Engine:
         self._saved_sequence = 0
         self._unsaved = 0
         self._closed = False
-        text_fp = config.text_fingerprint(encoder.embedder.model_id, encoder.text_dim)
-        self.text_fingerprint = text_fp
-        self.fingerprint = config.vector_fingerprint(text_fp)
+        self.text_fingerprint = config.text_fingerprint(encoder.embedder.model_id, encoder.text_dim)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies how the current user vectors are computed (changes with each lexical fit)."""
+        return self._fingerprint_of(self.encoder)
+
+    def _fingerprint_of(self, enc: UserEncoder) -> str:
+        return self.config.vector_fingerprint(
+            self.text_fingerprint, enc.lexical_version, enc.lexical_share
+        )
 
     # ================================================================== lifecycle
 
@@ -108,10 +118,23 @@ class Engine:
                 config.model, device=config.device, batch_size=config.encode_batch_size
             )
         vocabulary = Vocabulary(config.attributes or (), store.vocabulary())
+        lexical = None
+        if config.lexical_dim:
+            try:
+                lexical = LexicalModel.load(data_dir / LEXICAL_DIR)
+            except LexicalModelError as exc:
+                log.error("Lexical - %s; refitting it from the store", exc)
+            if lexical is not None and lexical.dim != config.lexical_dim:
+                log.warning(
+                    "Lexical - saved model has %d dims, not %d; refitting",
+                    lexical.dim,
+                    config.lexical_dim,
+                )
+                lexical = None
         engine = cls(
             config,
             store,
-            UserEncoder(config, embedder, vocabulary),
+            UserEncoder(config, embedder, vocabulary, lexical),
             Generations(data_dir / INDEX_DIR),
         )
         engine._load(progress)
@@ -119,14 +142,21 @@ class Engine:
 
     def _load(self, progress: Progress | None) -> None:
         t0 = time.perf_counter()
+        count = self.store.count()
+        if (
+            self.config.lexical_dim
+            and self.encoder.lexical is None
+            and count >= self.config.lexical_min_users
+        ):
+            self.encoder = self.encoder.with_lexical(self._fit_lexical(progress))
         stored_text_fp = self.store.get_meta("text_fingerprint")
         stored_fp = self.store.get_meta("vector_fingerprint")
-        if self.store.count() and stored_text_fp != self.text_fingerprint:
+        if count and stored_text_fp != self.text_fingerprint:
             log.warning("Engine - model or text settings changed; embedding all texts again")
-            self._reencode(reembed=True, progress=progress)
-        elif self.store.count() and stored_fp != self.fingerprint:
-            log.warning("Engine - attribute settings changed; recombining user vectors")
-            self._reencode(reembed=False, progress=progress)
+            self._reencode(self.encoder, reembed=True, progress=progress)
+        elif count and stored_fp != self.fingerprint:
+            log.warning("Engine - vector settings or lexical model changed; recombining vectors")
+            self._reencode(self.encoder, reembed=False, progress=progress)
         self.store.set_meta("text_fingerprint", self.text_fingerprint)
         self.store.set_meta("vector_fingerprint", self.fingerprint)
 
@@ -189,27 +219,58 @@ class Engine:
                 progress("build index", done, total)
         return index
 
-    def _reencode(self, *, reembed: bool, progress: Progress | None) -> None:
-        """Recompute every stored user vector (and text vector, if `reembed`)."""
+    def _fit_lexical(self, progress: Progress | None) -> LexicalModel | None:
+        """Fit the lexical model on (a sample of) the stored users and save it."""
+        total = self.store.count()
+        keep = min(1.0, self.config.lexical_max_fit_docs / max(total, 1))
+        rng = np.random.default_rng(0)
+        docs: list[str] = []
+        for rows in self.store.iter_rows(batch=2000):
+            for r in rows:
+                if keep >= 1.0 or rng.random() < keep:
+                    docs.append("\n".join(t.text for t in _texts(r)))
+            if progress:
+                progress("lexical sample", min(len(docs), total), total)
+        try:
+            model = LexicalModel.fit(docs, dim=self.config.lexical_dim)
+        except ValueError as exc:
+            log.warning("Lexical - not fitted (%s); rebuild-index fits it later", exc)
+            return None
+        model.save(self.config.data_dir / LEXICAL_DIR)
+        return model
+
+    def _reencode(self, enc: UserEncoder, *, reembed: bool, progress: Progress | None) -> None:
+        """Recompute every stored user vector (and text vector, if `reembed`).
+
+        While this runs, the stored vectors are a mix of old and new: the vector fingerprint
+        is cleared first, so a crash here is finished by the next start.
+        """
+        self.store.set_meta("vector_fingerprint", "recomputing")
+        if reembed:
+            self.store.set_meta("text_fingerprint", "recomputing")
         total, done = self.store.count(), 0
         for rows in self.store.iter_rows(batch=512):
+            texts = [_texts(r) for r in rows]
             if reembed:
-                text_vecs = self.encoder.text_vectors([_texts(r) for r in rows])
+                text_vecs = enc.text_vectors(texts)
             else:
                 text_vecs = [None if r.text_vec is None else _vec(r.text_vec) for r in rows]
+            lex_vecs = enc.lexical_vectors(texts)
             updates = []
-            for r, tv in zip(rows, text_vecs):
+            for r, tv, lv in zip(rows, text_vecs, lex_vecs):
                 pending: list[tuple[str, str, int]] = []
-                vec = self.encoder.combine(tv, self.encoder.attribute_vector(r.attributes, pending))
+                vec = enc.combine(tv, lv, enc.attribute_vector(r.attributes, pending))
                 if pending:  # values learned under new settings
                     self.store.upsert([], pending)
-                if not vec.any():
-                    vec = _vec(r.vec)  # attribute-only user whose attributes are no longer used
+                if not vec.any() and len(r.vec) == 4 * enc.dim:
+                    vec = _vec(r.vec)  # a precomputed vector, or attributes no longer used
                 updates.append((r.iid, None if tv is None else _f32(tv), _f32(vec)))
             self.store.rewrite_vectors(updates)
             done += len(rows)
             if progress:
                 progress("embed" if reembed else "recombine", done, total)
+        self.store.set_meta("text_fingerprint", self.text_fingerprint)
+        self.store.set_meta("vector_fingerprint", self._fingerprint_of(enc))
 
     def save(self) -> int:
         """Write an index generation if anything changed since the last one."""
@@ -248,17 +309,17 @@ class Engine:
             [p.texts if not p.vector else () for p in batch]
         )  # the slow part, outside every lock
         with self._writer:
+            enc = self.encoder  # a rebuild (which holds the writer lock) may have replaced it
+            lex_vecs = enc.lexical_vectors([p.texts if not p.vector else () for p in batch])
             pending: list[tuple[str, str, int]] = []
             rows, vecs = [], []
             try:
-                for i, (p, tv) in enumerate(zip(batch, text_vecs)):
+                for i, (p, tv, lv) in enumerate(zip(batch, text_vecs, lex_vecs)):
                     if p.vector:
                         vec = _vec(p.vector).astype(np.float32)
                         vec = vec / np.linalg.norm(vec)
                     else:
-                        vec = self.encoder.combine(
-                            tv, self.encoder.attribute_vector(p.attributes, pending)
-                        )
+                        vec = enc.combine(tv, lv, enc.attribute_vector(p.attributes, pending))
                     if not vec.any():
                         raise InvalidQuery(
                             f"profiles[{i}]",
@@ -315,15 +376,20 @@ class Engine:
             self._save_locked()
 
     def rebuild_index(self, *, reembed: bool = False, progress: Progress | None = None) -> dict:
-        """Recompute vectors from the store (re-embedding texts if asked), build a new index,
-        swap it in atomically and save it as a new generation."""
+        """Refit the lexical model on the stored texts, recompute every user vector (embedding
+        the texts again if asked), build a new index and swap encoder and index in atomically;
+        save it as a new generation. Readers use the old pair until the swap; writers wait."""
         t0 = time.perf_counter()
         with self._writer:
             log.info("Rebuild - Start (reembed=%s)", reembed)
-            self._reencode(reembed=reembed, progress=progress)
+            enc = self.encoder
+            if self.config.lexical_dim and self.store.count():
+                enc = enc.with_lexical(self._fit_lexical(progress) or enc.lexical)
+            self._reencode(enc, reembed=reembed, progress=progress)
             index = self._build_index(progress)
             with self._rw.write():
                 self._index = index
+                self.encoder = enc
             self._unsaved = max(1, len(index))
             generation = self._save_locked()
             log.info("Rebuild - Completed: %d users in %.1fs", len(index), time.perf_counter() - t0)
@@ -355,6 +421,7 @@ class Engine:
 
     def stats(self) -> Stats:
         with self._rw.read():
+            lex = self.encoder.lexical
             return Stats(
                 users=len(self._iid_of),
                 indexed=len(self._index),
@@ -365,6 +432,9 @@ class Engine:
                 sequence=self.store.sequence,
                 data_dir=str(self.config.data_dir),
                 attributes=tuple(self._attrs.names),
+                lexical_model=self.encoder.lexical_version,
+                lexical_documents=lex.manifest.documents if lex is not None else 0,
+                lexical_weight=self.encoder.lexical_share,
             )
 
     def estimate_reach(
@@ -398,32 +468,32 @@ class Engine:
     def _lookalikes(self, query: LookalikeQuery, k_limit: int) -> tuple[list[ScoredUser], int]:
         self._check_query(query)
         seed_ids = [s.user_id for s in query.seeds if s.user_id is not None]
-        stored = self.store.vectors_for(seed_ids + list(query.negative_user_ids))
-        missing = [u for u in seed_ids if u not in stored]
-        if missing:
-            raise UnknownUser(missing, field="seeds")
-        missing = [u for u in query.negative_user_ids if u not in stored]
-        if missing:
-            raise UnknownUser(missing, field="negative_user_ids")
-
-        vectors, weights = [], []
-        for seed in query.seeds:
-            if seed.user_id is not None:
-                vectors.append(_vec(stored[seed.user_id][1]))
-            else:
-                vectors.append(self.encoder.query_vector(seed.text or ""))
-            weights.append(seed.weight)
-        w = np.array(weights, dtype=np.float64)
-        q = (w[:, None] * np.stack(vectors).astype(np.float64)).sum(axis=0) / w.sum()
-        if query.negative_user_ids:
-            neg = np.stack([_vec(stored[u][1]) for u in query.negative_user_ids]).mean(axis=0)
-            q = q - query.negative_weight * neg
-        norm = float(np.linalg.norm(q))
-        if not norm > 1e-6:
-            raise InvalidQuery("seeds", "the seeds (less the negative users) have no direction")
-        q = (q / norm).astype(np.float32)
-
+        # Seed vectors come from the index, under the same read lock as the search, so a
+        # query never mixes vectors from before and after a rebuild.
         with self._rw.read():
+            for field, ids in (("seeds", seed_ids), ("negative_user_ids", query.negative_user_ids)):
+                missing = [u for u in ids if u not in self._iid_of]
+                if missing:
+                    raise UnknownUser(missing, field=field)
+            vectors, weights = [], []
+            for seed in query.seeds:
+                if seed.user_id is not None:
+                    vectors.append(self._index.vector(self._iid_of[seed.user_id]))
+                else:
+                    vectors.append(self.encoder.query_vector(seed.text or ""))
+                weights.append(seed.weight)
+            w = np.array(weights, dtype=np.float64)
+            q = (w[:, None] * np.stack(vectors).astype(np.float64)).sum(axis=0) / w.sum()
+            if query.negative_user_ids:
+                neg = np.stack(
+                    [self._index.vector(self._iid_of[u]) for u in query.negative_user_ids]
+                ).mean(axis=0)
+                q = q - query.negative_weight * neg
+            norm = float(np.linalg.norm(q))
+            if not norm > 1e-6:
+                raise InvalidQuery("seeds", "the seeds (less the negative users) have no direction")
+            q = (q / norm).astype(np.float32)
+
             mask = self._attrs.mask(query.filters)
             removed = self._clear(mask, query.exclude_user_ids)
             if not query.include_seeds:

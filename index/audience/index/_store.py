@@ -197,20 +197,6 @@ class ProfileStore:
             ).fetchone()
         return None if row is None else StoredRow(*row)
 
-    def vectors_for(self, user_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
-        """user_id -> (iid, vec) for the ids that are stored."""
-        out: dict[str, tuple[int, bytes]] = {}
-        ids = list(dict.fromkeys(user_ids))
-        with self._lock:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for iid, uid, vec in self._db.execute(
-                    f"SELECT iid, user_id, vec FROM users WHERE user_id IN ({marks})", chunk
-                ):
-                    out[uid] = (int(iid), vec)
-        return out
-
     def iter_rows(self, since_seq: int = 0, batch: int = 5000) -> Iterator[list[StoredRow]]:
         """All users changed after `since_seq`, in iid order, in batches."""
         last = -1

@@ -90,3 +90,6 @@ class Stats:
     sequence: int
     data_dir: str
     attributes: tuple[str, ...]
+    lexical_model: str
+    lexical_documents: int
+    lexical_weight: float

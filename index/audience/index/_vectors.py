@@ -49,6 +49,10 @@ class VectorIndex(ABC):
     def ids(self) -> np.ndarray: ...
 
     @abstractmethod
+    def vector(self, id_: int) -> np.ndarray:
+        """The stored vector of one id (KeyError-like RuntimeError if absent)."""
+
+    @abstractmethod
     def __len__(self) -> int: ...
 
     @abstractmethod
@@ -88,6 +92,9 @@ class FlatIndex(VectorIndex):
 
     def ids(self) -> np.ndarray:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+
+    def vector(self, id_: int) -> np.ndarray:
+        return self._index.reconstruct(int(id_))
 
     def __len__(self) -> int:
         return int(self._index.ntotal)

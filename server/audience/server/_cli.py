@@ -58,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         attributes=args.attribute or None,
         attribute_weight=args.attribute_weight,
         recency_half_life_days=args.recency_half_life_days,
+        lexical_weight=args.lexical_weight,
+        lexical_dim=args.lexical_dim,
         max_workers=args.max_workers,
     )
     serve(config)
@@ -197,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--attribute-weight", type=float, help="share of the vector for attributes (0.2)"
     )
     s.add_argument("--recency-half-life-days", type=float, help="decay of older texts (off)")
+    s.add_argument(
+        "--lexical-weight",
+        type=float,
+        help="share of the lexical channel in the text part, 0..1 (default: by the corpus, "
+        "0.9 when mostly Chinese/Japanese/Korean, else 0.3)",
+    )
+    s.add_argument("--lexical-dim", type=int, help="lexical dimensions, 0 = off (256)")
     s.add_argument("--max-workers", type=int, help="handler threads (16)")
     s.set_defaults(func=cmd_serve)
 

@@ -158,4 +158,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             sequence=s.sequence,
             data_dir=s.data_dir,
             attributes=list(s.attributes),
+            lexical_model=s.lexical_model,
+            lexical_documents=s.lexical_documents,
+            lexical_weight=s.lexical_weight,
         )

@@ -985,6 +985,9 @@ class GetStatsResponse(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     DATA_DIR_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    LEXICAL_MODEL_FIELD_NUMBER: _builtins.int
+    LEXICAL_DOCUMENTS_FIELD_NUMBER: _builtins.int
+    LEXICAL_WEIGHT_FIELD_NUMBER: _builtins.int
     users: _builtins.int
     indexed: _builtins.int
     dimension: _builtins.int
@@ -993,6 +996,12 @@ class GetStatsResponse(_message.Message):
     generation: _builtins.int
     sequence: _builtins.int
     data_dir: _builtins.str
+    lexical_model: _builtins.str
+    """The fitted lexical model ("none" before the first fit), the number of users it was
+    fitted on, and its share of the text channels.
+    """
+    lexical_documents: _builtins.int
+    lexical_weight: _builtins.float
     @_builtins.property
     def attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -1007,10 +1016,13 @@ class GetStatsResponse(_message.Message):
         sequence: _builtins.int = ...,
         data_dir: _builtins.str = ...,
         attributes: _abc.Iterable[_builtins.str] | None = ...,
+        lexical_model: _builtins.str = ...,
+        lexical_documents: _builtins.int = ...,
+        lexical_weight: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "data_dir", b"data_dir", "dimension", b"dimension", "generation", b"generation", "index_type", b"index_type", "indexed", b"indexed", "model", b"model", "sequence", b"sequence", "users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "data_dir", b"data_dir", "dimension", b"dimension", "generation", b"generation", "index_type", b"index_type", "indexed", b"indexed", "lexical_documents", b"lexical_documents", "lexical_model", b"lexical_model", "lexical_weight", b"lexical_weight", "model", b"model", "sequence", b"sequence", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
