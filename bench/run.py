@@ -138,7 +138,7 @@ def bench_lookalike(args: argparse.Namespace, dataset: str) -> dict:
     )
     print(f"{'precision@' + str(k):<44}{'value':>10}{'x random':>10}")
     for name, value in (
-        ("default (lexical share %.1f)" % stats.lexical_weight, default),
+        (f"default (lexical share {stats.lexical_weight:.1f})", default),
         ("semantic only", modes["semantic"]),
         ("lexical only", modes["lexical"]),
         ("random baseline", random_p),
