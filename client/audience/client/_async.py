@@ -261,6 +261,8 @@ class AsyncAudienceClient:
         exclude_ids: Sequence[str] = (),
         include_seeds: bool = False,
         min_score: float | None = None,
+        segment_ids: Sequence[str] = (),
+        exclude_segment_ids: Sequence[str] = (),
         timeout: Timeout = DEFAULT,
     ) -> LookalikeResult:
         """Users most like the seeds, best first; also takes one LookalikeQuery alone."""
@@ -276,6 +278,8 @@ class AsyncAudienceClient:
             exclude_ids=exclude_ids,
             include_seeds=include_seeds,
             min_score=min_score,
+            segment_ids=segment_ids,
+            exclude_segment_ids=exclude_segment_ids,
         )
         return await self._find(cv.lookalike_request(query), timeout)
 
@@ -297,6 +301,8 @@ class AsyncAudienceClient:
         exclude_ids: Sequence[str] = (),
         include_seeds: bool = False,
         min_score: float | None = None,
+        segment_ids: Sequence[str] = (),
+        exclude_segment_ids: Sequence[str] = (),
         timeout: Timeout = DEFAULT,
     ) -> AsyncIterator[ScoredUser]:
         """The same query streamed best first: ``async for user in client.stream_lookalikes(...)``.
@@ -315,6 +321,8 @@ class AsyncAudienceClient:
             exclude_ids=exclude_ids,
             include_seeds=include_seeds,
             min_score=min_score,
+            segment_ids=segment_ids,
+            exclude_segment_ids=exclude_segment_ids,
         )
         request = cv.lookalike_request(query)
         return self._server_stream(
@@ -361,10 +369,12 @@ class AsyncAudienceClient:
         filters: Sequence[Filter | str] = (),
         *,
         exclude_ids: Sequence[str] = (),
+        segment_ids: Sequence[str] = (),
+        exclude_segment_ids: Sequence[str] = (),
         timeout: Timeout = DEFAULT,
     ) -> ReachEstimate:
         """How many users pass ``filters`` (Filter objects or expressions), less exclusions."""
-        request = cv.reach_request(filters, exclude_ids)
+        request = cv.reach_request(filters, exclude_ids, segment_ids, exclude_segment_ids)
         response = await self._unary(self._live.lookalike.EstimateReach, request, timeout)
         return cv.reach_estimate(response)
 

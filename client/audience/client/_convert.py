@@ -260,6 +260,8 @@ def lookalike_request(query: LookalikeQuery) -> pb.LookalikeRequest:
         exclude_user_ids=strings("exclude_ids", query.exclude_ids),
         include_seeds=bool(query.include_seeds),
         filters=filters_to_pb(query.filters),
+        segment_ids=strings("segment_ids", query.segment_ids),
+        exclude_segment_ids=strings("exclude_segment_ids", query.exclude_segment_ids),
     )
     if query.negative_weight is not None:
         msg.negative_weight = _float("negative_weight", query.negative_weight)
@@ -273,10 +275,16 @@ def lookalike_request(query: LookalikeQuery) -> pb.LookalikeRequest:
 
 
 def reach_request(
-    filters: Iterable[Filter | str], exclude_ids: Iterable[str]
+    filters: Iterable[Filter | str],
+    exclude_ids: Iterable[str],
+    segment_ids: Iterable[str] = (),
+    exclude_segment_ids: Iterable[str] = (),
 ) -> pb.EstimateReachRequest:
     return pb.EstimateReachRequest(
-        filters=filters_to_pb(filters), exclude_user_ids=strings("exclude_ids", exclude_ids)
+        filters=filters_to_pb(filters),
+        exclude_user_ids=strings("exclude_ids", exclude_ids),
+        segment_ids=strings("segment_ids", segment_ids),
+        exclude_segment_ids=strings("exclude_segment_ids", exclude_segment_ids),
     )
 
 
@@ -300,9 +308,13 @@ def rebuild_request(reembed: bool) -> pb.RebuildIndexRequest:
     return pb.RebuildIndexRequest(reembed=bool(reembed))
 
 
-def build_segments_request(target_segments: int) -> pb.BuildSegmentsRequest:
-    msg = pb.BuildSegmentsRequest()
-    _assign(msg, "target_segments", _int("target_segments", target_segments), "target_segments")
+def build_segments_request(
+    target_segments: int, reducer: str = "", min_cluster_size: int = 0, sample_size: int = 0
+) -> pb.BuildSegmentsRequest:
+    msg = pb.BuildSegmentsRequest(reducer=string("reducer", reducer))
+    for name, value in (("target_segments", target_segments),
+                        ("min_cluster_size", min_cluster_size), ("sample_size", sample_size)):
+        _assign(msg, name, _int(name, value), name)
     return msg
 
 
@@ -385,6 +397,9 @@ def segment(msg: pb.Segment) -> Segment:
         exemplar_user_ids=list(msg.exemplar_user_ids),
         persistence=msg.persistence,
         attribute_profile=profile,
+        cohesion=msg.cohesion,
+        status=msg.status,
+        parents=list(msg.parents),
     )
 
 
@@ -397,7 +412,13 @@ def user_segments(msg: Any) -> list[UserSegment]:
 
 
 def segment_build(msg: pb.BuildSegmentsResponse) -> SegmentBuild:
-    return SegmentBuild(model_version=msg.model_version, segments=msg.segments, seconds=msg.seconds)
+    return SegmentBuild(
+        model_version=msg.model_version,
+        segments=msg.segments,
+        seconds=msg.seconds,
+        outlier_share=msg.outlier_share,
+        users=msg.users,
+    )
 
 
 class UpsertTotals:

@@ -270,6 +270,8 @@ class AudienceClient:
         exclude_ids: Sequence[str] = (),
         include_seeds: bool = False,
         min_score: float | None = None,
+        segment_ids: Sequence[str] = (),
+        exclude_segment_ids: Sequence[str] = (),
         timeout: Timeout = DEFAULT,
     ) -> LookalikeResult:
         """Users most like the seeds, best first (see :class:`LookalikeQuery` for the fields).
@@ -288,6 +290,8 @@ class AudienceClient:
             exclude_ids=exclude_ids,
             include_seeds=include_seeds,
             min_score=min_score,
+            segment_ids=segment_ids,
+            exclude_segment_ids=exclude_segment_ids,
         )
         return self._find(cv.lookalike_request(query), timeout)
 
@@ -309,6 +313,8 @@ class AudienceClient:
         exclude_ids: Sequence[str] = (),
         include_seeds: bool = False,
         min_score: float | None = None,
+        segment_ids: Sequence[str] = (),
+        exclude_segment_ids: Sequence[str] = (),
         timeout: Timeout = DEFAULT,
     ) -> Iterator[ScoredUser]:
         """The same query for large audiences, streamed best first.
@@ -328,6 +334,8 @@ class AudienceClient:
             exclude_ids=exclude_ids,
             include_seeds=include_seeds,
             min_score=min_score,
+            segment_ids=segment_ids,
+            exclude_segment_ids=exclude_segment_ids,
         )
         request = cv.lookalike_request(query)
         return self._server_stream(
@@ -377,10 +385,12 @@ class AudienceClient:
         filters: Sequence[Filter | str] = (),
         *,
         exclude_ids: Sequence[str] = (),
+        segment_ids: Sequence[str] = (),
+        exclude_segment_ids: Sequence[str] = (),
         timeout: Timeout = DEFAULT,
     ) -> ReachEstimate:
         """How many users pass ``filters`` (Filter objects or expressions), less exclusions."""
-        request = cv.reach_request(filters, exclude_ids)
+        request = cv.reach_request(filters, exclude_ids, segment_ids, exclude_segment_ids)
         return cv.reach_estimate(self._unary(self._live.lookalike.EstimateReach, request, timeout))
 
     # ------------------------------------------------------------ admin
@@ -391,12 +401,22 @@ class AudienceClient:
         request = cv.rebuild_request(reembed)
         return cv.rebuild_result(self._unary(self._live.admin.RebuildIndex, request, timeout))
 
-    def build_segments(self, *, target_segments: int = 0, timeout: Timeout = None) -> SegmentBuild:
+    def build_segments(
+        self,
+        *,
+        target_segments: int = 0,
+        reducer: str = "",
+        min_cluster_size: int = 0,
+        sample_size: int = 0,
+        timeout: Timeout = None,
+    ) -> SegmentBuild:
         """Build a new segment model (a long job: no deadline unless ``timeout`` is given).
 
-        target_segments: desired number of segments; 0 lets the server choose.
+        target_segments: desired number of segments; 0 lets HDBSCAN decide.
+        reducer: "umap" or "pca" ("" = server default); min_cluster_size: smallest segment
+        (0 = 1% of the fit sample); sample_size: users the clustering is fitted on (0 = 20,000).
         """
-        request = cv.build_segments_request(target_segments)
+        request = cv.build_segments_request(target_segments, reducer, min_cluster_size, sample_size)
         return cv.segment_build(self._unary(self._live.admin.BuildSegments, request, timeout))
 
     def snapshot(self, *, timeout: Timeout = DEFAULT) -> SnapshotResult:

@@ -203,6 +203,7 @@ class LookalikeQuery:
     negative_ids / negative_weight: users to steer away from, and how strongly (None: 0.5).
     exclude_ids: users never returned. include_seeds: return seed users too.
     min_score: drop users below this cosine similarity.
+    segment_ids / exclude_segment_ids: only members of these segments / never members of these.
     """
 
     seed_ids: Sequence[str] = ()
@@ -216,9 +217,12 @@ class LookalikeQuery:
     exclude_ids: Sequence[str] = ()
     include_seeds: bool = False
     min_score: float | None = None
+    segment_ids: Sequence[str] = ()
+    exclude_segment_ids: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        for name in ("seed_ids", "seed_texts", "seeds", "negative_ids", "exclude_ids"):
+        for name in ("seed_ids", "seed_texts", "seeds", "negative_ids", "exclude_ids",
+                     "segment_ids", "exclude_segment_ids"):
             _set(self, name, as_tuple(name, getattr(self, name)))
         filters = as_tuple("filters", self.filters)
         _set(self, "filters", tuple(Filter.parse(f) if isinstance(f, str) else f for f in filters))
@@ -351,6 +355,9 @@ class Segment:
     exemplar_user_ids: list[str]
     persistence: float
     attribute_profile: dict[str, Any]
+    cohesion: float = 0.0  # mean cosine of members to the segment centre
+    status: str = ""  # lineage against the previous build: kept, split, merged, new
+    parents: list[str] = field(default_factory=list)  # previous segment ids it came from
 
 
 @dataclass(frozen=True)
@@ -370,3 +377,5 @@ class SegmentBuild:
     model_version: str
     segments: int
     seconds: float
+    outlier_share: float = 0.0  # share of users left as outliers
+    users: int = 0  # users segmented

@@ -19,6 +19,7 @@ from ._errors import (
     UnknownSegment,
     UnknownUser,
 )
+from ._segments import Segment, SegmentModel, SegmentParams
 from ._types import (
     AttrValue,
     Filter,
@@ -54,6 +55,9 @@ __all__ = [
     "Progress",
     "ScoredUser",
     "Seed",
+    "Segment",
+    "SegmentModel",
+    "SegmentParams",
     "SegmentsNotBuilt",
     "SentenceTransformerEmbedder",
     "Stats",

@@ -123,6 +123,8 @@ class EngineConfig:
     lexical_max_fit_docs: int = 200_000  # fit on a sample of at most this many users
     # Recency decay of text weights within a user, relative to the user's newest text.
     recency_half_life_days: float | None = None
+    # Segment statistics of groups smaller than this are withheld (k-anonymity).
+    segment_min_group_size: int = 0
     # Write an index generation after this many changes (and always on close).
     save_every_changes: int = 50_000
     limits: Limits = field(default_factory=Limits)

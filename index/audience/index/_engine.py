@@ -23,11 +23,20 @@ import numpy as np
 
 from ._attrs import AttributeTable
 from ._config import EngineConfig
+from ._describe import describe_segments
 from ._embed import SentenceTransformerEmbedder, TextEmbedder
 from ._encoder import UserEncoder, Vocabulary
-from ._errors import InvalidQuery, LimitExceeded, UnknownUser
+from ._errors import (
+    InvalidQuery,
+    LimitExceeded,
+    PreconditionFailed,
+    SegmentsNotBuilt,
+    UnknownSegment,
+    UnknownUser,
+)
 from ._lexical import LexicalModel, LexicalModelError
 from ._rwlock import RWLock
+from ._segments import Segment, SegmentModel, SegmentParams, fit_clusters, match_segments
 from ._store import ProfileStore, StoredRow, UserRow
 from ._types import (
     Filter,
@@ -48,6 +57,7 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 STORE_FILE = "profiles.sqlite3"
 INDEX_DIR = "index"
 LEXICAL_DIR = "lexical"
+SEGMENTS_DIR = "segments"
 SNAPSHOT_DIR = "snapshots"
 
 
@@ -80,6 +90,9 @@ class Engine:
         self._attrs = AttributeTable()
         self._iid_of: dict[str, int] = {}
         self._uid_of: dict[int, str] = {}
+        self._segments: SegmentModel | None = None
+        self._segment_of: dict[int, tuple[int, float]] = {}  # iid -> (label, strength)
+        self._build_lock = threading.Lock()
         self._generation = 0
         self._saved_sequence = 0
         self._unsaved = 0
@@ -204,6 +217,13 @@ class Engine:
         if len(self._index) != total:  # never serve an index that disagrees with the store
             log.error("Index - %d vectors for %d users; rebuilding", len(self._index), total)
             self._index = self._build_index(progress)
+        try:
+            model = SegmentModel.load(self.config.data_dir / SEGMENTS_DIR)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("Segments - saved model unreadable (%s); build segments again", exc)
+            model = None
+        if model is not None:
+            self._install_segments(model)
         log.info("Engine - Ready: %d users in %.1fs", total, time.perf_counter() - t0)
 
     def _build_index(self, progress: Progress | None) -> VectorIndex:
@@ -366,6 +386,7 @@ class Engine:
                     self._iid_of.pop(uid, None)
                     self._uid_of.pop(iid, None)
                     self._attrs.remove(iid)
+                    self._segment_of.pop(iid, None)
             self._after_write(len(found))
         gone = {uid for uid, _ in found}
         return len(found), [u for u in dict.fromkeys(user_ids) if u not in gone]
@@ -438,12 +459,17 @@ class Engine:
             )
 
     def estimate_reach(
-        self, filters: Sequence[Filter], exclude_user_ids: Sequence[str] = ()
+        self,
+        filters: Sequence[Filter],
+        exclude_user_ids: Sequence[str] = (),
+        segment_ids: Sequence[str] = (),
+        exclude_segment_ids: Sequence[str] = (),
     ) -> tuple[int, int]:
         self._check_filters(filters)
         self._check_ids(exclude_user_ids, "exclude_user_ids")
         with self._rw.read():
             mask = self._attrs.mask(filters)
+            self._segment_mask(mask, segment_ids, exclude_segment_ids)
             self._clear(mask, exclude_user_ids)
             return int(mask.sum()), len(self._iid_of)
 
@@ -495,6 +521,7 @@ class Engine:
             q = (q / norm).astype(np.float32)
 
             mask = self._attrs.mask(query.filters)
+            self._segment_mask(mask, query.segment_ids, query.exclude_segment_ids)
             removed = self._clear(mask, query.exclude_user_ids)
             if not query.include_seeds:
                 removed += self._clear(mask, seed_ids)
@@ -509,7 +536,9 @@ class Engine:
             k = min(k, eligible)
             if k == 0:
                 return [], eligible
-            unfiltered = not query.filters and not removed
+            unfiltered = not (
+                query.filters or removed or query.segment_ids or query.exclude_segment_ids
+            )
             scores, ids = self._index.search(q[None, :], k, None if unfiltered else mask)
             users = [
                 ScoredUser(self._uid_of[int(i)], float(s))
@@ -527,6 +556,240 @@ class Engine:
         n = int(mask[idx].sum())
         mask[idx] = False
         return n
+
+    # ================================================================== segments
+
+    def _install_segments(self, model: SegmentModel) -> None:
+        """Serve this model; members erased since it was built are left out."""
+        alive = [
+            (int(i), (int(lab), float(st)))
+            for i, lab, st in zip(model.member_iids, model.member_labels, model.member_strength)
+            if int(i) in self._uid_of
+        ]
+        with self._rw.write():
+            self._segments = model
+            self._segment_of = dict(alive)
+
+    def _model(self) -> SegmentModel:
+        model = self._segments
+        if model is None:
+            raise SegmentsNotBuilt(
+                "no segments have been built yet; run `audience segments build` "
+                "(or call Admin.BuildSegments)"
+            )
+        return model
+
+    def build_segments(
+        self, params: SegmentParams | None = None, progress: Progress | None = None
+    ) -> dict:
+        """Cluster the indexed users into segments, describe them, keep ids stable, and swap
+        the new model in. Writes go on meanwhile; users written after the snapshot of the
+        vectors are assigned on demand until the next build."""
+        params = params or SegmentParams()
+        if not self._build_lock.acquire(blocking=False):
+            raise PreconditionFailed("a segment build is already running")
+        try:
+            return self._build_segments(params, progress)
+        finally:
+            self._build_lock.release()
+
+    def _build_segments(self, params: SegmentParams, progress: Progress | None) -> dict:
+        t0 = time.perf_counter()
+        log.info("Segments - Start")
+        with self._rw.read():
+            iids, vectors = self._index.all_vectors()
+            previous = self._segments
+            uid_of = dict(self._uid_of)
+        if len(iids) < 20:
+            raise PreconditionFailed(f"segments need at least 20 users; {len(iids)} are stored")
+        clustering = fit_clusters(vectors, params, progress)
+        labels = clustering.labels
+        del vectors
+
+        # Stable ids: match to the previous model's segments by member overlap.
+        new_members = {
+            int(lab): np.sort(iids[labels == lab]) for lab in np.unique(labels) if lab >= 0
+        }
+        old_members: dict[str, np.ndarray] = {}
+        next_number = 1
+        if previous is not None:
+            next_number = int(previous.stats.get("next_number", 1))
+            for seg in previous.segments:
+                mem = previous.member_iids[previous.member_labels == seg.label]
+                old_members[seg.segment_id] = np.sort(mem)
+        id_of, status, lineage, next_number = match_segments(new_members, old_members, next_number)
+
+        # Describe on a uniform sample of users (texts and attributes come from the store).
+        t1 = time.perf_counter()
+        rng = np.random.default_rng(params.seed)
+        pick = np.sort(rng.choice(len(iids), size=min(len(iids), 30_000), replace=False))
+        rows = self.store.texts_and_attributes(iids[pick])
+        keep = [j for j in pick if int(iids[j]) in rows]
+        docs = ["\n".join(t[0] for t in rows[int(iids[j])][0]) for j in keep]
+        attrs = [rows[int(iids[j])][1] for j in keep]
+        described = describe_segments(
+            labels[keep], docs, attrs, min_group_size=self.config.segment_min_group_size
+        )
+        if progress:
+            progress("describe", 1, 1)
+
+        segments = []
+        n = len(iids)
+        for lab, members in new_members.items():
+            rows_of = np.flatnonzero(labels == lab)
+            z = clustering.coords[rows_of]
+            centre = z.mean(axis=0)
+            centre /= np.linalg.norm(centre) or 1.0
+            sims = z @ centre
+            top = rows_of[np.argsort(-sims)[:5]]
+            d = described.get(lab)
+            segments.append(
+                Segment(
+                    segment_id=id_of[lab],
+                    label=lab,
+                    size=len(members),
+                    share=len(members) / n,
+                    keywords=d.keywords if d else [],
+                    exemplar_user_ids=[uid_of[int(iids[j])] for j in top if int(iids[j]) in uid_of],
+                    persistence=clustering.persistence.get(lab, 0.0),
+                    cohesion=round(float(sims.mean()), 4),
+                    status=status[lab][0],
+                    parents=status[lab][1],
+                    attribute_profile=d.attribute_profile if d else {},
+                )
+            )
+        segments.sort(key=lambda s: -s.size)
+        outliers = float((labels < 0).mean())
+        t_describe = time.perf_counter() - t1
+        stats = {
+            "users": n,
+            "fit_users": len(clustering.fit_index),
+            "segments": len(segments),
+            "outlier_share": round(outliers, 4),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "next_number": next_number,
+            **{k: round(v, 2) for k, v in clustering.timings.items()},
+            "describe_s": round(t_describe, 2),
+        }
+        version = time.strftime("%Y%m%dT%H%M%S") + f"-{rng.integers(1 << 16):04x}"
+        model = SegmentModel(
+            version=version,
+            params=params,
+            segments=segments,
+            pca_mean=clustering.pca_mean,
+            pca_components=clustering.pca_components,
+            fit_coords=clustering.fit_coords,
+            fit_labels=clustering.fit_labels,
+            member_iids=iids,
+            member_labels=labels,
+            member_strength=clustering.strength,
+            lineage=lineage,
+            stats=stats,
+        )
+        model.save(self.config.data_dir / SEGMENTS_DIR)
+        self._install_segments(model)
+        log.info(
+            "Segments - Completed: %d segments, %.1f%% outliers, %.1fs",
+            len(segments),
+            100 * outliers,
+            time.perf_counter() - t0,
+        )
+        return {"model_version": version, **stats}
+
+    def list_segments(self) -> tuple[str, list[Segment]]:
+        model = self._model()
+        return model.version, list(model.segments)
+
+    def get_segment(self, segment_id: str) -> Segment:
+        model = self._model()
+        seg = model.by_id.get(segment_id)
+        if seg is None:
+            raise UnknownSegment(f"segment_id: unknown segment {segment_id!r}")
+        return seg
+
+    def user_segments(self, user_ids: Sequence[str]) -> list[tuple[str, str, float, bool]]:
+        """(user_id, segment_id or "", strength, outlier) per user. Users written after the
+        last build are assigned from their current vector."""
+        self._check_ids(user_ids, "user_ids")
+        model = self._model()
+        with self._rw.read():
+            missing = [u for u in user_ids if u not in self._iid_of]
+            if missing:
+                raise UnknownUser(missing, field="user_ids")
+            out: list[tuple[str, str, float, bool] | None] = []
+            todo = []
+            for i, uid in enumerate(user_ids):
+                hit = self._segment_of.get(self._iid_of[uid])
+                if hit is None:
+                    todo.append(i)
+                    out.append(None)
+                else:
+                    out.append(self._membership(model, uid, *hit))
+            if todo:
+                vecs = np.stack([self._index.vector(self._iid_of[user_ids[i]]) for i in todo])
+                labels, strength = model.assign(vecs)
+                for i, lab, st in zip(todo, labels, strength):
+                    out[i] = self._membership(model, user_ids[i], int(lab), float(st))
+        return [o for o in out if o is not None]
+
+    @staticmethod
+    def _membership(model: SegmentModel, uid: str, label: int, strength: float):
+        seg = model.by_label.get(label)
+        return (uid, seg.segment_id if seg else "", strength, seg is None)
+
+    def assign_segments(self, profiles: Sequence[Profile]) -> list[tuple[str, str, float, bool]]:
+        """Segments for profiles that are not stored: encoded as an upsert would, not stored."""
+        self._check_batch(profiles, "profiles")
+        model = self._model()
+        text_vecs = self.encoder.text_vectors([p.texts if not p.vector else () for p in profiles])
+        enc = self.encoder
+        lex = enc.lexical_vectors([p.texts if not p.vector else () for p in profiles])
+        vecs = []
+        for p, tv, lv in zip(profiles, text_vecs, lex):
+            if p.vector:
+                v = _vec(p.vector).astype(np.float32)
+                vecs.append(v / np.linalg.norm(v))
+            else:
+                vecs.append(enc.combine(tv, lv, enc.attribute_vector(p.attributes, [])))
+        labels, strength = model.assign(np.stack(vecs))
+        return [
+            self._membership(model, p.user_id, int(lab), float(st))
+            for p, lab, st in zip(profiles, labels, strength)
+        ]
+
+    def segment_members(self, segment_id: str, chunk: int = 1000) -> Iterator[list[ScoredUser]]:
+        """Members of a segment, strongest first, in chunks."""
+        seg = self.get_segment(segment_id)
+        with self._rw.read():
+            members = [
+                (st, self._uid_of[iid])
+                for iid, (lab, st) in self._segment_of.items()
+                if lab == seg.label and iid in self._uid_of
+            ]
+        members.sort(key=lambda m: (-m[0], m[1]))
+        users = [ScoredUser(uid, st) for st, uid in members]
+        return (users[i : i + chunk] for i in range(0, max(len(users), 1), chunk))
+
+    def _segment_mask(self, mask: np.ndarray, include: Sequence[str], exclude: Sequence[str]):
+        """Restrict a user mask to members of `include` (if any) and not of `exclude`."""
+        if not include and not exclude:
+            return
+        model = self._model()
+        for field, ids in (("segment_ids", include), ("exclude_segment_ids", exclude)):
+            unknown = [s for s in ids if s not in model.by_id]
+            if unknown:
+                raise UnknownSegment(f"{field}: unknown segment {unknown[0]!r}")
+        inc = {model.by_id[s].label for s in include}
+        exc = {model.by_id[s].label for s in exclude}
+        member = np.zeros(len(mask), bool)
+        blocked = np.zeros(len(mask), bool)
+        for iid, (lab, _) in self._segment_of.items():
+            if iid < len(mask):
+                member[iid] = lab in inc
+                blocked[iid] = lab in exc
+        if include:
+            mask &= member
+        mask &= ~blocked
 
     # ================================================================== validation
 

@@ -125,8 +125,13 @@ class SegmentModel:
 
     def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(labels, strength) for user vectors; label -1 = outlier."""
-        return _vote(self._knn, self._knn_labels, self.project(vectors),
-                     self.params.knn, self.params.min_vote)
+        return _vote(
+            self._knn,
+            self._knn_labels,
+            self.project(vectors),
+            self.params.knn,
+            self.params.min_vote,
+        )
 
     # ------------------------------------------------------------------ persistence
 
@@ -135,10 +140,16 @@ class SegmentModel:
         target = root / self.version
         target.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        np.savez(buf, pca_mean=self.pca_mean, pca_components=self.pca_components,
-                 fit_coords=self.fit_coords, fit_labels=self.fit_labels,
-                 member_iids=self.member_iids, member_labels=self.member_labels,
-                 member_strength=self.member_strength)
+        np.savez(
+            buf,
+            pca_mean=self.pca_mean,
+            pca_components=self.pca_components,
+            fit_coords=self.fit_coords,
+            fit_labels=self.fit_labels,
+            member_iids=self.member_iids,
+            member_labels=self.member_labels,
+            member_strength=self.member_strength,
+        )
         data = buf.getvalue()
         _write_durably(target / "arrays.npz", data)
         doc = {
@@ -216,8 +227,9 @@ def _project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> n
     return np.ascontiguousarray(z, dtype=np.float32)
 
 
-def _vote(index: faiss.Index, labels: np.ndarray, coords: np.ndarray, k: int,
-          min_vote: float) -> tuple[np.ndarray, np.ndarray]:
+def _vote(
+    index: faiss.Index, labels: np.ndarray, coords: np.ndarray, k: int, min_vote: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Majority label among the k nearest clustered fit users; -1 below `min_vote`."""
     n = len(coords)
     if n == 0 or index.ntotal == 0:
@@ -268,8 +280,12 @@ def fit_clusters(
 
         t0 = time.perf_counter()
         space = umap.UMAP(
-            n_components=params.umap_dims, n_neighbors=params.umap_neighbors, min_dist=0.0,
-            metric="cosine", random_state=params.seed, low_memory=True,
+            n_components=params.umap_dims,
+            n_neighbors=params.umap_neighbors,
+            min_dist=0.0,
+            metric="cosine",
+            random_state=params.seed,
+            low_memory=True,
         ).fit_transform(fit_coords)
         timings["reduce_umap_s"] = time.perf_counter() - t0
     if progress:
@@ -305,22 +321,28 @@ def fit_clusters(
     labels[idx], strength[idx] = voted, share
     fit_final = labels[fit_index]
     timings["assign_s"] = time.perf_counter() - t0
-    return Clustering(labels, strength, mean, vt, fit_index, fit_coords, fit_final,
-                      persistence, coords, timings)
+    return Clustering(
+        labels, strength, mean, vt, fit_index, fit_coords, fit_final, persistence, coords, timings
+    )
 
 
 def _hdbscan(space: np.ndarray, mcs: int, params: SegmentParams):
     if params.backend == "hdbscan":
         import hdbscan
 
-        h = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=min(params.min_samples, mcs),
-                            core_dist_n_jobs=1).fit(space)
+        h = hdbscan.HDBSCAN(
+            min_cluster_size=mcs, min_samples=min(params.min_samples, mcs), core_dist_n_jobs=1
+        ).fit(space)
     else:
         import fast_hdbscan
 
         h = fast_hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=min(params.min_samples, mcs))
         h.fit(space)
-    return h.labels_.astype(np.int32), h.probabilities_.astype(np.float32), h.condensed_tree_._raw_tree
+    return (
+        h.labels_.astype(np.int32),
+        h.probabilities_.astype(np.float32),
+        h.condensed_tree_._raw_tree,
+    )
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -347,8 +369,9 @@ def _tree_parts(tree: np.ndarray, n_points: int):
     return cluster_parent, birth, point_cluster, point_lambda
 
 
-def _node_of_labels(labels: np.ndarray, point_cluster: np.ndarray,
-                    cluster_parent: dict) -> dict[int, int]:
+def _node_of_labels(
+    labels: np.ndarray, point_cluster: np.ndarray, cluster_parent: dict
+) -> dict[int, int]:
     """The condensed-tree node that each flat label stands for (the members' common node)."""
     nodes: dict[int, int] = {}
     for lab in np.unique(labels[labels >= 0]):
@@ -489,5 +512,6 @@ def match_segments(
 
 
 def with_descriptions(segments: Sequence[Segment], **by_label: dict) -> list[Segment]:
-    return [replace(s, **{k: v[s.label] for k, v in by_label.items() if s.label in v})
-            for s in segments]
+    return [
+        replace(s, **{k: v[s.label] for k, v in by_label.items() if s.label in v}) for s in segments
+    ]

@@ -197,6 +197,20 @@ class ProfileStore:
             ).fetchone()
         return None if row is None else StoredRow(*row)
 
+    def texts_and_attributes(self, iids: Sequence[int]) -> dict[int, tuple[list, dict]]:
+        """iid -> (texts, attributes) for the stored iids among these."""
+        out: dict[int, tuple[list, dict]] = {}
+        ids = [int(i) for i in iids]
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for iid, texts, attrs in self._db.execute(
+                    f"SELECT iid, texts, attributes FROM users WHERE iid IN ({marks})", chunk
+                ):
+                    out[int(iid)] = (json.loads(texts), json.loads(attrs))
+        return out
+
     def iter_rows(self, since_seq: int = 0, batch: int = 5000) -> Iterator[list[StoredRow]]:
         """All users changed after `since_seq`, in iid order, in batches."""
         last = -1

@@ -58,6 +58,8 @@ class LookalikeQuery:
     include_seeds: bool = False
     filters: tuple[Filter, ...] = ()
     min_score: float | None = None
+    segment_ids: tuple[str, ...] = ()
+    exclude_segment_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

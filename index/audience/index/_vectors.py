@@ -49,6 +49,10 @@ class VectorIndex(ABC):
     def ids(self) -> np.ndarray: ...
 
     @abstractmethod
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of everything stored, as copies."""
+
+    @abstractmethod
     def vector(self, id_: int) -> np.ndarray:
         """The stored vector of one id (KeyError-like RuntimeError if absent)."""
 
@@ -95,6 +99,12 @@ class FlatIndex(VectorIndex):
 
     def vector(self, id_: int) -> np.ndarray:
         return self._index.reconstruct(int(id_))
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self)
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return self.ids().copy(), self._index.index.reconstruct_n(0, n)
 
     def __len__(self) -> int:
         return int(self._index.ntotal)

@@ -72,7 +72,7 @@ class AudienceServer:
         )
         pb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.holder), self._server)
         pb_grpc.add_LookalikeServicer_to_server(LookalikeServicer(self.holder), self._server)
-        pb_grpc.add_SegmentsServicer_to_server(SegmentsServicer(), self._server)
+        pb_grpc.add_SegmentsServicer_to_server(SegmentsServicer(self.holder), self._server)
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.holder), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

@@ -157,6 +157,49 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segments_build(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        done = client.build_segments(
+            target_segments=args.target_segments, reducer=args.reducer or "",
+            min_cluster_size=args.min_cluster_size or 0, sample_size=args.sample_size or 0,
+        )
+    print(f"segments {done.model_version}: {done.segments} segments over {done.users} users, "
+          f"{100 * done.outlier_share:.1f}% outliers, {done.seconds:.1f}s")
+    return 0
+
+
+def cmd_segments_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        segments = client.list_segments()
+    if args.json:
+        print(json.dumps([asdict(s) for s in segments], ensure_ascii=False))
+        return 0
+    for s in segments:
+        print(f"{s.segment_id:>10}  {s.size:>8}  {100 * s.share:5.1f}%  {s.status:<7} "
+              f"{', '.join(s.keywords[:8])}")
+    return 0
+
+
+def cmd_segments_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        segment = client.get_segment(args.segment_id)
+    print(json.dumps(asdict(segment), ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_segments_report(args: argparse.Namespace) -> int:
+    from audience.index import SegmentModel
+
+    from ._report import write_report
+
+    model = SegmentModel.load(Path(args.data_dir) / "segments")
+    if model is None:
+        raise ValueError(f"no segments built in {args.data_dir}; run `audience segments build`")
+    page = write_report(model, Path(args.out))
+    print(f"wrote {page}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -260,6 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--reembed", action="store_true", help="embed every text again (after a model change)"
     )
     s.set_defaults(func=cmd_rebuild)
+
+    seg = sub.add_parser("segments", help="build, list, show and report customer segments")
+    segsub = seg.add_subparsers(dest="segments_command", required=True)
+    s = segsub.add_parser("build", help="cluster the users into segments (HDBSCAN)")
+    client_flags(s)
+    s.add_argument("--target-segments", type=int, default=0,
+                   help="about this many segments (merged along the HDBSCAN tree); "
+                   "0 = HDBSCAN decides")
+    s.add_argument("--reducer", choices=("umap", "pca"), help="space HDBSCAN runs in (umap)")
+    s.add_argument("--min-cluster-size", type=int, help="smallest segment (1%% of the sample)")
+    s.add_argument("--sample-size", type=int, help="users the clustering is fitted on (20000)")
+    s.set_defaults(func=cmd_segments_build, timeout=None)
+    s = segsub.add_parser("list", help="the current segments")
+    client_flags(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_segments_list)
+    s = segsub.add_parser("show", help="one segment in full (JSON)")
+    client_flags(s)
+    s.add_argument("segment_id")
+    s.set_defaults(func=cmd_segments_show)
+    s = segsub.add_parser("report", help="HTML page + PNGs of the current segments")
+    s.add_argument("--data-dir", default="./data", help="the server's data dir (read only)")
+    s.add_argument("--out", required=True, help="folder to write index.html and PNGs into")
+    s.set_defaults(func=cmd_segments_report)
 
     s = sub.add_parser("snapshot", help="write a consistent copy of store and index")
     client_flags(s)

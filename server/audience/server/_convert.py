@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from audience.client._proto import audience_pb2 as pb
@@ -13,6 +14,8 @@ from audience.index import (
     Profile,
     ScoredUser,
     Seed,
+    Segment,
+    SegmentParams,
     StoredUser,
     TextItem,
 )
@@ -120,8 +123,48 @@ def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
         include_seeds=r.include_seeds,
         filters=filters_from_pb(r.filters),
         min_score=r.min_score if r.HasField("min_score") else None,
+        segment_ids=tuple(r.segment_ids),
+        exclude_segment_ids=tuple(r.exclude_segment_ids),
     )
 
 
 def scored_to_pb(users: Sequence[ScoredUser]) -> list[pb.ScoredUser]:
     return [pb.ScoredUser(user_id=u.user_id, score=u.score) for u in users]
+
+
+def segment_to_pb(s: Segment) -> pb.Segment:
+    return pb.Segment(
+        segment_id=s.segment_id,
+        size=s.size,
+        share=s.share,
+        keywords=s.keywords,
+        exemplar_user_ids=s.exemplar_user_ids,
+        persistence=s.persistence,
+        attribute_profile_json=json.dumps(s.attribute_profile, ensure_ascii=False),
+        cohesion=s.cohesion,
+        status=s.status,
+        parents=s.parents,
+    )
+
+
+def memberships_to_pb(rows: Sequence[tuple[str, str, float, bool]]) -> list[pb.UserSegment]:
+    return [
+        pb.UserSegment(user_id=u, segment_id=sid, strength=st, outlier=out)
+        for u, sid, st, out in rows
+    ]
+
+
+def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
+    if r.target_segments < 0 or r.min_cluster_size < 0 or r.sample_size < 0:
+        raise InvalidQuery("BuildSegmentsRequest", "sizes must be >= 0")
+    if r.reducer not in ("", "umap", "pca"):
+        raise InvalidQuery("reducer", "must be umap or pca")
+    if r.min_cluster_size == 1 or 0 < r.sample_size < 50:
+        raise InvalidQuery("BuildSegmentsRequest", "min_cluster_size >= 2, sample_size >= 50")
+    defaults = SegmentParams()
+    return SegmentParams(
+        reducer=r.reducer or defaults.reducer,
+        target_segments=r.target_segments,
+        min_cluster_size=r.min_cluster_size or None,
+        sample_size=r.sample_size or defaults.sample_size,
+    )

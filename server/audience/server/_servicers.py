@@ -16,9 +16,12 @@ from audience.index import Engine, IndexNotReady
 
 from ._convert import (
     filters_from_pb,
+    memberships_to_pb,
     profiles_from_pb,
     query_from_pb,
     scored_to_pb,
+    segment_params_from_pb,
+    segment_to_pb,
     stored_user_to_pb,
 )
 
@@ -107,20 +110,51 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         self, request: pb.EstimateReachRequest, context: grpc.ServicerContext
     ) -> pb.EstimateReachResponse:
         reach, total = self._holder.engine.estimate_reach(
-            filters_from_pb(request.filters), list(request.exclude_user_ids)
+            filters_from_pb(request.filters),
+            list(request.exclude_user_ids),
+            list(request.segment_ids),
+            list(request.exclude_segment_ids),
         )
         return pb.EstimateReachResponse(reach=reach, total=total)
 
 
 class SegmentsServicer(pb_grpc.SegmentsServicer):
-    """Segments come with the segments work; until then every call says so (UNIMPLEMENTED)."""
+    def __init__(self, holder: EngineHolder) -> None:
+        self._holder = holder
 
-    MESSAGE = "segments are not implemented in this version of the server yet"
+    def ListSegments(
+        self, request: pb.ListSegmentsRequest, context: grpc.ServicerContext
+    ) -> pb.ListSegmentsResponse:
+        version, segments = self._holder.engine.list_segments()
+        return pb.ListSegmentsResponse(
+            segments=[segment_to_pb(s) for s in segments], model_version=version
+        )
 
-    def ListSegments(self, request, context):  # type: ignore[no-untyped-def]
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, self.MESSAGE)
+    def GetSegment(
+        self, request: pb.GetSegmentRequest, context: grpc.ServicerContext
+    ) -> pb.Segment:
+        return segment_to_pb(self._holder.engine.get_segment(request.segment_id))
 
-    GetSegment = GetUserSegments = AssignSegments = StreamSegmentMembers = ListSegments
+    def GetUserSegments(
+        self, request: pb.GetUserSegmentsRequest, context: grpc.ServicerContext
+    ) -> pb.GetUserSegmentsResponse:
+        rows = self._holder.engine.user_segments(list(request.user_ids))
+        return pb.GetUserSegmentsResponse(memberships=memberships_to_pb(rows))
+
+    def AssignSegments(
+        self, request: pb.AssignSegmentsRequest, context: grpc.ServicerContext
+    ) -> pb.AssignSegmentsResponse:
+        rows = self._holder.engine.assign_segments(profiles_from_pb(request.profiles))
+        return pb.AssignSegmentsResponse(memberships=memberships_to_pb(rows))
+
+    def StreamSegmentMembers(
+        self, request: pb.StreamSegmentMembersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.LookalikeChunk]:
+        chunks = self._holder.engine.segment_members(request.segment_id, STREAM_CHUNK)
+        for chunk in chunks:
+            if not context.is_active():
+                return
+            yield pb.LookalikeChunk(users=scored_to_pb(chunk))
 
 
 class AdminServicer(pb_grpc.AdminServicer):
@@ -135,8 +169,17 @@ class AdminServicer(pb_grpc.AdminServicer):
             users=done["users"], generation=done["generation"], seconds=done["seconds"]
         )
 
-    def BuildSegments(self, request, context):  # type: ignore[no-untyped-def]
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "segment builds are not implemented yet")
+    def BuildSegments(
+        self, request: pb.BuildSegmentsRequest, context: grpc.ServicerContext
+    ) -> pb.BuildSegmentsResponse:
+        done = self._holder.engine.build_segments(segment_params_from_pb(request))
+        return pb.BuildSegmentsResponse(
+            model_version=done["model_version"],
+            segments=done["segments"],
+            seconds=done["seconds"],
+            outlier_share=done["outlier_share"],
+            users=done["users"],
+        )
 
     def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.ServicerContext

@@ -454,6 +454,8 @@ class LookalikeRequest(_message.Message):
     FRACTION_FIELD_NUMBER: _builtins.int
     FILTERS_FIELD_NUMBER: _builtins.int
     MIN_SCORE_FIELD_NUMBER: _builtins.int
+    SEGMENT_IDS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_SEGMENT_IDS_FIELD_NUMBER: _builtins.int
     negative_weight: _builtins.float
     """Strength of the negative users against the seeds; unset means 0.5. Finite, >= 0."""
     include_seeds: _builtins.bool
@@ -474,6 +476,12 @@ class LookalikeRequest(_message.Message):
 
     @_builtins.property
     def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Filter]: ...
+    @_builtins.property
+    def segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only members of these segments (of the current segment model) / never members of these."""
+
+    @_builtins.property
+    def exclude_segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -486,10 +494,12 @@ class LookalikeRequest(_message.Message):
         fraction: _builtins.float = ...,
         filters: _abc.Iterable[Global___Filter] | None = ...,
         min_score: _builtins.float | None = ...,
+        segment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        exclude_segment_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "fraction", b"fraction", "k", b"k", "min_score", b"min_score", "negative_weight", b"negative_weight", "size", b"size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "exclude_user_ids", b"exclude_user_ids", "filters", b"filters", "fraction", b"fraction", "include_seeds", b"include_seeds", "k", b"k", "min_score", b"min_score", "negative_user_ids", b"negative_user_ids", "negative_weight", b"negative_weight", "seeds", b"seeds", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "exclude_segment_ids", b"exclude_segment_ids", "exclude_user_ids", b"exclude_user_ids", "filters", b"filters", "fraction", b"fraction", "include_seeds", b"include_seeds", "k", b"k", "min_score", b"min_score", "negative_user_ids", b"negative_user_ids", "negative_weight", b"negative_weight", "seeds", b"seeds", "segment_ids", b"segment_ids", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
     _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
@@ -561,19 +571,27 @@ class EstimateReachRequest(_message.Message):
 
     FILTERS_FIELD_NUMBER: _builtins.int
     EXCLUDE_USER_IDS_FIELD_NUMBER: _builtins.int
+    SEGMENT_IDS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_SEGMENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Filter]: ...
     @_builtins.property
     def exclude_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def exclude_segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         filters: _abc.Iterable[Global___Filter] | None = ...,
         exclude_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        segment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        exclude_segment_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_user_ids", b"exclude_user_ids", "filters", b"filters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_segment_ids", b"exclude_segment_ids", "exclude_user_ids", b"exclude_user_ids", "filters", b"filters", "segment_ids", b"segment_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -614,16 +632,25 @@ class Segment(_message.Message):
     EXEMPLAR_USER_IDS_FIELD_NUMBER: _builtins.int
     PERSISTENCE_FIELD_NUMBER: _builtins.int
     ATTRIBUTE_PROFILE_JSON_FIELD_NUMBER: _builtins.int
+    COHESION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PARENTS_FIELD_NUMBER: _builtins.int
     segment_id: _builtins.str
     size: _builtins.int
     share: _builtins.float
     persistence: _builtins.float
     attribute_profile_json: _builtins.str
     """Attribute profile as JSON (numeric: mean, median, quartiles; categorical: shares, lift)."""
+    cohesion: _builtins.float
+    """Mean cosine similarity of the members to the segment's centre."""
+    status: _builtins.str
+    """Lineage against the previous build: kept, split, merged or new; and the ids it came from."""
     @_builtins.property
     def keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def exemplar_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def parents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -634,10 +661,13 @@ class Segment(_message.Message):
         exemplar_user_ids: _abc.Iterable[_builtins.str] | None = ...,
         persistence: _builtins.float = ...,
         attribute_profile_json: _builtins.str = ...,
+        cohesion: _builtins.float = ...,
+        status: _builtins.str = ...,
+        parents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_profile_json", b"attribute_profile_json", "exemplar_user_ids", b"exemplar_user_ids", "keywords", b"keywords", "persistence", b"persistence", "segment_id", b"segment_id", "share", b"share", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_profile_json", b"attribute_profile_json", "cohesion", b"cohesion", "exemplar_user_ids", b"exemplar_user_ids", "keywords", b"keywords", "parents", b"parents", "persistence", b"persistence", "segment_id", b"segment_id", "share", b"share", "size", b"size", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -881,15 +911,28 @@ class BuildSegmentsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TARGET_SEGMENTS_FIELD_NUMBER: _builtins.int
+    REDUCER_FIELD_NUMBER: _builtins.int
+    MIN_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
+    SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     target_segments: _builtins.int
+    """About this many segments, merged along the HDBSCAN hierarchy; 0 = HDBSCAN decides."""
+    reducer: _builtins.str
+    """"umap" (default) or "pca": the space HDBSCAN runs in."""
+    min_cluster_size: _builtins.int
+    """Smallest segment; 0 = 1% of the users the clustering is fitted on."""
+    sample_size: _builtins.int
+    """Users the clustering is fitted on (the rest are assigned); 0 = 20,000."""
     def __init__(
         self,
         *,
         target_segments: _builtins.int = ...,
+        reducer: _builtins.str = ...,
+        min_cluster_size: _builtins.int = ...,
+        sample_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["target_segments", b"target_segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_cluster_size", b"min_cluster_size", "reducer", b"reducer", "sample_size", b"sample_size", "target_segments", b"target_segments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -902,19 +945,25 @@ class BuildSegmentsResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    OUTLIER_SHARE_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     segments: _builtins.int
     seconds: _builtins.float
+    outlier_share: _builtins.float
+    users: _builtins.int
     def __init__(
         self,
         *,
         model_version: _builtins.str = ...,
         segments: _builtins.int = ...,
         seconds: _builtins.float = ...,
+        outlier_share: _builtins.float = ...,
+        users: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "seconds", b"seconds", "segments", b"segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "outlier_share", b"outlier_share", "seconds", b"seconds", "segments", b"segments", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
