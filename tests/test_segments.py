@@ -14,7 +14,7 @@ from audience.client import (
 )
 
 POOLS = {
-    "cook": "bread oven bake flour dough recipe garlic butter roast soup pasta sauce kitchen".split(),
+    "cook": "bread oven bake flour dough recipe garlic butter roast soup pasta sauce".split(),
     "code": "python compiler debug function variable class database query server api bug".split(),
     "ball": "football goal striker league match referee coach penalty season stadium team".split(),
 }
