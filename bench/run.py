@@ -3,6 +3,12 @@
 the same run, since absolute numbers on a shared machine drift from run to run.
 
     python bench/run.py lookalike --data ../shared/data --json OUT.json [--dataset thucnews]
+    python bench/run.py segments --data ../shared/data --json OUT.json [--scale 1000000]
+
+segments   The same users, segmented by HDBSCAN (HDBSCAN decides how many; then with
+           target_segments = the true number of labels), scored by NMI/ARI against the labels
+           over all users (outliers as their own label), beside KMeans told the true k on the
+           same user vectors; with --scale N also the clustering time for N replicated users.
 
 lookalike  Each user is a StackOverflow title / THUCNews headline / blogger (first posts).
            For each label (tag / topic / industry), 20 random seed users of that label ->
@@ -155,6 +161,178 @@ def bench_lookalike(args: argparse.Namespace, dataset: str) -> dict:
     return out
 
 
+def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    users: list[User] = DATASETS[dataset](args.data, args.max_texts)
+    if args.users and args.users < len(users):
+        users = random.Random(0).sample(users, args.users)
+    ids = [u.user_id for u in users]
+    truth = [u.label for u in users]
+    k_true = len(set(truth))
+    log(f"{dataset}: {len(users)} users, {k_true} labels")
+    schema = [a for spec in SCHEMAS.get(dataset, []) for a in ("--attribute", spec)]
+    out: dict = {"dataset": dataset, "users": len(users), "labels": k_true}
+
+    def labels_of(client: AudienceClient) -> list[str]:
+        seg_of = {}
+        for seg in client.list_segments():
+            for u in client.stream_segment_members(seg.segment_id):
+                seg_of[u.user_id] = seg.segment_id
+        return [seg_of.get(uid, "outlier") for uid in ids]
+
+    def scores(pred: list[str]) -> dict:
+        return {
+            "nmi": normalized_mutual_info_score(truth, pred),
+            "ari": adjusted_rand_score(truth, pred),
+        }
+
+    with tempfile.TemporaryDirectory(prefix="audience-bench-") as tmp:
+        with (
+            ServerProcess(Path(tmp) / "data", *schema) as server,
+            AudienceClient(server.target, timeout=3600) as client,
+        ):
+            client.wait_ready(timeout=300)
+            log("ingest through gRPC ...")
+            client.upsert_users(
+                (Profile(u.user_id, texts=u.texts, attributes=u.attributes) for u in users),
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+            )
+            client.rebuild_index()
+            vectors = np.stack(
+                [
+                    np.frombuffer(client.get_user(uid, include_vector=True).vector, "<f4")
+                    for uid in ids
+                ]
+            )
+            log(f"baseline: KMeans with the true k={k_true} ...")
+            t0 = time.perf_counter()
+            km = KMeans(k_true, n_init=3, random_state=0).fit_predict(vectors)
+            out["kmeans_true_k"] = {
+                **scores([str(x) for x in km]),
+                "seconds": time.perf_counter() - t0,
+            }
+            log("build segments (HDBSCAN decides) ...")
+            build = client.build_segments()
+            pred = labels_of(client)
+            out.update(scores(pred))
+            out.update(
+                {
+                    "segments": build.segments,
+                    "outlier_share": build.outlier_share,
+                    "build_s": build.seconds,
+                }
+            )
+            segments = client.list_segments()
+            out["segment_profiles"] = [
+                {
+                    "segment_id": s.segment_id,
+                    "size": s.size,
+                    "keywords": s.keywords[:8],
+                    "attributes": {name: _brief(p) for name, p in s.attribute_profile.items()},
+                }
+                for s in segments
+            ]
+            # AssignSegments on the users of the build agrees with their built labels?
+            rng = random.Random(args.seed)
+            sample = rng.sample(range(len(users)), min(2000, len(users)))
+            assigned = []
+            for start in range(0, len(sample), 500):
+                chunk = [users[i] for i in sample[start : start + 500]]
+                assigned += client.assign_segments(
+                    [
+                        Profile("assign-" + u.user_id, texts=u.texts, attributes=u.attributes)
+                        for u in chunk
+                    ]
+                )
+            agree = [a.segment_id or "outlier" for a in assigned]
+            out["reassign_agreement"] = sum(x == pred[i] for x, i in zip(agree, sample)) / len(
+                sample
+            )
+            log(f"build segments (target_segments={k_true}) ...")
+            target = client.build_segments(target_segments=k_true)
+            tk = scores(labels_of(client))
+            out.update(
+                {
+                    "nmi_target_k": tk["nmi"],
+                    "ari_target_k": tk["ari"],
+                    "segments_target_k": target.segments,
+                    "outlier_share_target_k": target.outlier_share,
+                    "build_target_k_s": target.seconds,
+                }
+            )
+    if args.scale:
+        out["scale"] = bench_scale(vectors, args.scale)
+
+    km = out["kmeans_true_k"]
+    print(
+        f"\n== segments on {dataset}: {len(users)} users, {k_true} true labels "
+        "(NMI/ARI over all users, outliers as their own label)"
+    )
+    print(f"{'method':<44}{'NMI':>8}{'ARI':>8}{'segs':>6}{'outl.':>8}{'secs':>8}")
+    print(
+        f"  {'KMeans, told the true k (baseline)':<42}{km['nmi']:>8.3f}{km['ari']:>8.3f}"
+        f"{k_true:>6}{0.0:>8.3f}{km['seconds']:>8.1f}"
+    )
+    print(
+        f"  {'Audience, HDBSCAN decides':<42}{out['nmi']:>8.3f}{out['ari']:>8.3f}"
+        f"{out['segments']:>6}{out['outlier_share']:>8.3f}{out['build_s']:>8.1f}"
+    )
+    print(
+        f"  {'Audience, target_segments=' + str(k_true):<42}{out['nmi_target_k']:>8.3f}"
+        f"{out['ari_target_k']:>8.3f}{out['segments_target_k']:>6}"
+        f"{out['outlier_share_target_k']:>8.3f}{out['build_target_k_s']:>8.1f}"
+    )
+    print(
+        f"  AssignSegments agrees with the build for {100 * out['reassign_agreement']:.1f}% "
+        "of a 2,000-user sample"
+    )
+    if "scale" in out:
+        sc = out["scale"]
+        print(
+            f"  scale: {sc['users']} users clustered in {sc['seconds']:.1f}s "
+            f"({sc['segments']} segments, {100 * sc['outlier_share']:.1f}% outliers)"
+        )
+    return out
+
+
+def _brief(profile: dict) -> dict:
+    """The gist of one attribute's profile for the bench JSON."""
+    if profile.get("type") == "numeric":
+        return {k: profile.get(k) for k in ("median", "q1", "q3", "population_median")}
+    return {v["value"]: v["share"] for v in profile.get("values", [])[:4]}
+
+
+def bench_scale(vectors, n: int) -> dict:
+    """Segment `n` users whose vectors replicate the benchmark's (with small noise): the
+    clustering stage alone, in process (fit on the sample, assign the rest)."""
+    import numpy as np
+
+    from audience.index import SegmentParams
+    from audience.index._segments import fit_clusters
+
+    rng = np.random.default_rng(0)
+    big = np.empty((n, vectors.shape[1]), np.float32)
+    for start in range(0, n, 100_000):
+        rows = rng.integers(0, len(vectors), size=min(100_000, n - start))
+        part = vectors[rows] + rng.normal(0, 0.02, (len(rows), vectors.shape[1])).astype(np.float32)
+        big[start : start + len(rows)] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    log(f"scale: clustering {n} users ...")
+    t0 = time.perf_counter()
+    c = fit_clusters(big, SegmentParams())
+    seconds = time.perf_counter() - t0
+    return {
+        "users": n,
+        "seconds": seconds,
+        "segments": int(c.labels.max() + 1),
+        "outlier_share": float((c.labels < 0).mean()),
+        "timings": c.timings,
+    }
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -184,13 +362,38 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("--batch-size", type=int, default=256, help="users per UpsertUsers")
     lk.add_argument("--seed", type=int, default=1, help="random seed for the seed users")
     lk.add_argument("--quiet", action="store_true")
+    sg = sub.add_parser("segments", help="HDBSCAN segments vs KMeans told the true k")
+    sg.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="folder with the data sets (env AUDIENCE_DATA; default ../shared/data)",
+    )
+    sg.add_argument(
+        "--dataset",
+        default="stackoverflow,blogs",
+        help=f"comma-separated, of {','.join(DATASETS)} (default stackoverflow,blogs)",
+    )
+    sg.add_argument("--json", type=Path, help="write the results here")
+    sg.add_argument("--users", type=int, help="use a random sample of this many users")
+    sg.add_argument("--max-texts", type=int, default=2, help="texts per blogger (blogs)")
+    sg.add_argument("--batch-size", type=int, default=256, help="users per UpsertUsers")
+    sg.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        help="also time the clustering of this many replicated users (e.g. 1000000)",
+    )
+    sg.add_argument("--seed", type=int, default=1)
+    sg.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
     names = [d.strip() for d in args.dataset.split(",") if d.strip()]
     unknown = [d for d in names if d not in DATASETS]
     if unknown:
         p.error(f"unknown data set(s) {unknown}; choose from {list(DATASETS)}")
-    runs = {name: bench_lookalike(args, name) for name in names}
+    bench = bench_lookalike if args.bench == "lookalike" else bench_segments
+    runs = {name: bench(args, name) for name in names}
     # The first data set's figures also sit at the top level of the JSON.
     result = {
         **runs[names[0]],

@@ -309,11 +309,11 @@ def _message_card(title: str, colour: str, message: str, detail: str) -> Figure:
 def _card_title(fig: Figure, title: str, colour: str) -> None:
     from matplotlib.patches import Rectangle
 
-    h = fig.get_figheight()
+    w, h = fig.get_size_inches()  # the swatch is a 0.16 in square whatever the card size
     y = 1 - 0.22 / h
-    fig.add_artist(Rectangle((0.012, y - 0.08 / h), 0.016, 0.16 / h, color=colour,
+    fig.add_artist(Rectangle((0.08 / w, y - 0.08 / h), 0.16 / w, 0.16 / h, color=colour,
                              transform=fig.transFigure))
-    fig.text(0.035, y, title, ha="left", va="center", fontsize=11, fontweight="bold")
+    fig.text(0.32 / w, y, title, ha="left", va="center", fontsize=11, fontweight="bold")
 
 
 def _panel_message(ax: Any, message: str, detail: str = "") -> None:
