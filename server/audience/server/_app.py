@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ._servicers import (
     EngineHolder,
     LookalikeServicer,
     ProfilesServicer,
+    ProgressLog,
     SegmentsServicer,
 )
 
@@ -39,20 +39,6 @@ SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
     for name in ("Profiles", "Lookalike", "Segments", "Admin")
 )
-
-
-class ProgressLog:
-    """Engine progress callback that logs a stage at most every `every` seconds."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        self.every = every
-        self._last = 0.0
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.every or done >= total:
-            self._last = now
-            log.info("Load - %s: %d/%d", stage, done, total)
 
 
 class AudienceServer:

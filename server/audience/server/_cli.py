@@ -117,6 +117,8 @@ def cmd_lookalike(args: argparse.Namespace) -> int:
             exclude_ids=args.exclude or (),
             include_seeds=args.include_seeds,
             min_score=args.min_score,
+            segment_ids=args.segment or (),
+            exclude_segment_ids=args.exclude_segment or (),
         )
     if args.json:
         print(
@@ -160,11 +162,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_segments_build(args: argparse.Namespace) -> int:
     with _client(args) as client:
         done = client.build_segments(
-            target_segments=args.target_segments, reducer=args.reducer or "",
-            min_cluster_size=args.min_cluster_size or 0, sample_size=args.sample_size or 0,
+            target_segments=args.target_segments,
+            reducer=args.reducer or "",
+            min_cluster_size=args.min_cluster_size or 0,
+            sample_size=args.sample_size or 0,
         )
-    print(f"segments {done.model_version}: {done.segments} segments over {done.users} users, "
-          f"{100 * done.outlier_share:.1f}% outliers, {done.seconds:.1f}s")
+    print(
+        f"segments {done.model_version}: {done.segments} segments over {done.users} users, "
+        f"{100 * done.outlier_share:.1f}% outliers, {done.seconds:.1f}s"
+    )
     return 0
 
 
@@ -175,8 +181,10 @@ def cmd_segments_list(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(s) for s in segments], ensure_ascii=False))
         return 0
     for s in segments:
-        print(f"{s.segment_id:>10}  {s.size:>8}  {100 * s.share:5.1f}%  {s.status:<7} "
-              f"{', '.join(s.keywords[:8])}")
+        print(
+            f"{s.segment_id:>10}  {s.size:>8}  {100 * s.share:5.1f}%  {s.status:<7} "
+            f"{', '.join(s.keywords[:8])}"
+        )
     return 0
 
 
@@ -287,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--negative", action="append", help="user id to steer away from; repeatable")
     s.add_argument("--exclude", action="append", help="user id never to return; repeatable")
+    s.add_argument("--segment", action="append", help="only members of this segment; repeatable")
+    s.add_argument("--exclude-segment", action="append", help="never members of this segment")
     s.add_argument("--include-seeds", action="store_true")
     s.add_argument("--min-score", type=float)
     s.add_argument("--json", action="store_true")
@@ -308,9 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     segsub = seg.add_subparsers(dest="segments_command", required=True)
     s = segsub.add_parser("build", help="cluster the users into segments (HDBSCAN)")
     client_flags(s)
-    s.add_argument("--target-segments", type=int, default=0,
-                   help="about this many segments (merged along the HDBSCAN tree); "
-                   "0 = HDBSCAN decides")
+    s.add_argument(
+        "--target-segments",
+        type=int,
+        default=0,
+        help="about this many segments (merged along the HDBSCAN tree); 0 = HDBSCAN decides",
+    )
     s.add_argument("--reducer", choices=("umap", "pca"), help="space HDBSCAN runs in (umap)")
     s.add_argument("--min-cluster-size", type=int, help="smallest segment (1%% of the sample)")
     s.add_argument("--sample-size", type=int, help="users the clustering is fitted on (20000)")

@@ -5,7 +5,9 @@ Errors are not handled here: ErrorMappingInterceptor maps engine errors to statu
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -25,7 +27,23 @@ from ._convert import (
     stored_user_to_pb,
 )
 
+log = logging.getLogger("audience.server")
+
 STREAM_CHUNK = 1000  # users per LookalikeChunk
+
+
+class ProgressLog:
+    """Engine progress callback that logs a stage at most every `every` seconds."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self._last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every or done >= total:
+            self._last = now
+            log.info("Progress - %s: %d/%d", stage, done, total)
 
 
 class EngineHolder:
@@ -164,7 +182,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     def RebuildIndex(
         self, request: pb.RebuildIndexRequest, context: grpc.ServicerContext
     ) -> pb.RebuildIndexResponse:
-        done = self._holder.engine.rebuild_index(reembed=request.reembed)
+        done = self._holder.engine.rebuild_index(reembed=request.reembed, progress=ProgressLog())
         return pb.RebuildIndexResponse(
             users=done["users"], generation=done["generation"], seconds=done["seconds"]
         )
@@ -172,7 +190,9 @@ class AdminServicer(pb_grpc.AdminServicer):
     def BuildSegments(
         self, request: pb.BuildSegmentsRequest, context: grpc.ServicerContext
     ) -> pb.BuildSegmentsResponse:
-        done = self._holder.engine.build_segments(segment_params_from_pb(request))
+        done = self._holder.engine.build_segments(
+            segment_params_from_pb(request), progress=ProgressLog()
+        )
         return pb.BuildSegmentsResponse(
             model_version=done["model_version"],
             segments=done["segments"],
