@@ -95,8 +95,7 @@ def write_report(
     page = _html_page(model, segments, colours, files)
     index = out_dir / "index.html"
     _write_atomically(index, page.encode("utf-8"))
-    log.info("Report - Completed: %d segments in %.1f s", len(segments),
-             time.perf_counter() - t0)
+    log.info("Report - Completed: %d segments in %.1f s", len(segments), time.perf_counter() - t0)
     return index
 
 
@@ -198,9 +197,7 @@ def _pca_2d(coords: np.ndarray) -> np.ndarray:
     return out
 
 
-def _map_figure(
-    model: SegmentModel, colours: dict[int, str], max_points: int, seed: int
-) -> Figure:
+def _map_figure(model: SegmentModel, colours: dict[int, str], max_points: int, seed: int) -> Figure:
     from matplotlib import patheffects
     from matplotlib.figure import Figure
 
@@ -218,8 +215,9 @@ def _map_figure(
     for side in ("left", "bottom"):
         ax.spines[side].set_visible(False)
     if len(coords) == 0:
-        ax.text(0.5, 0.5, "no users in the fit sample", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no users in the fit sample", ha="center", va="center", transform=ax.transAxes
+        )
         return fig
 
     xy, method = _embed_2d(coords, seed)
@@ -227,23 +225,41 @@ def _map_figure(
     # Labels without a segment (none by construction) are drawn as outliers.
     known = np.isin(labels, list(colours))
     out = ~known
-    ax.scatter(xy[out, 0], xy[out, 1], s=size * 0.6, c=_OUTLIER_COLOUR, linewidths=0,
-               label="outliers", rasterized=True)
+    ax.scatter(
+        xy[out, 0],
+        xy[out, 1],
+        s=size * 0.6,
+        c=_OUTLIER_COLOUR,
+        linewidths=0,
+        label="outliers",
+        rasterized=True,
+    )
     halo = [patheffects.withStroke(linewidth=3, foreground="white")]
     for label, colour in colours.items():
         mine = labels == label
         if not mine.any():
             continue
-        ax.scatter(xy[mine, 0], xy[mine, 1], s=size, c=colour, linewidths=0, alpha=0.8,
-                   rasterized=True)
+        ax.scatter(
+            xy[mine, 0], xy[mine, 1], s=size, c=colour, linewidths=0, alpha=0.8, rasterized=True
+        )
     # Ids after every point, so no later segment paints over an earlier one's name.
     for seg in model.segments:
         mine = labels == seg.label
         if seg.label not in colours or not mine.any():
             continue
-        mx, my = np.median(xy[mine], axis=0)
-        ax.text(mx, my, seg.segment_id, ha="center", va="center", fontsize=10,
-                fontweight="bold", color="black", path_effects=halo)
+        # Just above the median: a tight segment stays visible under its name.
+        ax.annotate(
+            seg.segment_id,
+            tuple(np.median(xy[mine], axis=0)),
+            xytext=(0, 5),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            fontweight="bold",
+            color="black",
+            path_effects=halo,
+        )
     n_out = int(out.sum())
     ax.set_title(
         f"{len(xy):,} of {n_total:,} fit-sample users, {method}; "
@@ -264,8 +280,9 @@ def _card_figure(seg: Segment, colour: str) -> Figure:
     profile = seg.attribute_profile if isinstance(seg.attribute_profile, dict) else {}
     title = f"{seg.segment_id}: {seg.size:,} users ({seg.share * 100:.1f}%)"
     if profile.get("withheld") is True:
-        return _message_card(title, colour, "attribute profile withheld",
-                             str(profile.get("reason") or ""))
+        return _message_card(
+            title, colour, "attribute profile withheld", str(profile.get("reason") or "")
+        )
     names = [k for k, v in profile.items() if isinstance(v, dict)]
     if not names:
         return _message_card(title, colour, "no attributes", "")
@@ -286,12 +303,19 @@ def _card_figure(seg: Segment, colour: str) -> Figure:
             _numeric_panel(ax, entry, colour)
         else:
             _panel_message(ax, "unsupported attribute type")
-    for ax in axes[len(shown):]:
+    for ax in axes[len(shown) :]:
         ax.set_visible(False)
     _card_title(fig, title, colour)
     if hidden > 0:
-        fig.text(0.99, 0.005, f"+{hidden} more attributes not shown", ha="right",
-                 va="bottom", fontsize=8, color="#666666")
+        fig.text(
+            0.99,
+            0.005,
+            f"+{hidden} more attributes not shown",
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="#666666",
+        )
     fig.tight_layout(rect=(0, 0.02, 1, 1 - 0.45 / fig.get_figheight()), h_pad=1.5)
     return fig
 
@@ -311,34 +335,56 @@ def _card_title(fig: Figure, title: str, colour: str) -> None:
 
     w, h = fig.get_size_inches()  # the swatch is a 0.16 in square whatever the card size
     y = 1 - 0.22 / h
-    fig.add_artist(Rectangle((0.08 / w, y - 0.08 / h), 0.16 / w, 0.16 / h, color=colour,
-                             transform=fig.transFigure))
+    fig.add_artist(
+        Rectangle(
+            (0.08 / w, y - 0.08 / h), 0.16 / w, 0.16 / h, color=colour, transform=fig.transFigure
+        )
+    )
     fig.text(0.32 / w, y, title, ha="left", va="center", fontsize=11, fontweight="bold")
 
 
 def _panel_message(ax: Any, message: str, detail: str = "") -> None:
     ax.set_axis_off()
-    ax.text(0.5, 0.55, message, ha="center", va="center", fontsize=11, color="#777777",
-            style="italic", transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.55,
+        message,
+        ha="center",
+        va="center",
+        fontsize=11,
+        color="#777777",
+        style="italic",
+        transform=ax.transAxes,
+    )
     if detail:
-        ax.text(0.5, 0.3, _cut(detail, 60), ha="center", va="center", fontsize=8,
-                color="#999999", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.3,
+            _cut(detail, 60),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="#999999",
+            transform=ax.transAxes,
+        )
 
 
 def _categorical_panel(ax: Any, entry: dict, colour: str) -> None:
     """Top values: the segment's share beside the population's, as paired bars."""
     values = [v for v in entry.get("values") or [] if isinstance(v, dict)][:_MAX_VALUES]
     if not values:
-        _panel_message(ax, "no data" if not entry.get("count") else "withheld",
-                       "" if not entry.get("count") else "every value is too rare to show")
+        _panel_message(
+            ax,
+            "no data" if not entry.get("count") else "withheld",
+            "" if not entry.get("count") else "every value is too rare to show",
+        )
         return
     names = [_cut(str(v.get("value")), _MAX_LABEL_CHARS) for v in values]
     seg = np.array([_num(v.get("share")) for v in values], dtype=float)
     pop = np.array([_num(v.get("population_share")) for v in values], dtype=float)
     y = np.arange(len(values))
     ax.barh(y - 0.2, np.nan_to_num(seg) * 100, height=0.4, color=colour, label="segment")
-    ax.barh(y + 0.2, np.nan_to_num(pop) * 100, height=0.4, color="#bbbbbb",
-            label="population")
+    ax.barh(y + 0.2, np.nan_to_num(pop) * 100, height=0.4, color="#bbbbbb", label="population")
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     top = np.nanmax(np.concatenate([seg, pop, [0.01]])) * 100
@@ -354,16 +400,24 @@ def _numeric_panel(ax: Any, entry: dict, colour: str) -> None:
     pop_median = _num(entry.get("population_median"))
     if entry.get("withheld") or any(math.isnan(stats[k]) for k in ("q1", "median", "q3")):
         withheld = entry.get("withheld") or entry.get("count")
-        _panel_message(ax, "withheld" if withheld else "no data",
-                       "too few members have it" if withheld else "")
+        _panel_message(
+            ax, "withheld" if withheld else "no data", "too few members have it" if withheld else ""
+        )
         return
     lo = stats["min"] if not math.isnan(stats["min"]) else stats["q1"]
     hi = stats["max"] if not math.isnan(stats["max"]) else stats["q3"]
     ax.plot([lo, hi], [0, 0], color="#555555", linewidth=1, zorder=1)
     ax.plot([lo, lo], [-0.12, 0.12], color="#555555", linewidth=1)
     ax.plot([hi, hi], [-0.12, 0.12], color="#555555", linewidth=1)
-    ax.barh(0, stats["q3"] - stats["q1"], left=stats["q1"], height=0.45, color=colour,
-            alpha=0.85, zorder=2)
+    ax.barh(
+        0,
+        stats["q3"] - stats["q1"],
+        left=stats["q1"],
+        height=0.45,
+        color=colour,
+        alpha=0.85,
+        zorder=2,
+    )
     ax.plot([stats["median"]] * 2, [-0.225, 0.225], color="black", linewidth=2, zorder=3)
     span = [v for v in (lo, hi, pop_median) if not math.isnan(v)]
     pad = (max(span) - min(span)) * 0.08 or 1.0
@@ -371,9 +425,15 @@ def _numeric_panel(ax: Any, entry: dict, colour: str) -> None:
     if not math.isnan(pop_median):
         ax.axvline(pop_median, color="#d62728", linestyle="--", linewidth=1, zorder=4)
         on_right = pop_median > (left + right) / 2  # keep the label inside the panel
-        ax.text(pop_median, 0.45, "population median " if on_right else " population median",
-                color="#d62728", fontsize=7, ha="right" if on_right else "left",
-                va="center")
+        ax.text(
+            pop_median,
+            0.45,
+            "population median " if on_right else " population median",
+            color="#d62728",
+            fontsize=7,
+            ha="right" if on_right else "left",
+            va="center",
+        )
     ax.set_ylim(-0.6, 0.6)
     ax.set_xlim(left, right)
     ax.set_yticks([])
@@ -487,9 +547,12 @@ def _html_page(
     if gone:
         parts += ["<section>", "<h2>Gone since the previous build</h2>", "<ul>"]
         for entry in gone:
-            heirs = ", ".join(_e(c) for c in entry.get("children") or [])
-            parts.append(f"<li><code>{_e(entry.get('segment_id'))}</code>"
-                         + (f" → {heirs}" if heirs else " (no successor)") + "</li>")
+            heirs = ", ".join(f"<code>{_e(c)}</code>" for c in entry.get("children") or [])
+            parts.append(
+                f"<li><code>{_e(entry.get('segment_id'))}</code>"
+                + (f" → {heirs}" if heirs else " (no successor)")
+                + "</li>"
+            )
         parts += ["</ul>", "</section>"]
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
@@ -538,26 +601,29 @@ def _card_html(seg: Segment, colour: str, file: str) -> str:
         f'<article class="card" id="{sid}">',
         f'<h3><span class="swatch" style="background:{_e(colour)}"></span>'
         f'<code>{sid}</code><span class="status status-{_e(status)}">{_e(status)}</span>'
-        + (f'<span class="muted" style="font-size:.85rem;font-weight:400">from {lineage}'
-           "</span>" if lineage else "")
+        + (
+            f'<span class="muted" style="font-size:.85rem;font-weight:400">from {lineage}</span>'
+            if lineage
+            else ""
+        )
         + "</h3>",
         '<dl class="facts">'
         + "".join(f"<div><dt>{k}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
         + "</dl>",
     ]
     if seg.keywords:
-        out.append('<ul class="kw">' + "".join(f"<li>{_e(k)}</li>" for k in seg.keywords)
-                   + "</ul>")
+        out.append('<ul class="kw">' + "".join(f"<li>{_e(k)}</li>" for k in seg.keywords) + "</ul>")
     else:
         out.append('<p class="muted">No keywords.</p>')
-    out.append(f'<img src="{_e(quote(file))}" alt="Attribute profile of {sid}" '
-               'loading="lazy">')
+    out.append(f'<img src="{_e(quote(file))}" alt="Attribute profile of {sid}" loading="lazy">')
     ids = list(seg.exemplar_user_ids or [])
     if ids:
         more = len(ids) - _MAX_EXEMPLARS
         listed = ", ".join(f"<code>{_e(u)}</code>" for u in ids[:_MAX_EXEMPLARS])
-        out.append(f'<p class="exemplars"><span class="muted">Exemplar users:</span> {listed}'
-                   + (f' <span class="muted">(+{more:,} more)</span>' if more > 0 else "")
-                   + "</p>")
+        out.append(
+            f'<p class="exemplars"><span class="muted">Exemplar users:</span> {listed}'
+            + (f' <span class="muted">(+{more:,} more)</span>' if more > 0 else "")
+            + "</p>"
+        )
     out.append("</article>")
     return "\n".join(out)
