@@ -126,3 +126,60 @@ def test_cli_errors_are_clear(server, tmp_path: Path, capsys) -> None:
         == 2
     )
     assert "columns not in the file" in capsys.readouterr().err
+
+
+def test_segments_commands(server, tmp_path: Path, capsys) -> None:
+    from test_segments import population
+
+    from audience.client import AudienceClient
+
+    target = f"127.0.0.1:{server.port}"
+    with AudienceClient(target) as c:
+        c.upsert_users(population(30))
+    assert main(["segments", "list", "--target", target]) == 2
+    assert "segments build" in capsys.readouterr().err  # FAILED_PRECONDITION says how
+    assert (
+        main(
+            [
+                "segments",
+                "build",
+                "--target",
+                target,
+                "--reducer",
+                "pca",
+                "--min-cluster-size",
+                "10",
+            ]
+        )
+        == 0
+    )
+    assert "3 segments over 90 users" in capsys.readouterr().out
+    assert main(["segments", "list", "--target", target, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == 3 and sum(s["size"] for s in listed) <= 90
+    sid = listed[0]["segment_id"]
+    assert main(["segments", "show", sid, "--target", target]) == 0
+    assert json.loads(capsys.readouterr().out)["segment_id"] == sid
+    assert (
+        main(
+            [
+                "lookalike",
+                "--target",
+                target,
+                "--seed",
+                "cook-0",
+                "-k",
+                "5",
+                "--segment",
+                sid,
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert len(json.loads(capsys.readouterr().out)["users"]) == 5
+    out = tmp_path / "report"
+    data_dir = str(server.config.engine.data_dir)
+    assert main(["segments", "report", "--data-dir", data_dir, "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert sid in page and (out / "map.png").exists()
