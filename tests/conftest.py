@@ -90,9 +90,8 @@ def start_server(tmp_path: Path, embedder) -> Iterator[Callable[..., object]]:
 
     def start(data_dir: Path | None = None, **overrides: object):
         overrides.setdefault("attributes", ATTRIBUTES)
-        config = load_config(
-            None, data_dir=data_dir or tmp_path / "data", host="127.0.0.1", port=0, **overrides
-        )
+        overrides.setdefault("host", "127.0.0.1")
+        config = load_config(None, data_dir=data_dir or tmp_path / "data", port=0, **overrides)
         server = AudienceServer(config, embedder=embedder)
         server.start()
         started.append(server)

@@ -22,6 +22,7 @@ from audience.client._proto import audience_pb2 as pb
 from audience.client._proto import audience_pb2_grpc as pb_grpc
 from audience.index import Engine, PreconditionFailed, TextEmbedder
 
+from ._auth import AuthInterceptor
 from ._config import ServerConfig
 from ._errors import ErrorMappingInterceptor
 from ._servicers import (
@@ -49,7 +50,8 @@ class AudienceServer:
         self.health = health.HealthServicer()
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-            interceptors=[ErrorMappingInterceptor()],
+            interceptors=([AuthInterceptor(dict(config.tokens))] if config.tokens else [])
+            + [ErrorMappingInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -74,13 +76,20 @@ class AudienceServer:
         """Bind, start, load the engine; returns the port once SERVING."""
         address = f"{self.config.host}:{self.config.port}"
         try:
-            self.port = self._server.add_insecure_port(address)
+            if self.config.tls_cert is not None:
+                self.port = self._server.add_secure_port(address, self._credentials())
+            else:
+                self.port = self._server.add_insecure_port(address)
         except RuntimeError as exc:
             raise PreconditionFailed(f"cannot listen on {address}: {exc}") from exc
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.start()
         log.info(
-            "Server - listening on %s:%d (NOT_SERVING while loading)", self.config.host, self.port
+            "Server - listening on %s:%d (%s, auth %s; NOT_SERVING while loading)",
+            self.config.host,
+            self.port,
+            "TLS" if self.config.tls_cert else "plaintext",
+            "on" if self.config.tokens else "off",
         )
         if self.config.port_file:
             _write_port_file(self.config.port_file, self.port)
@@ -95,6 +104,16 @@ class AudienceServer:
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("Server - SERVING")
         return self.port
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        c = self.config
+        assert c.tls_cert is not None and c.tls_key is not None
+        client_ca = c.tls_client_ca.read_bytes() if c.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [(c.tls_key.read_bytes(), c.tls_cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
 
     @property
     def engine(self) -> Engine:

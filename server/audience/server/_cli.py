@@ -37,7 +37,17 @@ def _setup_logging(level: str) -> None:
 
 
 def _client(args: argparse.Namespace) -> AudienceClient:
-    return AudienceClient(args.target, timeout=args.timeout, token=args.token)
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path else None
+
+    return AudienceClient(
+        args.target,
+        timeout=args.timeout,
+        token=args.token,
+        root_certificates=read(args.tls_ca),
+        certificate_chain=read(args.tls_cert),
+        private_key=read(args.tls_key),
+    )
 
 
 # ---------------------------------------------------------------- commands
@@ -61,8 +71,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lexical_weight=args.lexical_weight,
         lexical_dim=args.lexical_dim,
         max_workers=args.max_workers,
+        tokens=_tokens(args.token, args.tokens_file),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     serve(config)
+    return 0
+
+
+def _tokens(
+    flags: list[str] | None, tokens_file: Path | None
+) -> tuple[tuple[str, str], ...] | None:
+    """--token ROLE:TOKEN (hashed here) and --tokens-file (JSON: [{"sha256", "role"}])."""
+    from ._auth import ROLES, hash_token
+
+    out = []
+    for flag in flags or ():
+        role, sep, token = flag.partition(":")
+        if not sep or role not in ROLES or not token:
+            raise ValueError(f"--token wants ROLE:TOKEN with ROLE one of {ROLES}")
+        out.append((hash_token(token), role))
+    if tokens_file:
+        out += [(t["sha256"], t["role"]) for t in json.loads(Path(tokens_file).read_text())]
+    return tuple(out) or None
+
+
+def cmd_hash_token(args: argparse.Namespace) -> int:
+    from ._auth import hash_token
+
+    print(hash_token(args.token))
     return 0
 
 
@@ -228,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="bearer token (env AUDIENCE_TOKEN)",
         )
         sp.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, seconds")
+        sp.add_argument("--tls-ca", type=Path, help="CA to verify a TLS server (PEM); TLS on")
+        sp.add_argument("--tls-cert", type=Path, help="client certificate for mTLS (PEM)")
+        sp.add_argument("--tls-key", type=Path, help="client key for mTLS (PEM)")
 
     s = sub.add_parser("serve", help="run the gRPC server")
     s.add_argument("--config", type=Path, help="TOML file ([server], [engine], [limits])")
@@ -258,7 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--lexical-dim", type=int, help="lexical dimensions, 0 = off (256)")
     s.add_argument("--max-workers", type=int, help="handler threads (16)")
+    s.add_argument(
+        "--token",
+        action="append",
+        metavar="ROLE:TOKEN",
+        help="accept this bearer token with role reader|writer|admin; repeatable "
+        "(prefer --tokens-file: arguments are visible to other local users)",
+    )
+    s.add_argument(
+        "--tokens-file",
+        type=Path,
+        help='JSON list of {"sha256": ..., "role": ...} (see `audience hash-token`)',
+    )
+    s.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
+    s.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: turns on mTLS")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("hash-token", help="print the sha256 of a token, for --tokens-file")
+    s.add_argument("token")
+    s.set_defaults(func=cmd_hash_token)
 
     s = sub.add_parser("ingest", help="load profiles from a CSV/TSV/JSONL/Parquet file")
     client_flags(s)

@@ -32,12 +32,29 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     grace_seconds: float = 10.0  # in-flight calls get this long on SIGTERM
     port_file: Path | None = None  # the bound port is written here once serving
+    # Bearer tokens: (sha256 hex digest, role); empty = auth off (local use only).
+    tokens: tuple[tuple[str, str], ...] = ()
+    # TLS: server certificate chain and key (PEM files); a client CA turns on mTLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidQuery("tls", "give both tls_cert and tls_key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidQuery("tls_client_ca", "mTLS needs tls_cert and tls_key too")
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
     """Build the config from an optional TOML file; keyword overrides win (None = not given)."""
     doc: dict[str, Any] = tomllib.loads(Path(path).read_text()) if path else {}
     server = dict(doc.get("server", {}))
+    auth = dict(doc.get("auth", {}))
+    if auth.get("tokens"):
+        server["tokens"] = tuple((t["sha256"], t["role"]) for t in auth["tokens"])
+    for key, value in dict(doc.get("tls", {})).items():
+        server[f"tls_{key}"] = value
     engine = dict(doc.get("engine", {}))
     limits = dict(doc.get("limits", {}))
     server_keys = {f.name for f in fields(ServerConfig)} - {"engine"}
@@ -66,7 +83,9 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
         )
     engine.setdefault("data_dir", "./data")
     engine["limits"] = limits_override or Limits(**limits)
-    for key in ("port_file",):
+    if "tokens" in server:
+        server["tokens"] = tuple(tuple(t) for t in server["tokens"])
+    for key in ("port_file", "tls_cert", "tls_key", "tls_client_ca"):
         if server.get(key) is not None:
             server[key] = Path(server[key])
     return ServerConfig(engine=EngineConfig(**engine), **server)
