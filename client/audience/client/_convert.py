@@ -373,6 +373,7 @@ def stats(msg: pb.GetStatsResponse) -> Stats:
         lexical_model=msg.lexical_model or "none",
         lexical_documents=msg.lexical_documents,
         lexical_weight=msg.lexical_weight,
+        warnings=tuple(msg.warnings),
     )
 
 

@@ -321,6 +321,7 @@ class Stats:
     lexical_model: str = "none"  # version of the fitted lexical model
     lexical_documents: int = 0  # users it was fitted on
     lexical_weight: float = 0.0  # its share of the text channels
+    warnings: tuple[str, ...] = ()  # damaged files found at start, and what was used instead
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class Engine:
         self._attrs = AttributeTable()
         self._iid_of: dict[str, int] = {}
         self._uid_of: dict[int, str] = {}
+        self.warnings: list[str] = []  # what recovery at open had to do (damaged files)
         self._segments: SegmentModel | None = None
         self._segment_of: dict[int, tuple[int, float]] = {}  # iid -> (label, strength)
         self._build_lock = threading.Lock()
@@ -132,11 +133,13 @@ class Engine:
             )
         vocabulary = Vocabulary(config.attributes or (), store.vocabulary())
         lexical = None
+        lexical_warning = None
         if config.lexical_dim:
             try:
                 lexical = LexicalModel.load(data_dir / LEXICAL_DIR)
             except LexicalModelError as exc:
                 log.error("Lexical - %s; refitting it from the store", exc)
+                lexical_warning = f"{exc}; refitted from the store"
             if lexical is not None and lexical.dim != config.lexical_dim:
                 log.warning(
                     "Lexical - saved model has %d dims, not %d; refitting",
@@ -150,6 +153,8 @@ class Engine:
             UserEncoder(config, embedder, vocabulary, lexical),
             Generations(data_dir / INDEX_DIR),
         )
+        if lexical_warning:
+            engine.warnings.append(lexical_warning)
         engine._load(progress)
         return engine
 
@@ -184,7 +189,9 @@ class Engine:
             if progress:
                 progress("load profiles", done, total)
 
-        loaded = self.generations.load_latest(fingerprint=self.fingerprint, dim=self.encoder.dim)
+        loaded = self.generations.load_latest(
+            fingerprint=self.fingerprint, dim=self.encoder.dim, warnings=self.warnings
+        )
         if loaded is None:
             log.info("Index - no usable generation; building from the store")
             self._index = self._build_index(progress)
@@ -217,11 +224,7 @@ class Engine:
         if len(self._index) != total:  # never serve an index that disagrees with the store
             log.error("Index - %d vectors for %d users; rebuilding", len(self._index), total)
             self._index = self._build_index(progress)
-        try:
-            model = SegmentModel.load(self.config.data_dir / SEGMENTS_DIR)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("Segments - saved model unreadable (%s); build segments again", exc)
-            model = None
+        model = SegmentModel.load(self.config.data_dir / SEGMENTS_DIR, self.warnings)
         if model is not None:
             self._install_segments(model)
         log.info("Engine - Ready: %d users in %.1fs", total, time.perf_counter() - t0)
@@ -456,6 +459,7 @@ class Engine:
                 lexical_model=self.encoder.lexical_version,
                 lexical_documents=lex.manifest.documents if lex is not None else 0,
                 lexical_weight=self.encoder.lexical_share,
+                warnings=tuple(self.warnings),
             )
 
     def estimate_reach(

@@ -36,6 +36,7 @@ import numpy as np
 log = logging.getLogger("audience.index")
 
 Progress = Callable[[str, int, int], None]
+KEEP_MODELS = 2  # segment model versions kept on disk (the current one and one before)
 
 
 @dataclass(frozen=True)
@@ -162,15 +163,35 @@ class SegmentModel:
         }
         _write_durably(target / "model.json", json.dumps(doc, ensure_ascii=False).encode())
         _write_durably(root / "CURRENT", self.version.encode())
+        for old in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True)[KEEP_MODELS:]:
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
         return target
 
     @classmethod
-    def load(cls, root: Path) -> SegmentModel | None:
-        """The current model, None before any build; ValueError if it is damaged."""
+    def load(cls, root: Path, warnings: list[str] | None = None) -> SegmentModel | None:
+        """The current model, or the newest earlier one that verifies if it is damaged
+        (said so in the log and in `warnings`); None before any build."""
         current = root / "CURRENT"
         if not current.exists():
             return None
-        target = root / current.read_text().strip()
+        name = current.read_text().strip()
+        others = sorted(
+            (p.name for p in root.iterdir() if p.is_dir() and p.name != name), reverse=True
+        )
+        for version in [name, *others]:
+            try:
+                return cls._load_version(root / version)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                note = f"segment model {version} unreadable ({exc}); fell back"
+                log.error("Segments - %s", note)
+                if warnings is not None:
+                    warnings.append(note)
+        return None
+
+    @classmethod
+    def _load_version(cls, target: Path) -> SegmentModel:
         doc = json.loads((target / "model.json").read_text())
         data = (target / "arrays.npz").read_bytes()
         if hashlib.sha256(data).hexdigest() != doc["arrays_sha256"]:

@@ -95,3 +95,4 @@ class Stats:
     lexical_model: str
     lexical_documents: int
     lexical_weight: float
+    warnings: tuple[str, ...] = ()

@@ -220,8 +220,13 @@ class Generations:
             self._file(old.generation).with_suffix(".json").unlink(missing_ok=True)
         return manifest
 
-    def load_latest(self, *, fingerprint: str, dim: int) -> tuple[VectorIndex, Manifest] | None:
-        """The newest generation that verifies and matches; None if there is none."""
+    def load_latest(
+        self, *, fingerprint: str, dim: int, warnings: list[str] | None = None
+    ) -> tuple[VectorIndex, Manifest] | None:
+        """The newest generation that verifies and matches; None if there is none.
+
+        Damaged generations are skipped, and said so in the log and in `warnings`.
+        """
         for m in self.manifests():
             path = self._file(m.generation)
             if m.fingerprint != fingerprint or m.dim != dim or m.kind not in INDEX_TYPES:
@@ -229,13 +234,16 @@ class Generations:
                     "Index - generation %d was built with other settings; skipped", m.generation
                 )
                 continue
+            problem = None
             if not path.exists() or _sha256(path) != m.sha256:
-                log.error("Index - generation %d is missing or corrupt; falling back", m.generation)
-                continue
-            try:
-                return INDEX_TYPES[m.kind].read(path, dim), m
-            except (RuntimeError, ValueError) as exc:
-                log.error(
-                    "Index - generation %d failed to load (%s); falling back", m.generation, exc
-                )
+                problem = "missing or does not match its checksum"
+            else:
+                try:
+                    return INDEX_TYPES[m.kind].read(path, dim), m
+                except (RuntimeError, ValueError) as exc:
+                    problem = f"failed to load ({exc})"
+            note = f"index generation {m.generation} {problem}; fell back"
+            log.error("Index - %s", note)
+            if warnings is not None:
+                warnings.append(note)
         return None

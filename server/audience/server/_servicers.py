@@ -224,4 +224,5 @@ class AdminServicer(pb_grpc.AdminServicer):
             lexical_model=s.lexical_model,
             lexical_documents=s.lexical_documents,
             lexical_weight=s.lexical_weight,
+            warnings=list(s.warnings),
         )

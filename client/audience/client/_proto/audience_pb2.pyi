@@ -1037,6 +1037,7 @@ class GetStatsResponse(_message.Message):
     LEXICAL_MODEL_FIELD_NUMBER: _builtins.int
     LEXICAL_DOCUMENTS_FIELD_NUMBER: _builtins.int
     LEXICAL_WEIGHT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     users: _builtins.int
     indexed: _builtins.int
     dimension: _builtins.int
@@ -1053,6 +1054,10 @@ class GetStatsResponse(_message.Message):
     lexical_weight: _builtins.float
     @_builtins.property
     def attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What recovery at start had to do: damaged files detected and what was used instead."""
+
     def __init__(
         self,
         *,
@@ -1068,10 +1073,11 @@ class GetStatsResponse(_message.Message):
         lexical_model: _builtins.str = ...,
         lexical_documents: _builtins.int = ...,
         lexical_weight: _builtins.float = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "data_dir", b"data_dir", "dimension", b"dimension", "generation", b"generation", "index_type", b"index_type", "indexed", b"indexed", "lexical_documents", b"lexical_documents", "lexical_model", b"lexical_model", "lexical_weight", b"lexical_weight", "model", b"model", "sequence", b"sequence", "users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "data_dir", b"data_dir", "dimension", b"dimension", "generation", b"generation", "index_type", b"index_type", "indexed", b"indexed", "lexical_documents", b"lexical_documents", "lexical_model", b"lexical_model", "lexical_weight", b"lexical_weight", "model", b"model", "sequence", b"sequence", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
