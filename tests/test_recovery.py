@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from test_segments import population
+
 from audience.client import AudienceClient, Profile
 from conftest import crafted_profiles
-from test_segments import population
 
 
 def answers(c: AudienceClient) -> list[str]:

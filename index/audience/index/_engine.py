@@ -17,6 +17,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -606,6 +607,9 @@ class Engine:
             uid_of = dict(self._uid_of)
         if len(iids) < 20:
             raise PreconditionFailed(f"segments need at least 20 users; {len(iids)} are stored")
+        enc = self.encoder
+        if not params.use_attributes and enc.attr_dim:
+            params = replace(params, dims_used=enc.text_dim + enc.lex_dim)
         clustering = fit_clusters(vectors, params, progress)
         labels = clustering.labels
         del vectors
@@ -675,7 +679,9 @@ class Engine:
             **{k: round(v, 2) for k, v in clustering.timings.items()},
             "describe_s": round(t_describe, 2),
         }
-        version = time.strftime("%Y%m%dT%H%M%S") + f"-{rng.integers(1 << 16):04x}"
+        build_number = int(previous.stats.get("build", 0)) + 1 if previous else 1
+        stats["build"] = build_number
+        version = f"v{build_number:06d}-{time.strftime('%Y%m%dT%H%M%S')}"  # sorts by build
         model = SegmentModel(
             version=version,
             params=params,

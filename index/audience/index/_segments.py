@@ -53,6 +53,12 @@ class SegmentParams:
     min_vote: float = 0.35
     backend: str = "fast_hdbscan"  # or "hdbscan"
     seed: int = 0
+    # Leading vector dimensions the clustering sees (0 = all). The engine sets this to the
+    # text channels unless `use_attributes`: segments are about what users write, and their
+    # attribute profile describes them (declared categorical attributes would otherwise split
+    # the users along those categories first).
+    use_attributes: bool = False
+    dims_used: int = 0
 
     def __post_init__(self) -> None:
         if self.reducer not in ("umap", "pca"):
@@ -122,7 +128,7 @@ class SegmentModel:
         self._knn.add(np.ascontiguousarray(self.fit_coords[clustered]))
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
-        return _project(vectors, self.pca_mean, self.pca_components)
+        return _project(_used(vectors, self.params.dims_used), self.pca_mean, self.pca_components)
 
     def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(labels, strength) for user vectors; label -1 = outlier."""
@@ -241,6 +247,16 @@ class Clustering:
     timings: dict[str, float]
 
 
+def _used(vectors: np.ndarray, dims: int) -> np.ndarray:
+    """The first `dims` dimensions (all when 0), rows L2-normalised again."""
+    if not dims or dims >= vectors.shape[1]:
+        return vectors
+    part = np.array(vectors[:, :dims], dtype=np.float32)
+    norms = np.linalg.norm(part, axis=1, keepdims=True)
+    np.divide(part, norms, out=part, where=norms > 0)
+    return part
+
+
 def _project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
     z = (np.asarray(vectors, dtype=np.float32) - mean) @ components.T
     norms = np.linalg.norm(z, axis=1, keepdims=True)
@@ -283,12 +299,15 @@ def fit_clusters(
     n = len(vectors)
     fit_index = np.sort(rng.choice(n, size=min(n, params.sample_size), replace=False))
     t0 = time.perf_counter()
-    sample = np.asarray(vectors[fit_index], dtype=np.float32)
+    sample = _used(np.asarray(vectors[fit_index], dtype=np.float32), params.dims_used)
     mean = sample.mean(axis=0)
     dims = min(params.pca_dims, sample.shape[1], len(sample) - 1)
     _, _, vt = randomized_svd(sample - mean, n_components=dims, n_iter=4, random_state=params.seed)
     coords = np.concatenate(
-        [_project(vectors[s : s + 100_000], mean, vt) for s in range(0, n, 100_000)]
+        [
+            _project(_used(vectors[s : s + 100_000], params.dims_used), mean, vt)
+            for s in range(0, n, 100_000)
+        ]
     )
     fit_coords = coords[fit_index]
     timings["reduce_pca_s"] = time.perf_counter() - t0
