@@ -209,3 +209,19 @@ def test_limits(start_server, tmp_path) -> None:
         assert len(c.find_lookalikes(seed_ids=["cook-0"], fraction=0.25).users) == 5
         # The streaming variant is not bound by the unary limit.
         assert len(list(c.stream_lookalikes(seed_ids=["cook-0"], fraction=1.0))) == 17
+
+
+def test_invalid_utf8_is_invalid_argument(server, loaded: AudienceClient) -> None:
+    import grpc
+
+    from audience.client._proto import audience_pb2 as pb
+
+    raw = pb.GetUserRequest(user_id="PLACEHOLDER").SerializeToString()
+    raw = raw.replace(b"PLACEHOLDER", b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7\xf6\xf5")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.unary_unary("/audience.v1.Profiles/GetUser", lambda b: b, lambda b: b)
+        with pytest.raises(grpc.RpcError) as err:
+            call(raw, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "UTF-8" in err.value.details()
+    assert loaded.stats().users == 18

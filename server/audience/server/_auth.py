@@ -48,6 +48,7 @@ def _deny(code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler):
     def abort(request, context):  # type: ignore[no-untyped-def]
         context.abort(code, message)
 
+    handler = handler._replace(request_deserializer=None)  # refused unread: bytes never parsed
     if handler.unary_unary:
         return handler._replace(unary_unary=abort)
     if handler.stream_unary:

@@ -54,10 +54,43 @@ def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     context.abort(code, message)
 
 
-def _wrap_unary(fn: Callable, method: str) -> Callable:
+class _Undecodable:
+    """Stands in for a request message that did not parse (e.g. a string field not UTF-8)."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _lenient(deserializer: Callable | None) -> Callable | None:
+    """A deserializer that returns UNDECODABLE instead of failing the call with INTERNAL."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others
+            return UNDECODABLE
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    if request is UNDECODABLE:
+        raise InvalidQuery("request", "not a valid message (string fields must be UTF-8)")
+    return request
+
+
+def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        yield _checked(request)
+
+
+def _wrap_unary(fn: Callable, method: str, streaming_request: bool = False) -> Callable:
     @functools.wraps(fn)
     def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            request = _checked_stream(request) if streaming_request else _checked(request)
             return fn(request, context)
         except Exception as exc:  # noqa: BLE001 - mapped below; abort raises
             if _is_abort(exc):
@@ -71,7 +104,7 @@ def _wrap_stream(fn: Callable, method: str) -> Callable:
     @functools.wraps(fn)
     def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from fn(request, context)
+            yield from fn(_checked(request), context)
         except Exception as exc:  # noqa: BLE001
             if _is_abort(exc):
                 raise
@@ -93,12 +126,13 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
         if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))
+            return handler._replace(
+                stream_unary=_wrap_unary(handler.stream_unary, method, streaming_request=True)
+            )
         if handler.unary_stream:
             return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
-        return handler
+        return handler  # no bidirectional streams in this API
