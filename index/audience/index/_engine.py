@@ -70,6 +70,12 @@ def _vec(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
 
+def _unit(blob: bytes) -> np.ndarray:
+    """A given vector scaled to unit norm (in float64, so tiny or huge values survive)."""
+    v = _vec(blob).astype(np.float64)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
 class Engine:
     """Open with `Engine.open(config)`; close with `close()` (saves an index generation)."""
 
@@ -282,6 +288,9 @@ class Engine:
             lex_vecs = enc.lexical_vectors(texts)
             updates = []
             for r, tv, lv in zip(rows, text_vecs, lex_vecs):
+                if r.own_vec:  # a vector the profile brought is kept as given
+                    updates.append((r.iid, r.text_vec, r.vec))
+                    continue
                 pending: list[tuple[str, str, int]] = []
                 vec = enc.combine(tv, lv, enc.attribute_vector(r.attributes, pending))
                 if pending:  # values learned under new settings
@@ -340,8 +349,7 @@ class Engine:
             try:
                 for i, (p, tv, lv) in enumerate(zip(batch, text_vecs, lex_vecs)):
                     if p.vector:
-                        vec = _vec(p.vector).astype(np.float32)
-                        vec = vec / np.linalg.norm(vec)
+                        vec = _unit(p.vector)
                     else:
                         vec = enc.combine(tv, lv, enc.attribute_vector(p.attributes, pending))
                     if not vec.any():
@@ -361,6 +369,7 @@ class Engine:
                             attributes_json=json.dumps(p.attributes, ensure_ascii=False),
                             text_vec=None if tv is None else _f32(tv),
                             vec=_f32(vec),
+                            own_vec=bool(p.vector),
                         )
                     )
                 seq, iids = self.store.upsert(rows, pending)
@@ -757,8 +766,7 @@ class Engine:
         vecs = []
         for p, tv, lv in zip(profiles, text_vecs, lex):
             if p.vector:
-                v = _vec(p.vector).astype(np.float32)
-                vecs.append(v / np.linalg.norm(v))
+                vecs.append(_unit(p.vector))
             else:
                 vecs.append(enc.combine(tv, lv, enc.attribute_vector(p.attributes, [])))
         labels, strength = model.assign(np.stack(vecs))
@@ -845,8 +853,10 @@ class Engine:
                         f"must be {dim} float32 values ({4 * dim} bytes), "
                         f"got {len(p.vector)} bytes",
                     )
-                v = _vec(p.vector)
-                if not np.isfinite(v).all() or not v.any():
+                with np.errstate(all="ignore"):
+                    v = _vec(p.vector).astype(np.float64)
+                    norm = float(np.linalg.norm(v)) if np.isfinite(v).all() else math.nan
+                if not (math.isfinite(norm) and norm > 0):
                     raise InvalidQuery(f"{where}.vector", "must be finite and not all zero")
 
     def _check_user_id(self, user_id: str, field: str) -> None:

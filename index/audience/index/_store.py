@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS users (
     texts TEXT NOT NULL,
     attributes TEXT NOT NULL,
     text_vec BLOB,
-    vec BLOB NOT NULL
+    vec BLOB NOT NULL,
+    own_vec INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS users_seq ON users(seq);
 CREATE TABLE IF NOT EXISTS vocab (
@@ -49,6 +50,7 @@ class UserRow:
     attributes_json: str
     text_vec: bytes | None
     vec: bytes
+    own_vec: bool = False  # the profile brought its own vector: never recomputed
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class StoredRow:
     attributes_json: str
     text_vec: bytes | None
     vec: bytes
+    own_vec: int = 0
 
     @property
     def attributes(self) -> dict:
@@ -110,13 +113,21 @@ class ProfileStore:
                 )
                 for r in rows:
                     cur = self._db.execute(
-                        "INSERT INTO users(user_id, seq, texts, attributes, text_vec, vec)"
-                        " VALUES (?, ?, ?, ?, ?, ?)"
+                        "INSERT INTO users(user_id, seq, texts, attributes, text_vec, vec, own_vec)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)"
                         " ON CONFLICT(user_id) DO UPDATE SET seq=excluded.seq,"
                         " texts=excluded.texts, attributes=excluded.attributes,"
-                        " text_vec=excluded.text_vec, vec=excluded.vec"
+                        " text_vec=excluded.text_vec, vec=excluded.vec, own_vec=excluded.own_vec"
                         " RETURNING iid",
-                        (r.user_id, seq, r.texts_json, r.attributes_json, r.text_vec, r.vec),
+                        (
+                            r.user_id,
+                            seq,
+                            r.texts_json,
+                            r.attributes_json,
+                            r.text_vec,
+                            r.vec,
+                            int(r.own_vec),
+                        ),
                     )
                     iids.append(int(cur.fetchone()[0]))
                 self._set_seq(seq)
@@ -191,7 +202,7 @@ class ProfileStore:
     def get(self, user_id: str) -> StoredRow | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT iid, user_id, seq, texts, attributes, text_vec, vec FROM users"
+                "SELECT iid, user_id, seq, texts, attributes, text_vec, vec, own_vec FROM users"
                 " WHERE user_id=?",
                 (user_id,),
             ).fetchone()
@@ -217,7 +228,7 @@ class ProfileStore:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT iid, user_id, seq, texts, attributes, text_vec, vec FROM users"
+                    "SELECT iid, user_id, seq, texts, attributes, text_vec, vec, own_vec FROM users"
                     " WHERE seq > ? AND iid > ? ORDER BY iid LIMIT ?",
                     (since_seq, last, batch),
                 ).fetchall()
