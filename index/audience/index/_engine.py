@@ -102,7 +102,6 @@ class Engine:
         self._segment_of: dict[int, tuple[int, float]] = {}  # iid -> (label, strength)
         self._build_lock = threading.Lock()
         self._generation = 0
-        self._saved_sequence = 0
         self._unsaved = 0
         self._closed = False
         self.text_fingerprint = config.text_fingerprint(encoder.embedder.model_id, encoder.text_dim)
@@ -207,7 +206,6 @@ class Engine:
         else:
             index, manifest = loaded
             self._generation = manifest.generation
-            self._saved_sequence = manifest.sequence
             # Bring it up to date: users erased since, then users written since.
             stale = np.setdiff1d(
                 index.ids(), np.fromiter(self._uid_of, np.int64, len(self._uid_of))
@@ -319,7 +317,6 @@ class Engine:
                 self._index, sequence=seq, fingerprint=self.fingerprint
             )
         self._generation = manifest.generation
-        self._saved_sequence = seq
         self._unsaved = 0
         log.info("Index - saved generation %d (%d vectors)", manifest.generation, manifest.count)
         return manifest.generation

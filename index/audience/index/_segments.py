@@ -26,8 +26,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
@@ -549,9 +549,3 @@ def match_segments(
             heirs = [id_of[lab] for lab, (st, ps) in status.items() if sid in ps]
             lineage.append({"segment_id": sid, "status": "gone", "children": heirs})
     return id_of, status, lineage, next_number
-
-
-def with_descriptions(segments: Sequence[Segment], **by_label: dict) -> list[Segment]:
-    return [
-        replace(s, **{k: v[s.label] for k, v in by_label.items() if s.label in v}) for s in segments
-    ]
