@@ -16,10 +16,10 @@ plain arrays (terms as a fixed-width unicode array) and a JSON manifest with its
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections import Counter
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
+from ._durable import write_durably
 
 log = logging.getLogger("audience.index")
 
@@ -182,25 +184,14 @@ class LexicalModel:
     def save(self, directory: Path) -> LexicalManifest:
         """Write `lexical.npz` + `lexical.json` durably (temp file, fsync, rename)."""
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "lexical.npz.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, terms=self.terms, idf=self.idf, components=self.components)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        os.replace(tmp, directory / "lexical.npz")
-        manifest = LexicalManifest(**{**asdict(self.manifest), "sha256": digest})
-        mtmp = directory / "lexical.json.tmp"
-        with open(mtmp, "w") as f:
-            json.dump(asdict(manifest), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(mtmp, directory / "lexical.json")
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        buf = io.BytesIO()
+        np.savez(buf, terms=self.terms, idf=self.idf, components=self.components)
+        data = buf.getvalue()
+        write_durably(directory / "lexical.npz", data)
+        manifest = LexicalManifest(
+            **{**asdict(self.manifest), "sha256": hashlib.sha256(data).hexdigest()}
+        )
+        write_durably(directory / "lexical.json", json.dumps(asdict(manifest)).encode())
         self.manifest = manifest
         return manifest
 
@@ -217,7 +208,5 @@ class LexicalModel:
             raise LexicalModelError(f"lexical model unreadable: {exc}") from exc
         if hashlib.sha256(data).hexdigest() != manifest.sha256:
             raise LexicalModelError("lexical model file does not match its checksum")
-        import io
-
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return cls(z["terms"], z["idf"], z["components"], manifest)

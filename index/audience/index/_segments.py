@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from ._durable import write_durably
 
 log = logging.getLogger("audience.index")
 
@@ -158,7 +159,7 @@ class SegmentModel:
             member_strength=self.member_strength,
         )
         data = buf.getvalue()
-        _write_durably(target / "arrays.npz", data)
+        write_durably(target / "arrays.npz", data)
         doc = {
             "version": self.version,
             "params": asdict(self.params),
@@ -167,8 +168,8 @@ class SegmentModel:
             "stats": self.stats,
             "arrays_sha256": hashlib.sha256(data).hexdigest(),
         }
-        _write_durably(target / "model.json", json.dumps(doc, ensure_ascii=False).encode())
-        _write_durably(root / "CURRENT", self.version.encode())
+        write_durably(target / "model.json", json.dumps(doc, ensure_ascii=False).encode())
+        write_durably(root / "CURRENT", self.version.encode())
         for old in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True)[KEEP_MODELS:]:
             for f in old.iterdir():
                 f.unlink()
@@ -212,20 +213,6 @@ class SegmentModel:
             stats=doc["stats"],
             **arrays,
         )
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------- fitting

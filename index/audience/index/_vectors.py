@@ -24,6 +24,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ._durable import write_durably
+
 log = logging.getLogger("audience.index")
 
 
@@ -141,29 +143,12 @@ class Manifest:
     created: float
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Generations:
@@ -213,8 +198,7 @@ class Generations:
             sha256=digest,
             created=time.time(),
         )
-        _write_durably(path.with_suffix(".json"), json.dumps(asdict(manifest)).encode())
-        _fsync_dir(self.dir)
+        write_durably(path.with_suffix(".json"), json.dumps(asdict(manifest)).encode())
         for old in self.manifests()[self.KEEP :]:
             self._file(old.generation).unlink(missing_ok=True)
             self._file(old.generation).with_suffix(".json").unlink(missing_ok=True)
