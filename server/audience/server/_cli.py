@@ -24,6 +24,10 @@ from audience.client import AudienceClient, AudienceError, Filter
 
 from ._config import DEFAULT_PORT, load_config
 
+# The same choices EngineConfig validates (not imported from audience.index: that loads torch).
+ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
+INDEX_KINDS = ("auto", "flat", "hnsw", "hnsw-sq8", "ivf-pq")
+
 log = logging.getLogger("audience.server")
 
 
@@ -65,6 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         port_file=args.port_file,
         model=args.model,
+        encoder_backend=args.encoder_backend,
+        index_kind=args.index_kind,
+        ann_threshold=args.ann_threshold,
+        hnsw_ef_search=args.ef_search,
         attributes=args.attribute or None,
         attribute_weight=args.attribute_weight,
         recency_half_life_days=args.recency_half_life_days,
@@ -288,8 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the data dir's last schema)",
     )
     s.add_argument(
-        "--attribute-weight", type=float, help="share of the vector for attributes (0.2)"
+        "--attribute-weight", type=float, help="share of the vector for attributes (0.1)"
     )
+    s.add_argument(
+        "--encoder-backend",
+        choices=ENCODER_BACKENDS,
+        help="how the model runs (default torch); onnx models are exported into the data dir",
+    )
+    s.add_argument(
+        "--index-kind",
+        choices=INDEX_KINDS,
+        help="vector index (auto: exact below --ann-threshold users, hnsw above)",
+    )
+    s.add_argument("--ann-threshold", type=int, help="users from which auto uses hnsw (100000)")
+    s.add_argument("--ef-search", type=int, help="default hnsw search depth per query (128)")
     s.add_argument("--recency-half-life-days", type=float, help="decay of older texts (off)")
     s.add_argument(
         "--lexical-weight",
