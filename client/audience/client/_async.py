@@ -263,6 +263,8 @@ class AsyncAudienceClient:
         min_score: float | None = None,
         segment_ids: Sequence[str] = (),
         exclude_segment_ids: Sequence[str] = (),
+        search_effort: int | None = None,
+        exact: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> LookalikeResult:
         """Users most like the seeds, best first; also takes one LookalikeQuery alone."""
@@ -280,6 +282,8 @@ class AsyncAudienceClient:
             min_score=min_score,
             segment_ids=segment_ids,
             exclude_segment_ids=exclude_segment_ids,
+            search_effort=search_effort,
+            exact=exact,
         )
         return await self._find(cv.lookalike_request(query), timeout)
 
@@ -303,6 +307,8 @@ class AsyncAudienceClient:
         min_score: float | None = None,
         segment_ids: Sequence[str] = (),
         exclude_segment_ids: Sequence[str] = (),
+        search_effort: int | None = None,
+        exact: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> AsyncIterator[ScoredUser]:
         """The same query streamed best first: ``async for user in client.stream_lookalikes(...)``.
@@ -323,6 +329,8 @@ class AsyncAudienceClient:
             min_score=min_score,
             segment_ids=segment_ids,
             exclude_segment_ids=exclude_segment_ids,
+            search_effort=search_effort,
+            exact=exact,
         )
         request = cv.lookalike_request(query)
         return self._server_stream(

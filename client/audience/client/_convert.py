@@ -271,6 +271,9 @@ def lookalike_request(query: LookalikeQuery) -> pb.LookalikeRequest:
         msg.fraction = _float("fraction", query.fraction)
     if query.min_score is not None:
         msg.min_score = _float("min_score", query.min_score)
+    if query.search_effort is not None:
+        _assign(msg, "search_effort", _int("search_effort", query.search_effort), "search_effort")
+    msg.exact = bool(query.exact)
     return msg
 
 

@@ -272,6 +272,8 @@ class AudienceClient:
         min_score: float | None = None,
         segment_ids: Sequence[str] = (),
         exclude_segment_ids: Sequence[str] = (),
+        search_effort: int | None = None,
+        exact: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> LookalikeResult:
         """Users most like the seeds, best first (see :class:`LookalikeQuery` for the fields).
@@ -292,6 +294,8 @@ class AudienceClient:
             min_score=min_score,
             segment_ids=segment_ids,
             exclude_segment_ids=exclude_segment_ids,
+            search_effort=search_effort,
+            exact=exact,
         )
         return self._find(cv.lookalike_request(query), timeout)
 
@@ -315,6 +319,8 @@ class AudienceClient:
         min_score: float | None = None,
         segment_ids: Sequence[str] = (),
         exclude_segment_ids: Sequence[str] = (),
+        search_effort: int | None = None,
+        exact: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> Iterator[ScoredUser]:
         """The same query for large audiences, streamed best first.
@@ -336,6 +342,8 @@ class AudienceClient:
             min_score=min_score,
             segment_ids=segment_ids,
             exclude_segment_ids=exclude_segment_ids,
+            search_effort=search_effort,
+            exact=exact,
         )
         request = cv.lookalike_request(query)
         return self._server_stream(

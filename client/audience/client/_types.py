@@ -204,6 +204,8 @@ class LookalikeQuery:
     exclude_ids: users never returned. include_seeds: return seed users too.
     min_score: drop users below this cosine similarity.
     segment_ids / exclude_segment_ids: only members of these segments / never members of these.
+    search_effort: search depth of an approximate index (efSearch for hnsw, nprobe for
+    ivf-pq; None = the server's default). exact: exhaustive search even on an ANN index.
     """
 
     seed_ids: Sequence[str] = ()
@@ -219,6 +221,8 @@ class LookalikeQuery:
     min_score: float | None = None
     segment_ids: Sequence[str] = ()
     exclude_segment_ids: Sequence[str] = ()
+    search_effort: int | None = None
+    exact: bool = False
 
     def __post_init__(self) -> None:
         for name in ("seed_ids", "seed_texts", "seeds", "negative_ids", "exclude_ids",

@@ -49,7 +49,14 @@ from ._types import (
     StoredUser,
     TextItem,
 )
-from ._vectors import Generations, VectorIndex, new_index
+from ._vectors import (
+    Generations,
+    IndexOptions,
+    IvfPqIndex,
+    VectorIndex,
+    build_index,
+    new_index,
+)
 
 log = logging.getLogger("audience.index")
 
@@ -196,7 +203,10 @@ class Engine:
                 progress("load profiles", done, total)
 
         loaded = self.generations.load_latest(
-            fingerprint=self.fingerprint, dim=self.encoder.dim, warnings=self.warnings
+            fingerprint=self.fingerprint,
+            dim=self.encoder.dim,
+            options=self._index_options(self._index_kind(total)),
+            warnings=self.warnings,
         )
         if loaded is None:
             log.info("Index - no usable generation; building from the store")
@@ -229,22 +239,81 @@ class Engine:
         if len(self._index) != total:  # never serve an index that disagrees with the store
             log.error("Index - %d vectors for %d users; rebuilding", len(self._index), total)
             self._index = self._build_index(progress)
+        elif self._index_due():
+            self._index = self._build_index(progress)
+            self._unsaved = max(1, total)
         model = SegmentModel.load(self.config.data_dir / SEGMENTS_DIR, self.warnings)
         if model is not None:
             self._install_segments(model)
         log.info("Engine - Ready: %d users in %.1fs", total, time.perf_counter() - t0)
 
+    # ------------------------------------------------------------------ index kind
+
+    def _index_kind(self, users: int) -> str:
+        """The index kind for this many users: exact below the ANN threshold."""
+        kind = self.config.index_kind
+        if kind == "flat" or users < self.config.ann_threshold:
+            return "flat"
+        if kind == "ivf-pq" and users < IvfPqIndex.MIN_USERS:
+            return "flat"
+        return "hnsw" if kind == "auto" else kind
+
+    def _index_options(self, kind: str) -> IndexOptions:
+        c = self.config
+        return IndexOptions(kind, c.hnsw_m, c.hnsw_ef_construction, c.hnsw_ef_search, c.ivf_nprobe)
+
+    def _index_due(self) -> bool:
+        """Whether the index should be rebuilt: another kind is due (the user count crossed
+        the ANN threshold, with some slack going down, or the setting changed), or an HNSW
+        graph holds many tombstones."""
+        n, current = len(self._index), self._index.kind
+        want = self._index_kind(n)
+        if want != current and not (
+            want == "flat"
+            and n >= self.config.ann_threshold // 2
+            and self.config.index_kind in ("auto", current)
+        ):
+            log.info("Index - %s index due for %d users (now %s)", want, n, current)
+            return True
+        if self._index.needs_compaction():
+            log.info("Index - compacting: removed users take a large share of the graph")
+            return True
+        return False
+
     def _build_index(self, progress: Progress | None) -> VectorIndex:
-        index = new_index("flat", self.encoder.dim)
-        total, done = self.store.count(), 0
-        for rows in self.store.iter_rows():
-            index.add(
-                np.array([r.iid for r in rows], dtype=np.int64),
-                np.stack([_vec(r.vec) for r in rows]),
-            )
-            done += len(rows)
+        """A new index of the kind due, from the vectors in the store."""
+        total = self.store.count()
+        kind = self._index_kind(total)
+        t0 = time.perf_counter()
+        if kind == "flat":
+            index, done = new_index("flat", self.encoder.dim), 0
+            for rows in self.store.iter_rows():
+                index.add(
+                    np.array([r.iid for r in rows], dtype=np.int64),
+                    np.stack([_vec(r.vec) for r in rows]),
+                )
+                done += len(rows)
+                if progress:
+                    progress("build index", done, total)
+            return index
+        ids = np.empty(total, np.int64)
+        vecs = np.empty((total, self.encoder.dim), np.float32)
+        n = 0
+        for iids, blobs in self.store.iter_vectors():
+            m = min(len(iids), total - n)  # (no writer runs meanwhile; this is a guard)
+            ids[n : n + m] = iids[:m]
+            vecs[n : n + m] = np.frombuffer(b"".join(blobs[:m]), np.float32).reshape(m, -1)
+            n += m
             if progress:
-                progress("build index", done, total)
+                progress("read vectors", n, total)
+        log.info("Index - building %s over %d vectors", kind, n)
+        if progress:
+            progress("build " + kind, 0, 1)
+        index = build_index(self._index_options(kind), self.encoder.dim, ids[:n], vecs[:n])
+        del vecs
+        if progress:
+            progress("build " + kind, 1, 1)
+        log.info("Index - built %s (%d vectors) in %.1fs", kind, n, time.perf_counter() - t0)
         return index
 
     def _fit_lexical(self, progress: Progress | None) -> LexicalModel | None:
@@ -311,6 +380,10 @@ class Engine:
     def _save_locked(self) -> int:
         if self._unsaved == 0 and self._generation:
             return self._generation
+        if self._index_due():  # crossed the ANN threshold, or compaction is due
+            index = self._build_index(None)  # readers keep the old index meanwhile
+            with self._rw.write():
+                self._index = index
         with self._rw.read():
             seq = self.store.sequence
             manifest = self.generations.save(
@@ -550,7 +623,13 @@ class Engine:
             unfiltered = not (
                 query.filters or removed or query.segment_ids or query.exclude_segment_ids
             )
-            scores, ids = self._index.search(q[None, :], k, None if unfiltered else mask)
+            scores, ids = self._index.search(
+                q[None, :],
+                k,
+                None if unfiltered else mask,
+                effort=query.search_effort,
+                exact=query.exact,
+            )
             users = [
                 ScoredUser(self._uid_of[int(i)], float(s))
                 for s, i in zip(scores[0], ids[0])

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     iid INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -235,6 +237,20 @@ class ProfileStore:
             if not rows:
                 return
             yield [StoredRow(*r) for r in rows]
+            last = rows[-1][0]
+
+    def iter_vectors(self, batch: int = 20000) -> Iterator[tuple[np.ndarray, list[bytes]]]:
+        """(iids, user vector bytes) of every user, in iid order, in batches."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT iid, vec FROM users WHERE iid > ? ORDER BY iid LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            yield np.array([r[0] for r in rows], np.int64), [r[1] for r in rows]
             last = rows[-1][0]
 
     def iter_meta(self, batch: int = 20000) -> Iterator[list[tuple[int, str, dict]]]:

@@ -60,6 +60,8 @@ class LookalikeQuery:
     min_score: float | None = None
     segment_ids: tuple[str, ...] = ()
     exclude_segment_ids: tuple[str, ...] = ()
+    search_effort: int = 0  # efSearch / nprobe of an ANN index; 0 = its default
+    exact: bool = False  # exhaustive even on an ANN index
 
 
 @dataclass(frozen=True)

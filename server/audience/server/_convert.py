@@ -125,6 +125,8 @@ def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
         min_score=r.min_score if r.HasField("min_score") else None,
         segment_ids=tuple(r.segment_ids),
         exclude_segment_ids=tuple(r.exclude_segment_ids),
+        search_effort=r.search_effort,
+        exact=r.exact,
     )
 
 

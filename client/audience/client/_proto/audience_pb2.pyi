@@ -456,6 +456,8 @@ class LookalikeRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _builtins.int
     SEGMENT_IDS_FIELD_NUMBER: _builtins.int
     EXCLUDE_SEGMENT_IDS_FIELD_NUMBER: _builtins.int
+    SEARCH_EFFORT_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
     negative_weight: _builtins.float
     """Strength of the negative users against the seeds; unset means 0.5. Finite, >= 0."""
     include_seeds: _builtins.bool
@@ -464,6 +466,12 @@ class LookalikeRequest(_message.Message):
     fraction: _builtins.float
     min_score: _builtins.float
     """Drop users scoring below this cosine similarity."""
+    search_effort: _builtins.int
+    """Search depth of an approximate index: efSearch for hnsw, nprobe for ivf-pq; unset or 0
+    means the server's default. More is slower and finds more of the true neighbours.
+    """
+    exact: _builtins.bool
+    """Exhaustive search even on an approximate index (slow on large indexes)."""
     @_builtins.property
     def seeds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Seed]: ...
     @_builtins.property
@@ -496,21 +504,27 @@ class LookalikeRequest(_message.Message):
         min_score: _builtins.float | None = ...,
         segment_ids: _abc.Iterable[_builtins.str] | None = ...,
         exclude_segment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        search_effort: _builtins.int | None = ...,
+        exact: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "fraction", b"fraction", "k", b"k", "min_score", b"min_score", "negative_weight", b"negative_weight", "size", b"size"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "_search_effort", b"_search_effort", "fraction", b"fraction", "k", b"k", "min_score", b"min_score", "negative_weight", b"negative_weight", "search_effort", b"search_effort", "size", b"size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "exclude_segment_ids", b"exclude_segment_ids", "exclude_user_ids", b"exclude_user_ids", "filters", b"filters", "fraction", b"fraction", "include_seeds", b"include_seeds", "k", b"k", "min_score", b"min_score", "negative_user_ids", b"negative_user_ids", "negative_weight", b"negative_weight", "seeds", b"seeds", "segment_ids", b"segment_ids", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "_search_effort", b"_search_effort", "exact", b"exact", "exclude_segment_ids", b"exclude_segment_ids", "exclude_user_ids", b"exclude_user_ids", "filters", b"filters", "fraction", b"fraction", "include_seeds", b"include_seeds", "k", b"k", "min_score", b"min_score", "negative_user_ids", b"negative_user_ids", "negative_weight", b"negative_weight", "search_effort", b"search_effort", "seeds", b"seeds", "segment_ids", b"segment_ids", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
     _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
     _WhichOneofReturnType__negative_weight: _TypeAlias = _typing.Literal["negative_weight"]  # noqa: Y015
     _WhichOneofArgType__negative_weight: _TypeAlias = _typing.Literal["_negative_weight", b"_negative_weight"]  # noqa: Y015
+    _WhichOneofReturnType__search_effort: _TypeAlias = _typing.Literal["search_effort"]  # noqa: Y015
+    _WhichOneofArgType__search_effort: _TypeAlias = _typing.Literal["_search_effort", b"_search_effort"]  # noqa: Y015
     _WhichOneofReturnType_size: _TypeAlias = _typing.Literal["k", "fraction"]  # noqa: Y015
     _WhichOneofArgType_size: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_score) -> _WhichOneofReturnType__min_score | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__negative_weight) -> _WhichOneofReturnType__negative_weight | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__search_effort) -> _WhichOneofReturnType__search_effort | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_size) -> _WhichOneofReturnType_size | None: ...
 
