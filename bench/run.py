@@ -4,6 +4,14 @@ the same run, since absolute numbers on a shared machine drift from run to run.
 
     python bench/run.py lookalike --data ../shared/data --json OUT.json [--dataset thucnews]
     python bench/run.py segments --data ../shared/data --json OUT.json [--scale 1000000]
+    python bench/run.py perf --json OUT.json [--users 1000000]
+
+perf       Ingest through gRPC with the default encoder backend vs plain
+           SentenceTransformer.encode, and lookalike precision vs the torch fp32 backend;
+           then N users with given vectors: FindLookalikes latency through gRPC vs the same
+           engine call in-process vs raw faiss search, recall@100 vs exact search, QPS with 1
+           and 8 clients vs exact Flat search, RSS vs the raw vector bytes, build time, and
+           restart to SERVING (see bench/_perf.py).
 
 segments   The same users, segmented by HDBSCAN (HDBSCAN decides how many; then with
            target_segments = the true number of labels), scored by NMI/ARI against the labels
@@ -35,7 +43,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import DATASETS, User  # noqa: E402
-from _harness import ServerProcess, encode_baseline  # noqa: E402
+from _harness import ServerProcess, encode_baseline, log  # noqa: E402
+from _perf import bench_perf  # noqa: E402
 
 from audience.client import AudienceClient, LookalikeQuery, Profile  # noqa: E402
 
@@ -334,10 +343,6 @@ def bench_scale(vectors, n: int) -> dict:
     }
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -387,8 +392,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     sg.add_argument("--seed", type=int, default=1)
     sg.add_argument("--quiet", action="store_true")
+    pf = sub.add_parser("perf", help="encoder and index performance at scale")
+    pf.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="folder with the data sets (env AUDIENCE_DATA; default ../shared/data)",
+    )
+    pf.add_argument("--json", type=Path, help="write the results here")
+    pf.add_argument(
+        "--users", type=int, default=1_000_000, help="users at scale (0 = skip; 1000000)"
+    )
+    pf.add_argument("--ingest-users", type=int, help="StackOverflow titles to ingest (all 20,000)")
+    pf.add_argument("--skip-ingest", action="store_true", help="only the scale part")
+    pf.add_argument("--queries", type=int, default=300, help="lookalike queries at scale")
+    pf.add_argument("--batch-size", type=int, default=256, help="users per UpsertUsers")
+    pf.add_argument(
+        "--serve-flag",
+        action="append",
+        default=[],
+        help="extra `audience serve` flag at scale, e.g. --serve-flag=--index-kind=ivf-pq",
+    )
+    pf.add_argument("--seed", type=int, default=1)
+    pf.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
+    if args.bench == "perf":
+        result = {
+            **bench_perf(args),
+            "bench": "perf",
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "cpu_count": os.cpu_count(),
+        }
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            log(f"wrote {args.json}")
+        return 0
     names = [d.strip() for d in args.dataset.split(",") if d.strip()]
     unknown = [d for d in names if d not in DATASETS]
     if unknown:

@@ -1,0 +1,310 @@
+"""`bench/run.py perf`: encoder and index performance, each against a baseline in the same run.
+
+1. Ingest: the StackOverflow titles through gRPC into a server with the default encoder
+   backend (client -> server -> model -> SQLite -> index), beside plain
+   SentenceTransformer.encode (torch fp32, batch 64) on the same texts; then lookalike
+   precision@100 with that backend and with the torch fp32 backend (a second server).
+2. Scale: N users (default 1,000,000) with given vectors: the StackOverflow title embeddings
+   replicated with noise (cosine ~0.86 to their original), ingested through gRPC. Then a
+   fresh server process on that data dir: time to SERVING, RSS, FindLookalikes (20 seed
+   users, k=100) latency and QPS with 1 and 8 clients; then the same engine in this process
+   (the call without gRPC) and the raw faiss search; recall@100 against exact search
+   (faiss IndexFlatIP over the same vectors), and exact Flat QPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from _data import DATASETS
+from _harness import ServerProcess, encode_baseline, log
+
+from audience.client import AudienceClient, LookalikeQuery, Profile
+
+DEFAULT_BACKEND = "default"  # whatever the server's default encoder backend is
+
+
+def _rss(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process, bytes."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def _precision(client: AudienceClient, users, seeds_per_label: int, seed: int) -> float:
+    by_label: dict[str, list[str]] = {}
+    for u in users:
+        by_label.setdefault(u.label, []).append(u.user_id)
+    label_of = {u.user_id: u.label for u in users}
+    rng = random.Random(seed)
+    labels = sorted(by_label)
+    queries = [
+        LookalikeQuery(seed_ids=rng.sample(by_label[lab], seeds_per_label), k=100) for lab in labels
+    ]
+    results = client.find_lookalikes_many(queries, concurrency=4)
+    return statistics.mean(
+        sum(label_of[u.user_id] == lab for u in res.users) / 100
+        for lab, res in zip(labels, results)
+    )
+
+
+def _ingest_and_precision(args, users, backend: str, tmp: Path) -> dict:
+    extra = [] if backend == DEFAULT_BACKEND else ["--encoder-backend", backend]
+    with (
+        ServerProcess(tmp / f"data-{backend}", *extra) as server,
+        AudienceClient(server.target, timeout=600) as client,
+    ):
+        client.wait_ready(timeout=600)
+        t0 = time.perf_counter()
+        client.upsert_users(
+            (Profile(u.user_id, texts=u.texts) for u in users),
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+        ingest_s = time.perf_counter() - t0
+        client.rebuild_index()  # fits the lexical channel, as the README says to
+        stats = client.stats()
+        precision = _precision(client, users, 20, args.seed)
+    return {
+        "model": stats.model,
+        "ingest_s": ingest_s,
+        "users_per_s": len(users) / ingest_s,
+        "precision": precision,
+    }
+
+
+def _replicate(base: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n unit vectors: base rows in turn plus Gaussian noise (cosine ~0.86 to the original)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, base.shape[1]), np.float32)
+    sigma = 0.6 / np.sqrt(base.shape[1])
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        x = base[np.arange(s, s + m) % len(base)] + sigma * rng.standard_normal(
+            (m, base.shape[1]), dtype=np.float32
+        )
+        out[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _timed_queries(client: AudienceClient, queries: list[LookalikeQuery]) -> list[float]:
+    lat = []
+    for q in queries:
+        t0 = time.perf_counter()
+        client.find_lookalikes(q)
+        lat.append((time.perf_counter() - t0) * 1000)
+    return lat
+
+
+def _concurrent_qps(target: str, queries: list[LookalikeQuery], clients: int) -> float:
+    per = [queries[i::clients] for i in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def work(chunk):
+        with AudienceClient(target, timeout=60) as c:
+            c.find_lookalikes(chunk[0])  # connect before the clock starts
+            barrier.wait()
+            for q in chunk:
+                c.find_lookalikes(q)
+
+    threads = [threading.Thread(target=work, args=(chunk,)) for chunk in per]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return len(queries) / (time.perf_counter() - t0)
+
+
+def _scale(args, base: np.ndarray, tmp: Path) -> dict:
+    import faiss
+
+    n = args.users
+    dim = base.shape[1]
+    log(f"scale: {n:,} users x {dim} dims (replicated title embeddings) ...")
+    vectors = _replicate(base, n, args.seed)
+    ids = [f"u{i}" for i in range(n)]
+    data_dir = tmp / "data-scale"
+    serve_flags = ["--lexical-dim", "0", *args.serve_flag]
+    out: dict = {"users": n, "dimension": dim, "raw_vector_bytes": n * dim * 4}
+
+    with (
+        ServerProcess(data_dir, *serve_flags) as server,
+        AudienceClient(server.target, timeout=3600) as client,
+    ):
+        client.wait_ready(timeout=600)
+        t0 = time.perf_counter()
+        client.upsert_users(
+            (Profile(ids[i], vector=vectors[i].tobytes()) for i in range(n)),
+            batch_size=1000,
+            progress=not args.quiet,
+        )
+        client.snapshot()  # the last index generation is written
+        out["build_s"] = time.perf_counter() - t0
+        out["build_users_per_s"] = n / out["build_s"]
+        out["index_type"] = client.stats().index_type
+    log(f"  ingested and indexed in {out['build_s']:.0f}s ({out['index_type']})")
+
+    rng = random.Random(args.seed)
+    seed_sets = [rng.sample(range(n), 20) for _ in range(args.queries)]
+    queries = [LookalikeQuery(seed_ids=[ids[i] for i in s], k=100) for s in seed_sets]
+
+    t0 = time.perf_counter()
+    server = ServerProcess(data_dir, *serve_flags)
+    client = AudienceClient(server.target, timeout=600)
+    try:
+        client.wait_ready(timeout=600)
+        out["start_to_serving_s"] = time.perf_counter() - t0
+        log(f"  restart to SERVING: {out['start_to_serving_s']:.1f}s")
+        _timed_queries(client, queries[:20])  # warm-up
+        lat = _timed_queries(client, queries)
+        out["grpc_p50_ms"], out["grpc_p99_ms"] = _pct(lat, 50), _pct(lat, 99)
+        out["qps_single"] = len(lat) / (sum(lat) / 1000)
+        results = [client.find_lookalikes(q) for q in queries]
+        out["qps_8_clients"] = _concurrent_qps(server.target, queries * 2, 8)
+        out["rss_bytes"], out["rss_peak_bytes"] = _rss(server.proc.pid)
+    finally:
+        client.close()
+        server.stop()
+
+    # Exact answers for the same query vectors (seeds are not returned: k + 20, then drop).
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(vectors)
+    qvecs = np.stack([vectors[s].astype(np.float64).mean(axis=0) for s in seed_sets])
+    qvecs = (qvecs / np.linalg.norm(qvecs, axis=1, keepdims=True)).astype(np.float32)
+    recalls = []
+    flat_lat = []
+    for s, qv, res in zip(seed_sets, qvecs, results):
+        t1 = time.perf_counter()
+        _, nn = flat.search(qv[None, :], 120)
+        flat_lat.append(time.perf_counter() - t1)
+        seeds = set(s)
+        truth = [int(i) for i in nn[0] if int(i) not in seeds][:100]
+        got = {int(u.user_id[1:]) for u in res.users}
+        recalls.append(len(got & set(truth)) / len(truth))
+    out["recall_at_100"] = statistics.mean(recalls)
+    out["qps_exact_flat"] = len(flat_lat) / sum(flat_lat)
+    out["exact_flat_p50_ms"] = _pct([x * 1000 for x in flat_lat], 50)
+    del flat
+
+    # The same engine in this process: the call without gRPC, and the raw faiss search.
+    from audience.index import Engine, EngineConfig, Seed
+    from audience.index import LookalikeQuery as EngineQuery
+
+    log("  in-process engine ...")
+    engine = Engine.open(EngineConfig(data_dir=data_dir, lexical_dim=0))
+    try:
+        eq = [EngineQuery(seeds=tuple(Seed(user_id=ids[i]) for i in s), k=100) for s in seed_sets]
+        for q in eq[:20]:
+            engine.find_lookalikes(q)
+        lat = []
+        for q in eq:
+            t1 = time.perf_counter()
+            engine.find_lookalikes(q)
+            lat.append((time.perf_counter() - t1) * 1000)
+        out["inprocess_p50_ms"] = _pct(lat, 50)
+        raw = engine._index._index  # the faiss index object itself
+        lat = []
+        for qv in qvecs:
+            t1 = time.perf_counter()
+            raw.search(qv[None, :], 100)
+            lat.append((time.perf_counter() - t1) * 1000)
+        out["raw_search_p50_ms"] = _pct(lat, 50)
+    finally:
+        engine.close()
+    return out
+
+
+def bench_perf(args: argparse.Namespace) -> dict:
+    users = DATASETS["stackoverflow"](args.data, 1)
+    if args.ingest_users and args.ingest_users < len(users):
+        users = random.Random(0).sample(users, args.ingest_users)
+    texts = [t for u in users for t in u.texts]
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="audience-perf-") as tmp_name:
+        tmp = Path(tmp_name)
+        if not args.skip_ingest:
+            log(f"baseline: plain SentenceTransformer.encode on {len(texts):,} titles ...")
+            baseline, base = encode_baseline(texts, return_vectors=True)
+            log(f"ingest through gRPC, default backend ({len(users):,} users) ...")
+            default = _ingest_and_precision(args, users, DEFAULT_BACKEND, tmp)
+            log("again with the torch fp32 backend (precision reference) ...")
+            fp32 = _ingest_and_precision(args, users, "torch", tmp)
+            out.update(
+                {
+                    "ingest_users": len(users),
+                    "encoder_model": default["model"],
+                    "ingest_users_per_s": default["users_per_s"],
+                    "ingest_users_per_s_fp32": fp32["users_per_s"],
+                    "encode_baseline_per_s": baseline,
+                    "ingest_vs_encode": default["users_per_s"] / baseline,
+                    "lookalike_precision_at_100": default["precision"],
+                    "lookalike_precision_at_100_fp32": fp32["precision"],
+                    "precision_ratio": default["precision"] / fp32["precision"],
+                }
+            )
+        else:
+            base = encode_baseline(texts, return_vectors=True)[1]
+        if args.users:
+            out.update(_scale(args, base, tmp))
+    _table(out)
+    return out
+
+
+def _table(out: dict) -> None:
+    def row(name: str, value, base=None, fmt="{:>12.1f}") -> None:
+        ratio = f"{value / base:>10.2f}x" if base else ""
+        print(f"  {name:<46}{fmt.format(value)}{ratio}")
+
+    print("\n== perf")
+    if "ingest_users_per_s" in out:
+        print(f"ingest ({out['ingest_users']:,} StackOverflow titles, {out['encoder_model']})")
+        row("ingest through gRPC, users/s", out["ingest_users_per_s"], out["encode_baseline_per_s"])
+        row(
+            "ingest through gRPC, torch fp32 backend",
+            out["ingest_users_per_s_fp32"],
+            out["encode_baseline_per_s"],
+        )
+        row("plain SentenceTransformer.encode, texts/s", out["encode_baseline_per_s"])
+        row(
+            "lookalike precision@100",
+            out["lookalike_precision_at_100"],
+            out["lookalike_precision_at_100_fp32"],
+            "{:>12.3f}",
+        )
+        row(
+            "lookalike precision@100, torch fp32",
+            out["lookalike_precision_at_100_fp32"],
+            fmt="{:>12.3f}",
+        )
+    if "users" in out:
+        print(f"scale ({out['users']:,} users x {out['dimension']} dims, {out['index_type']})")
+        row("FindLookalikes p50 ms, gRPC", out["grpc_p50_ms"], out["inprocess_p50_ms"], "{:>12.2f}")
+        row("FindLookalikes p99 ms, gRPC", out["grpc_p99_ms"], fmt="{:>12.2f}")
+        row("same engine call in-process, p50 ms", out["inprocess_p50_ms"], fmt="{:>12.2f}")
+        row("raw faiss index.search, p50 ms", out["raw_search_p50_ms"], fmt="{:>12.2f}")
+        row("exact Flat search, p50 ms", out["exact_flat_p50_ms"], fmt="{:>12.2f}")
+        row("recall@100 vs exact", out["recall_at_100"], fmt="{:>12.3f}")
+        row("QPS, 1 gRPC client", out["qps_single"], out["qps_exact_flat"])
+        row("QPS, exact Flat (in-process)", out["qps_exact_flat"])
+        row("QPS, 8 gRPC clients", out["qps_8_clients"], out["qps_exact_flat"])
+        gib = 1 << 30
+        row("server RSS, GiB", out["rss_bytes"] / gib, out["raw_vector_bytes"] / gib, "{:>12.2f}")
+        row("raw float32 vectors, GiB", out["raw_vector_bytes"] / gib, fmt="{:>12.2f}")
+        row("ingest + index build, s", out["build_s"])
+        row("restart to SERVING, s", out["start_to_serving_s"])
