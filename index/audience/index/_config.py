@@ -19,7 +19,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the copy inside the gt-all-min
 DEFAULT_ATTRIBUTE_WEIGHT = 0.1
 DEFAULT_CATEGORY_CAPACITY = 32
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
-INDEX_KINDS = ("auto", "flat", "hnsw", "hnsw-sq8", "ivf-pq")
+INDEX_KINDS = ("auto", "flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,8 @@ class EngineConfig:
     recency_half_life_days: float | None = None
     # Segment statistics of groups smaller than this are withheld (k-anonymity).
     segment_min_group_size: int = 0
-    # Vector index: "flat" (exact), "hnsw" (graph over float32 vectors), "hnsw-sq8" (graph
-    # over 8-bit scalar-quantized vectors, ~4x smaller), "ivf-pq" (compressed, smallest);
+    # Vector index: "flat" (exact), "hnsw" (graph over fp16 vectors), "hnsw-f32" (over
+    # float32), "hnsw-sq8" (over 8-bit codes), "ivf-pq" (product-quantized, smallest);
     # "auto" = flat below `ann_threshold` users, hnsw above.
     index_kind: str = "auto"
     ann_threshold: int = 100_000
@@ -140,7 +140,8 @@ class EngineConfig:
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128  # default per-query search depth (a query may ask for more)
     ivf_nprobe: int = 32  # default lists probed per query by ivf-pq
-    # Write an index generation after this many changes (and always on close).
+    # Write an index generation after this many changes, or a tenth of the index if more
+    # (and always on close); later writes are replayed from the store at start.
     save_every_changes: int = 50_000
     limits: Limits = field(default_factory=Limits)
 

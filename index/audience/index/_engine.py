@@ -192,6 +192,23 @@ class Engine:
         self.store.set_meta("vector_fingerprint", self.fingerprint)
 
         total = self.store.count()
+        # The index generation (checksum + read, in C++ without the GIL) loads in a thread
+        # while the profiles load here: at a million users each takes seconds.
+        found: dict[str, object] = {}
+
+        def load_index() -> None:
+            try:
+                found["loaded"] = self.generations.load_latest(
+                    fingerprint=self.fingerprint,
+                    dim=self.encoder.dim,
+                    options=self._index_options(self._index_kind(total)),
+                    warnings=self.warnings,
+                )
+            except BaseException as exc:  # re-raised below, in the opening thread
+                found["error"] = exc
+
+        loader = threading.Thread(target=load_index, name="index-load", daemon=True)
+        loader.start()
         done = 0
         for rows in self.store.iter_meta():
             for iid, user_id, attributes in rows:
@@ -201,13 +218,10 @@ class Engine:
             done += len(rows)
             if progress:
                 progress("load profiles", done, total)
-
-        loaded = self.generations.load_latest(
-            fingerprint=self.fingerprint,
-            dim=self.encoder.dim,
-            options=self._index_options(self._index_kind(total)),
-            warnings=self.warnings,
-        )
+        loader.join()
+        if "error" in found:
+            raise found["error"]  # type: ignore[misc]
+        loaded = found.get("loaded")  # type: ignore[assignment]
         if loaded is None:
             log.info("Index - no usable generation; building from the store")
             self._index = self._build_index(progress)
@@ -476,7 +490,9 @@ class Engine:
 
     def _after_write(self, changes: int) -> None:
         self._unsaved += changes
-        if self._unsaved >= self.config.save_every_changes:
+        # Every generation is a whole index file, so at scale save once a tenth has changed
+        # (the writes since are in the store and replayed at the next start).
+        if self._unsaved >= max(self.config.save_every_changes, len(self._index) // 10):
             self._save_locked()
 
     def rebuild_index(self, *, reembed: bool = False, progress: Progress | None = None) -> dict:

@@ -6,10 +6,12 @@ so filtering happens inside the search, not by over-fetching.
 
 Index kinds:
   flat      exact (IndexFlatIP under IndexIDMap2); the default below `ann_threshold` users.
-  hnsw      HNSW graph over the float32 vectors; FAISS's HNSW cannot remove, so a removed
-            or replaced user is a tombstone (its id in the id map set to -1, which no
-            selector accepts) until the graph is compacted (rebuilt) at a save.
-  hnsw-sq8  the same graph over 8-bit scalar-quantized vectors (~4x smaller vectors).
+  hnsw      HNSW graph over the vectors in half precision (fp16: half the memory, scores
+            within ~1e-3 of float32). FAISS's HNSW cannot remove, so a removed or replaced
+            user is a tombstone (its id in the id map set to -1, which no selector accepts)
+            until the graph is compacted (rebuilt) at a save.
+  hnsw-f32  the same graph over float32 vectors.
+  hnsw-sq8  the same graph over 8-bit scalar-quantized vectors (a quarter of float32).
   ivf-pq    inverted lists of product-quantized codes (IndexIVFPQ; removes natively):
             the smallest, at some cost in recall; nprobe per query.
 A filter that leaves few users is answered exactly over those users (ANN graphs lose recall
@@ -283,7 +285,7 @@ class _AnnIndex(VectorIndex):
 
 
 class HnswIndex(_AnnIndex):
-    """HNSW graph (IndexHNSWFlat or IndexHNSWSQ 8-bit) under an IndexIDMap; tombstones."""
+    """HNSW graph (IndexHNSWSQ fp16 / 8-bit, or IndexHNSWFlat) under an IndexIDMap."""
 
     COMPACT_SHARE = 0.25  # rebuild when tombstones are this share of the graph
 
@@ -297,7 +299,10 @@ class HnswIndex(_AnnIndex):
         super().__init__(dim)
         self._index = index
         self._inner = faiss.downcast_index(index.index)
-        self.kind = "hnsw-sq8" if isinstance(self._inner, faiss.IndexHNSWSQ) else "hnsw"
+        self.kind = "hnsw-f32"
+        if isinstance(self._inner, faiss.IndexHNSWSQ):
+            qtype = faiss.downcast_index(self._inner.storage).sq.qtype
+            self.kind = "hnsw" if qtype == faiss.ScalarQuantizer.QT_fp16 else "hnsw-sq8"
         self.default_effort = ef_search
         by_label = self._ids_by_label()
         alive = np.flatnonzero(by_label >= 0)
@@ -312,19 +317,24 @@ class HnswIndex(_AnnIndex):
         ids: np.ndarray,
         vectors: np.ndarray,
         *,
-        sq8: bool = False,
+        storage: str = "fp16",
         m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 128,
     ) -> HnswIndex:
-        if sq8:
-            inner = faiss.IndexHNSWSQ(
-                dim, faiss.ScalarQuantizer.QT_8bit, m, faiss.METRIC_INNER_PRODUCT
+        """storage: "fp16" | "f32" | "sq8"."""
+        metric = faiss.METRIC_INNER_PRODUCT
+        if storage == "f32":
+            inner = faiss.IndexHNSWFlat(dim, m, metric)
+        else:
+            qtype = (
+                faiss.ScalarQuantizer.QT_fp16
+                if storage == "fp16"
+                else faiss.ScalarQuantizer.QT_8bit
             )
+            inner = faiss.IndexHNSWSQ(dim, qtype, m, metric)
             sample = vectors[:: max(1, len(vectors) // 100_000)]
             inner.train(np.ascontiguousarray(sample, dtype=np.float32))
-        else:
-            inner = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = ef_construction
         index = faiss.IndexIDMap(inner)
         index.referenced_objects = [inner]  # keep the Python owner of `inner` alive
@@ -513,6 +523,9 @@ class IndexOptions:
     ivf_nprobe: int = 32
 
 
+HNSW_STORAGE = {"hnsw": "fp16", "hnsw-f32": "f32", "hnsw-sq8": "sq8"}
+
+
 def build_index(
     options: IndexOptions, dim: int, ids: np.ndarray, vectors: np.ndarray
 ) -> VectorIndex:
@@ -523,12 +536,12 @@ def build_index(
         for s in range(0, len(ids), 100_000):
             index.add(ids[s : s + 100_000], vectors[s : s + 100_000])
         return index
-    if options.kind in ("hnsw", "hnsw-sq8"):
+    if options.kind in HNSW_STORAGE:
         return HnswIndex.build(
             dim,
             ids,
             vectors,
-            sq8=options.kind == "hnsw-sq8",
+            storage=HNSW_STORAGE[options.kind],
             m=options.hnsw_m,
             ef_construction=options.hnsw_ef_construction,
             ef_search=options.hnsw_ef_search,
@@ -541,14 +554,14 @@ def build_index(
 def read_index(kind: str, path: Path, dim: int, options: IndexOptions) -> VectorIndex:
     if kind == "flat":
         return FlatIndex.read(path, dim)
-    if kind in ("hnsw", "hnsw-sq8"):
+    if kind in HNSW_STORAGE:
         return HnswIndex.read(path, dim, ef_search=options.hnsw_ef_search)
     if kind == "ivf-pq":
         return IvfPqIndex.read(path, dim, nprobe=options.ivf_nprobe)
     raise ValueError(f"unknown index kind {kind!r}")
 
 
-INDEX_KINDS = ("flat", "hnsw", "hnsw-sq8", "ivf-pq")
+INDEX_KINDS = ("flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")
 
 
 def new_index(kind: str, dim: int) -> VectorIndex:
