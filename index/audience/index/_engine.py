@@ -59,6 +59,9 @@ from ._vectors import (
 )
 
 log = logging.getLogger("audience.index")
+# A query excluding at most this many users (and no filter) drops them from a longer result
+# instead of searching with a bitmap of all users.
+POST_FILTER_MAX = 1000
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -636,21 +639,25 @@ class Engine:
             k = min(k, eligible)
             if k == 0:
                 return [], eligible
-            unfiltered = not (
-                query.filters or removed or query.segment_ids or query.exclude_segment_ids
+            # Only a few users excluded (the seeds, say) and no filter: search k + that many
+            # and drop them after, rather than filtering a bitmap of every user.
+            few = not (query.filters or query.segment_ids or query.exclude_segment_ids) and (
+                removed <= POST_FILTER_MAX
             )
             scores, ids = self._index.search(
                 q[None, :],
-                k,
-                None if unfiltered else mask,
+                k + removed if few else k,
+                None if few else mask,
                 effort=query.search_effort,
                 exact=query.exact,
             )
             users = [
                 ScoredUser(self._uid_of[int(i)], float(s))
                 for s, i in zip(scores[0], ids[0])
-                if i >= 0 and (query.min_score is None or s >= query.min_score)
-            ]
+                if i >= 0
+                and (not few or mask[i])
+                and (query.min_score is None or s >= query.min_score)
+            ][:k]
         return users, eligible
 
     def _clear(self, mask: np.ndarray, user_ids: Sequence[str]) -> int:

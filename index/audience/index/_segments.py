@@ -3,12 +3,16 @@
     sample     the clustering is fitted on a random sample (default 20,000 users); every
                other user is assigned afterwards, so a million users cost one projection
                and one k-NN search, not a million-point HDBSCAN
-    reduce     PCA to `pca_dims` (persisted: it projects new users), then optionally UMAP
-               (cosine) to `umap_dims` for the clustering only
-    cluster    HDBSCAN (fast_hdbscan, or the hdbscan package); min_cluster_size defaults to
-               1% of the sample, so HDBSCAN decides how many segments there are. With
-               `target_segments` the selected clusters are merged along the condensed tree
-               (the pair that separated last first) until about that many remain
+    reduce     PCA to `pca_dims` (persisted: it places users for the k-NN assignment below),
+               then UMAP (cosine) to `umap_dims` for the clustering only
+    cluster    HDBSCAN (fast_hdbscan, or the hdbscan package) on UMAP of the PCA
+               coordinates; min_cluster_size defaults to 1% of the sample, so HDBSCAN decides
+               how many segments there are. With `target_segments`: k-means with that k on
+               UMAP of the full vectors instead. Measured offline on the sample (NMI against
+               the labels): THUCNews 10 topics 0.43, against 0.32 merging HDBSCAN clusters
+               along the condensed tree and 0.35 for k-means on UMAP of the PCA coordinates;
+               StackOverflow 20 tags 0.74 (0.76 merging). Without a target, HDBSCAN on UMAP of
+               the full vectors found 2 segments on THUCNews, so it keeps the PCA input
     noise      an outlier, and every user outside the sample, joins the segment most of its
                k nearest clustered neighbours (in PCA space) belong to when that share is at
                least `min_vote`; otherwise it stays an outlier
@@ -313,21 +317,19 @@ def fit_clusters(
             metric="cosine",
             random_state=params.seed,
             low_memory=True,
-        ).fit_transform(fit_coords)
+        ).fit_transform(sample if params.target_segments else fit_coords)
         timings["reduce_umap_s"] = time.perf_counter() - t0
     if progress:
         progress("reduce", 2, 3)
 
     t0 = time.perf_counter()
-    mcs = min(params.min_cluster_size or max(10, len(fit_coords) // 100), len(fit_coords))
-    fit_labels, probs, tree = _hdbscan(space, mcs, params)
     if params.target_segments:
-        while fit_labels.max() + 1 < params.target_segments and mcs > 5:
-            mcs = max(5, mcs // 2)  # finer clusters, then merge down along the tree
-            fit_labels, probs, tree = _hdbscan(space, mcs, params)
-        fit_labels = merge_to_target(tree, len(space), fit_labels, params.target_segments)
-    fit_labels = _relabel(fit_labels)
-    persistence = _persistence(tree, len(space), fit_labels)
+        fit_labels, probs, persistence = _kmeans(space, params.target_segments, params.seed)
+    else:
+        mcs = min(params.min_cluster_size or max(10, len(fit_coords) // 100), len(fit_coords))
+        fit_labels, probs, tree = _hdbscan(space, mcs, params)
+        fit_labels = _relabel(fit_labels)
+        persistence = _persistence(tree, len(space), fit_labels)
     timings["cluster_s"] = time.perf_counter() - t0
     if progress:
         progress("cluster", 1, 1)
@@ -351,6 +353,28 @@ def fit_clusters(
     return Clustering(
         labels, strength, mean, vt, fit_index, fit_coords, fit_final, persistence, coords, timings
     )
+
+
+def _kmeans(space: np.ndarray, k: int, seed: int):
+    """k-means with exactly min(k, n) segments: (labels, strength, persistence).
+
+    strength = 1 - d(own centre) / d(second centre), in [0, 1]; a segment's persistence is
+    its members' mean strength relative to the segment with the highest."""
+    from sklearn.cluster import KMeans
+
+    k = max(1, min(k, len(space)))
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(space)
+    dist = km.transform(space)
+    labels = km.labels_.astype(np.int32)
+    if k > 1:
+        part = np.partition(dist, 1, axis=1)
+        strength = 1.0 - part[:, 0] / np.maximum(part[:, 1], 1e-12)
+    else:
+        strength = np.ones(len(space))
+    labels = _relabel(labels)
+    means = {int(c): float(strength[labels == c].mean()) for c in np.unique(labels) if c >= 0}
+    top = max(means.values(), default=1.0) or 1.0
+    return labels, strength.astype(np.float32), {c: m / top for c, m in means.items()}
 
 
 def _hdbscan(space: np.ndarray, mcs: int, params: SegmentParams):
@@ -417,61 +441,6 @@ def _node_of_labels(
             common = common[:i]
         nodes[int(lab)] = common[-1]
     return nodes
-
-
-def merge_to_target(tree: np.ndarray, n_points: int, labels: np.ndarray, target: int) -> np.ndarray:
-    """Merge flat clusters along the condensed tree until at most `target` remain.
-
-    Repeatedly the two clusters whose lowest common ancestor split last (highest lambda)
-    become that ancestor; its points (including those that left it as noise) join it.
-    """
-    if labels.max() + 1 <= target:
-        return labels
-    cluster_parent, birth, point_cluster, _ = _tree_parts(tree, n_points)
-    node_of = _node_of_labels(labels, point_cluster, cluster_parent)
-    selected = set(node_of.values())
-
-    def ancestors(node: int) -> list[int]:
-        chain = [node]
-        while chain[-1] in cluster_parent:
-            chain.append(int(cluster_parent[chain[-1]]))
-        return chain
-
-    split_at: dict[int, float] = {}  # the lambda at which a node split into its children
-    for c, p in cluster_parent.items():
-        split_at[p] = min(split_at.get(p, np.inf), birth[c])
-    while len(selected) > target:
-        best, best_lam = None, -1.0
-        nodes = sorted(selected)
-        anc = {v: ancestors(v) for v in nodes}
-        for i, a in enumerate(nodes):
-            sa = set(anc[a])
-            for b in nodes[i + 1 :]:
-                lca = next(x for x in anc[b] if x in sa)
-                lam = split_at.get(lca, 0.0)
-                if lam > best_lam:
-                    best, best_lam = lca, lam
-        if best is None:
-            break
-        selected = {v for v in selected if best not in ancestors(v)[1:]} | {best}
-        selected = {v for v in selected if not any(a in selected for a in ancestors(v)[1:])}
-
-    out = np.full(n_points, -1, np.int32)
-    for new_label, node in enumerate(sorted(selected)):
-        out[_points_under(node, point_cluster, cluster_parent)] = new_label
-    return out
-
-
-def _points_under(node: int, point_cluster: np.ndarray, cluster_parent: dict) -> np.ndarray:
-    under = {node}
-    changed = True
-    while changed:
-        changed = False
-        for c, p in cluster_parent.items():
-            if p in under and c not in under:
-                under.add(c)
-                changed = True
-    return np.flatnonzero(np.isin(point_cluster, list(under)))
 
 
 def _persistence(tree: np.ndarray, n_points: int, labels: np.ndarray) -> dict[int, float]:
