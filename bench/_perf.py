@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,12 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         out["grpc_p50_ms"], out["grpc_p99_ms"] = _pct(lat, 50), _pct(lat, 99)
         out["qps_single"] = len(lat) / (sum(lat) / 1000)
         results = [client.find_lookalikes(q) for q in queries]
+        # The same queries at other per-query search efforts (efSearch / nprobe).
+        by_effort = {}
+        for effort in args.efforts:
+            qe = [replace(q, search_effort=effort) for q in queries]
+            lat_e = _timed_queries(client, qe)
+            by_effort[effort] = (lat_e, [client.find_lookalikes(q) for q in qe])
         out["qps_8_clients"] = _concurrent_qps(server.target, queries * 2, 8)
         out["rss_bytes"], out["rss_peak_bytes"] = _rss(server.proc.pid)
     finally:
@@ -204,6 +211,7 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     qvecs = np.stack([vectors[s].astype(np.float64).mean(axis=0) for s in seed_sets])
     qvecs = (qvecs / np.linalg.norm(qvecs, axis=1, keepdims=True)).astype(np.float32)
     recalls = []
+    truths: list[list[int]] = []
     flat_lat = []
     for s, qv, res in zip(seed_sets, qvecs, results):
         t1 = time.perf_counter()
@@ -211,9 +219,21 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         flat_lat.append(time.perf_counter() - t1)
         seeds = set(s)
         truth = [int(i) for i in nn[0] if int(i) not in seeds][:100]
+        truths.append(truth)
         got = {int(u.user_id[1:]) for u in res.users}
         recalls.append(len(got & set(truth)) / len(truth))
     out["recall_at_100"] = statistics.mean(recalls)
+    out["by_search_effort"] = {
+        str(effort): {
+            "grpc_p50_ms": _pct(lat_e, 50),
+            "qps_single": len(lat_e) / (sum(lat_e) / 1000),
+            "recall_at_100": statistics.mean(
+                len({int(u.user_id[1:]) for u in res.users} & set(t)) / len(t)
+                for res, t in zip(res_e, truths)
+            ),
+        }
+        for effort, (lat_e, res_e) in by_effort.items()
+    }
     out["qps_exact_flat"] = len(flat_lat) / sum(flat_lat)
     out["exact_flat_p50_ms"] = _pct([x * 1000 for x in flat_lat], 50)
     del flat
@@ -234,11 +254,21 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
             engine.find_lookalikes(q)
             lat.append((time.perf_counter() - t1) * 1000)
         out["inprocess_p50_ms"] = _pct(lat, 50)
-        raw = engine._index._index  # the faiss index object itself
+        raw = engine._index._index  # the faiss index object itself, at the engine's depth
+        params = None
+        if hasattr(engine._index, "default_effort"):
+            kind = engine._index.kind
+            params = (
+                faiss.SearchParametersIVF() if kind == "ivf-pq" else faiss.SearchParametersHNSW()
+            )
+            if kind == "ivf-pq":
+                params.nprobe = engine._index.default_effort
+            else:
+                params.efSearch = engine._index.default_effort
         lat = []
         for qv in qvecs:
             t1 = time.perf_counter()
-            raw.search(qv[None, :], 100)
+            raw.search(qv[None, :], 120, params=params)
             lat.append((time.perf_counter() - t1) * 1000)
         out["raw_search_p50_ms"] = _pct(lat, 50)
     finally:
@@ -317,6 +347,13 @@ def _table(out: dict) -> None:
         row("exact Flat search, p50 ms", out["exact_flat_p50_ms"], fmt="{:>12.2f}")
         row("recall@100 vs exact", out["recall_at_100"], fmt="{:>12.3f}")
         row("QPS, 1 gRPC client", out["qps_single"], out["qps_exact_flat"])
+        for effort, e in out.get("by_search_effort", {}).items():
+            row(f"  search_effort={effort}: recall@100", e["recall_at_100"], fmt="{:>12.3f}")
+            row(
+                f"  search_effort={effort}: QPS, 1 gRPC client",
+                e["qps_single"],
+                out["qps_exact_flat"],
+            )
         row("QPS, exact Flat (in-process)", out["qps_exact_flat"])
         row("QPS, 8 gRPC clients", out["qps_8_clients"], out["qps_exact_flat"])
         gib = 1 << 30

@@ -413,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra `audience serve` flag at scale, e.g. --serve-flag=--index-kind=ivf-pq",
     )
+    pf.add_argument(
+        "--efforts",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="also measure these per-query search efforts, e.g. 256,512",
+    )
     pf.add_argument("--seed", type=int, default=1)
     pf.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
