@@ -75,10 +75,12 @@ def crafted_profiles() -> list[Profile]:
 
 
 @pytest.fixture(scope="session")
-def embedder():
-    from audience.index import SentenceTransformerEmbedder
+def embedder(tmp_path_factory: pytest.TempPathFactory):
+    """The embedder the configured default backend gives (an ONNX one exports into a
+    session temp dir once)."""
+    from audience.index import EngineConfig, make_embedder
 
-    return SentenceTransformerEmbedder()
+    return make_embedder(EngineConfig(data_dir=tmp_path_factory.mktemp("embedder-data")))
 
 
 @pytest.fixture

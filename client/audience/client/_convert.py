@@ -315,8 +315,11 @@ def build_segments_request(
     target_segments: int, reducer: str = "", min_cluster_size: int = 0, sample_size: int = 0
 ) -> pb.BuildSegmentsRequest:
     msg = pb.BuildSegmentsRequest(reducer=string("reducer", reducer))
-    for name, value in (("target_segments", target_segments),
-                        ("min_cluster_size", min_cluster_size), ("sample_size", sample_size)):
+    for name, value in (
+        ("target_segments", target_segments),
+        ("min_cluster_size", min_cluster_size),
+        ("sample_size", sample_size),
+    ):
         _assign(msg, name, _int(name, value), name)
     return msg
 

@@ -225,8 +225,15 @@ class LookalikeQuery:
     exact: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("seed_ids", "seed_texts", "seeds", "negative_ids", "exclude_ids",
-                     "segment_ids", "exclude_segment_ids"):
+        for name in (
+            "seed_ids",
+            "seed_texts",
+            "seeds",
+            "negative_ids",
+            "exclude_ids",
+            "segment_ids",
+            "exclude_segment_ids",
+        ):
             _set(self, name, as_tuple(name, getattr(self, name)))
         filters = as_tuple("filters", self.filters)
         _set(self, "filters", tuple(Filter.parse(f) if isinstance(f, str) else f for f in filters))

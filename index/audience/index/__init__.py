@@ -5,7 +5,12 @@ engine = Engine.open(EngineConfig(data_dir="./data"))
 """
 
 from ._config import DEFAULT_MODEL, AttributeSpec, EngineConfig, Limits
-from ._embed import SentenceTransformerEmbedder, TextEmbedder, resolve_model_path
+from ._embed import (
+    SentenceTransformerEmbedder,
+    TextEmbedder,
+    make_embedder,
+    resolve_model_path,
+)
 from ._encoder import UserEncoder
 from ._engine import Engine, Progress
 from ._errors import (
@@ -19,6 +24,7 @@ from ._errors import (
     UnknownSegment,
     UnknownUser,
 )
+from ._onnx import OnnxEmbedder, export_onnx
 from ._segments import Segment, SegmentModel, SegmentParams
 from ._types import (
     AttrValue,
@@ -50,6 +56,7 @@ __all__ = [
     "Limits",
     "LookalikeQuery",
     "LookalikeResult",
+    "OnnxEmbedder",
     "PreconditionFailed",
     "Profile",
     "Progress",
@@ -68,5 +75,7 @@ __all__ = [
     "UnknownUser",
     "UserEncoder",
     "VectorIndex",
+    "export_onnx",
+    "make_embedder",
     "resolve_model_path",
 ]

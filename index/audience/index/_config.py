@@ -110,10 +110,12 @@ class EngineConfig:
     # A sentence-transformers model directory; DEFAULT_MODEL means the packaged copy.
     model: str = DEFAULT_MODEL
     device: str = "cpu"
-    # How the model runs: "torch" (sentence-transformers), "onnx" (ONNX Runtime, fp32) or
-    # "onnx-int8" (ONNX Runtime, dynamically quantized). ONNX models are exported from the
-    # model directory into the data dir (`audience export-model`), never downloaded.
-    encoder_backend: str = "torch"
+    # How the model runs: "onnx-int8" (ONNX Runtime, dynamically quantized: the default,
+    # ~9x SentenceTransformer.encode on StackOverflow titles here, cosine 0.994 to fp32, same
+    # lookalike precision), "onnx" (ONNX Runtime, fp32) or "torch" (sentence-transformers).
+    # ONNX models are exported from the local model directory into the data dir on first use
+    # (or by `audience export-model`), never downloaded.
+    encoder_backend: str = "onnx-int8"
     encode_batch_size: int = 64
     # Characters of each text given to the model (it reads at most 256 tokens anyway).
     max_embed_chars: int = 2000
@@ -138,7 +140,7 @@ class EngineConfig:
     ann_threshold: int = 100_000
     hnsw_m: int = 32  # graph degree
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128  # default per-query search depth (a query may ask for more)
+    hnsw_ef_search: int = 256  # default search depth (recall@100 0.966 at 1M, vs 0.905 at 128)
     ivf_nprobe: int = 32  # default lists probed per query by ivf-pq
     # Write an index generation after this many changes, or a tenth of the index if more
     # (and always on close); later writes are replayed from the store at start.

@@ -1,6 +1,6 @@
-"""Text embedders: the interface and the sentence-transformers implementation.
-
-A faster backend (ONNX Runtime, OpenVINO) only has to provide `TextEmbedder`.
+"""Text embedders: the interface, the sentence-transformers implementation, and
+`make_embedder`, which picks the implementation that `EngineConfig.encoder_backend` names
+("torch" here; "onnx" / "onnx-int8" in `_onnx.py`, which never imports torch).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ._config import DEFAULT_MODEL
+from ._config import DEFAULT_MODEL, EngineConfig
 from ._errors import PreconditionFailed
 
 log = logging.getLogger("audience.index")
@@ -28,6 +28,26 @@ class TextEmbedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32, each row of unit norm."""
         ...
+
+
+def make_embedder(config: EngineConfig) -> TextEmbedder:
+    """The text embedder `config.encoder_backend` names, for `config.model`.
+
+    ONNX exports live in `<data_dir>/models/<model>-<variant>/`, made from the local model
+    directory on first use (or beforehand with `audience export-model`).
+    """
+    if config.encoder_backend == "torch":
+        return SentenceTransformerEmbedder(
+            config.model, device=config.device, batch_size=config.encode_batch_size
+        )
+    from ._onnx import OnnxEmbedder
+
+    return OnnxEmbedder(
+        config.model,
+        config.encoder_backend,
+        config.data_dir / "models",
+        batch_size=config.encode_batch_size,
+    )
 
 
 def resolve_model_path(model: str) -> str:

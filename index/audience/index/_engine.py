@@ -25,7 +25,7 @@ import numpy as np
 from ._attrs import AttributeTable
 from ._config import EngineConfig
 from ._describe import describe_segments
-from ._embed import SentenceTransformerEmbedder, TextEmbedder
+from ._embed import TextEmbedder, make_embedder
 from ._encoder import UserEncoder, Vocabulary
 from ._errors import (
     InvalidQuery,
@@ -144,9 +144,7 @@ class Engine:
             config = config.with_attributes_json(store.get_meta("attributes") or "[]")
         store.set_meta("attributes", config.attributes_json())
         if embedder is None:
-            embedder = SentenceTransformerEmbedder(
-                config.model, device=config.device, batch_size=config.encode_batch_size
-            )
+            embedder = make_embedder(config)
         vocabulary = Vocabulary(config.attributes or (), store.vocabulary())
         lexical = None
         lexical_warning = None
@@ -171,6 +169,7 @@ class Engine:
         )
         if lexical_warning:
             engine.warnings.append(lexical_warning)
+        engine.warnings.extend(getattr(embedder, "warnings", ()))  # e.g. a re-exported model
         engine._load(progress)
         return engine
 

@@ -294,7 +294,7 @@ class HnswIndex(_AnnIndex):
         dim: int,
         index: faiss.Index,
         *,
-        ef_search: int = 128,
+        ef_search: int = 256,
     ) -> None:
         super().__init__(dim)
         self._index = index
@@ -320,7 +320,7 @@ class HnswIndex(_AnnIndex):
         storage: str = "fp16",
         m: int = 32,
         ef_construction: int = 80,
-        ef_search: int = 128,
+        ef_search: int = 256,
     ) -> HnswIndex:
         """storage: "fp16" | "f32" | "sq8"."""
         metric = faiss.METRIC_INNER_PRODUCT
@@ -409,7 +409,7 @@ class HnswIndex(_AnnIndex):
             faiss.downcast_index(index.index), faiss.IndexHNSW
         ):
             raise ValueError(f"expected an IndexIDMap over HNSW, found {type(index).__name__}")
-        return cls(dim, index, ef_search=options.get("ef_search", 128))
+        return cls(dim, index, ef_search=options.get("ef_search", 256))
 
 
 class IvfPqIndex(_AnnIndex):
@@ -519,7 +519,7 @@ class IndexOptions:
     kind: str = "flat"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 256
     ivf_nprobe: int = 32
 
 

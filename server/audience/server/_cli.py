@@ -26,7 +26,7 @@ from ._config import DEFAULT_PORT, load_config
 
 # The same choices EngineConfig validates (not imported from audience.index: that loads torch).
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
-INDEX_KINDS = ("auto", "flat", "hnsw", "hnsw-sq8", "ivf-pq")
+INDEX_KINDS = ("auto", "flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")
 
 log = logging.getLogger("audience.server")
 
@@ -109,6 +109,29 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
     from ._auth import hash_token
 
     print(hash_token(args.token))
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    """Export the model for an ONNX backend into the data dir, or verify the export there."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from audience.index import DEFAULT_MODEL  # heavy imports only for this command
+    from audience.index._onnx import check_export, export_dir, export_onnx
+
+    model = args.model or DEFAULT_MODEL
+    target = export_dir(Path(args.data_dir) / "models", model, args.backend)
+    problem = "forced" if args.force else check_export(target, model, args.backend)
+    if problem is None:
+        status = "verified"
+    else:
+        if problem not in ("missing", "forced"):
+            log.error("The export in %s is unusable: %s; exporting again", target, problem)
+        export_onnx(model, target, quantize=args.backend == "onnx-int8")
+        status = "exported"
+    manifest = json.loads((target / "manifest.json").read_text())
+    print(f"{status} {target / 'model.onnx'}")
+    print(f"sha256 {manifest['sha256']}")
     return 0
 
 
@@ -309,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="vector index (auto: exact below --ann-threshold users, hnsw above)",
     )
     s.add_argument("--ann-threshold", type=int, help="users from which auto uses hnsw (100000)")
-    s.add_argument("--ef-search", type=int, help="default hnsw search depth per query (128)")
+    s.add_argument("--ef-search", type=int, help="default hnsw search depth per query (256)")
     s.add_argument("--recency-half-life-days", type=float, help="decay of older texts (off)")
     s.add_argument(
         "--lexical-weight",
@@ -339,6 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("hash-token", help="print the sha256 of a token, for --tokens-file")
     s.add_argument("token")
     s.set_defaults(func=cmd_hash_token)
+
+    s = sub.add_parser(
+        "export-model", help="export the model for an ONNX encoder backend into the data dir"
+    )
+    s.add_argument("--data-dir", default="./data", help="data directory (default ./data)")
+    s.add_argument(
+        "--model", help="sentence-transformers model directory (default: packaged all-MiniLM-L6-v2)"
+    )
+    s.add_argument("--backend", choices=("onnx", "onnx-int8"), default="onnx-int8")
+    s.add_argument("--force", action="store_true", help="export again even if intact")
+    s.set_defaults(func=cmd_export_model)
 
     s = sub.add_parser("ingest", help="load profiles from a CSV/TSV/JSONL/Parquet file")
     client_flags(s)
