@@ -603,18 +603,20 @@ class Engine:
                 missing = [u for u in ids if u not in self._iid_of]
                 if missing:
                     raise UnknownUser(missing, field=field)
-            vectors, weights = [], []
+            stored = self._index.vectors(np.array([self._iid_of[u] for u in seed_ids], np.int64))
+            vectors, weights, n_stored = [], [], 0
             for seed in query.seeds:
                 if seed.user_id is not None:
-                    vectors.append(self._index.vector(self._iid_of[seed.user_id]))
+                    vectors.append(stored[n_stored])
+                    n_stored += 1
                 else:
                     vectors.append(self.encoder.query_vector(seed.text or ""))
                 weights.append(seed.weight)
             w = np.array(weights, dtype=np.float64)
             q = (w[:, None] * np.stack(vectors).astype(np.float64)).sum(axis=0) / w.sum()
             if query.negative_user_ids:
-                neg = np.stack(
-                    [self._index.vector(self._iid_of[u]) for u in query.negative_user_ids]
+                neg = self._index.vectors(
+                    np.array([self._iid_of[u] for u in query.negative_user_ids], np.int64)
                 ).mean(axis=0)
                 q = q - query.negative_weight * neg
             norm = float(np.linalg.norm(q))
@@ -622,13 +624,24 @@ class Engine:
                 raise InvalidQuery("seeds", "the seeds (less the negative users) have no direction")
             q = (q / norm).astype(np.float32)
 
-            mask = self._attrs.mask(query.filters)
-            self._segment_mask(mask, query.segment_ids, query.exclude_segment_ids)
-            removed = self._clear(mask, query.exclude_user_ids)
+            excluded = [*query.exclude_user_ids, *query.negative_user_ids]
             if not query.include_seeds:
-                removed += self._clear(mask, seed_ids)
-            removed += self._clear(mask, query.negative_user_ids)
-            eligible = int(mask.sum())
+                excluded += seed_ids
+            # Only a few users excluded (the seeds, say) and no filter: search k + that many
+            # and drop them after, rather than filtering a bitmap of every user.
+            few = not (query.filters or query.segment_ids or query.exclude_segment_ids) and (
+                len(excluded) <= POST_FILTER_MAX
+            )
+            if few:
+                mask = None
+                dropped = {self._iid_of[u] for u in excluded if u in self._iid_of}
+                removed = len(dropped)
+                eligible = len(self._iid_of) - removed
+            else:
+                mask = self._attrs.mask(query.filters)
+                self._segment_mask(mask, query.segment_ids, query.exclude_segment_ids)
+                removed = self._clear(mask, excluded)
+                eligible = int(mask.sum())
             if query.k is not None:
                 k = query.k
             else:
@@ -638,23 +651,18 @@ class Engine:
             k = min(k, eligible)
             if k == 0:
                 return [], eligible
-            # Only a few users excluded (the seeds, say) and no filter: search k + that many
-            # and drop them after, rather than filtering a bitmap of every user.
-            few = not (query.filters or query.segment_ids or query.exclude_segment_ids) and (
-                removed <= POST_FILTER_MAX
-            )
             scores, ids = self._index.search(
                 q[None, :],
                 k + removed if few else k,
-                None if few else mask,
+                mask,
                 effort=query.search_effort,
                 exact=query.exact,
             )
             users = [
-                ScoredUser(self._uid_of[int(i)], float(s))
-                for s, i in zip(scores[0], ids[0])
+                ScoredUser(self._uid_of[i], s)
+                for s, i in zip(scores[0].tolist(), ids[0].tolist())
                 if i >= 0
-                and (not few or mask[i])
+                and (not few or i not in dropped)
                 and (query.min_score is None or s >= query.min_score)
             ][:k]
         return users, eligible

@@ -76,6 +76,12 @@ class VectorIndex(ABC):
     @abstractmethod
     def ids(self) -> np.ndarray: ...
 
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), dim) stored vectors of the given ids, in order."""
+        if not len(ids):
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.vector(int(i)) for i in ids])
+
     @abstractmethod
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of everything stored, as copies."""
@@ -264,6 +270,13 @@ class _AnnIndex(VectorIndex):
 
     def ids(self) -> np.ndarray:
         return self._alive()[0]
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        labels = self._label_of[ids] if len(ids) and ids.max() < len(self._label_of) else None
+        if labels is None or (labels < 0).any():
+            return super().vectors(ids)  # raises for an id that is not there
+        return self._reconstruct(labels)
 
     def vector(self, id_: int) -> np.ndarray:
         labels = self._labels(np.array([id_]))
