@@ -88,6 +88,12 @@ def test_ingest_every_format_then_lookalike(server, tmp_path: Path, capsys) -> N
     assert main(["lookalike", "--target", target, "--seed", "code-0", "-k", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [u["user_id"].split("-")[0] for u in result["users"]] == ["code"] * 3
+    exact = ["--exact", "--search-effort", "300"]  # accepted; a flat index is exact anyway
+    assert (
+        main(["lookalike", "--target", target, "--seed", "code-0", "-k", "3", "--json", *exact])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == result
     assert (
         main(
             [

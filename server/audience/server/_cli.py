@@ -188,6 +188,8 @@ def cmd_lookalike(args: argparse.Namespace) -> int:
             min_score=args.min_score,
             segment_ids=args.segment or (),
             exclude_segment_ids=args.exclude_segment or (),
+            search_effort=args.search_effort,
+            exact=args.exact,
         )
     if args.json:
         print(
@@ -412,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--segment", action="append", help="only members of this segment; repeatable")
     s.add_argument("--exclude-segment", action="append", help="never members of this segment")
     s.add_argument("--include-seeds", action="store_true")
+    s.add_argument(
+        "--search-effort",
+        type=int,
+        help="search depth of an HNSW / IVF-PQ index (efSearch / nprobe)",
+    )
+    s.add_argument("--exact", action="store_true", help="exhaustive search on an ANN index")
     s.add_argument("--min-score", type=float)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_lookalike)
