@@ -106,9 +106,12 @@ def test_lexical_model_survives_restart(start_server, tmp_path: Path) -> None:
             (u.user_id, u.score) for u in c.find_lookalikes(seed_texts=["手机芯片"], k=6).users
         ]
         assert again == query
-        # Upserting a user again gives the identical vector (same model, same texts).
+        # Upserting a user again gives the same vector (same model, same texts): identical
+        # up to the int8 encoder's batch dependence (it quantizes activations per batch, and
+        # the first upsert embedded tech-2 among other users).
         c.upsert_users([p for p in chinese_profiles() if p.user_id == "tech-2"])
-        assert c.get_user("tech-2", include_vector=True).vector == before["tech-2"]
+        after = np.frombuffer(c.get_user("tech-2", include_vector=True).vector, "<f4")
+        assert float(after @ np.frombuffer(before["tech-2"], "<f4")) > 0.995
 
 
 def test_corrupted_lexical_model_is_detected(start_server, tmp_path: Path, caplog) -> None:
