@@ -243,7 +243,18 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     from audience.index import LookalikeQuery as EngineQuery
 
     log("  in-process engine ...")
-    engine = Engine.open(EngineConfig(data_dir=data_dir, lexical_dim=0))
+    # The same index settings as the server (an --index-kind=... serve flag, say).
+    same = {
+        flag[2:].split("=", 1)[0].replace("-", "_"): flag.split("=", 1)[1]
+        for flag in args.serve_flag
+        if flag.startswith(("--index-kind=", "--ann-threshold=", "--ef-search="))
+    }
+    if "ef_search" in same:
+        same["hnsw_ef_search"] = same.pop("ef_search")
+    for key in ("ann_threshold", "hnsw_ef_search"):
+        if key in same:
+            same[key] = int(same[key])
+    engine = Engine.open(EngineConfig(data_dir=data_dir, lexical_dim=0, **same))
     try:
         eq = [EngineQuery(seeds=tuple(Seed(user_id=ids[i]) for i in s), k=100) for s in seed_sets]
         for q in eq[:20]:
