@@ -63,8 +63,10 @@ def test_every_method_checks_the_token_and_role(start_server) -> None:
                     if RANK[role] < RANK[NEEDS[name]]:
                         assert got == grpc.StatusCode.PERMISSION_DENIED, (where, role)
                     else:
-                        assert got not in (grpc.StatusCode.UNAUTHENTICATED,
-                                           grpc.StatusCode.PERMISSION_DENIED), (where, role, got)
+                        assert got not in (
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            grpc.StatusCode.PERMISSION_DENIED,
+                        ), (where, role, got)
         assert walked == 16
     with AudienceClient(f"127.0.0.1:{server.port}", token=TOKENS["writer"]) as c:
         c.upsert_users(crafted_profiles())
@@ -101,9 +103,13 @@ def _pems(tmp: Path) -> dict[str, Path]:
         out[f"{name}.pem"] = tmp / f"{name}.pem"
         out[f"{name}.pem"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         out[f"{name}.key"] = tmp / f"{name}.key"
-        out[f"{name}.key"].write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        out[f"{name}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     out["ca.pem"] = tmp / "ca.pem"
     out["ca.pem"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     return out
@@ -111,8 +117,12 @@ def _pems(tmp: Path) -> dict[str, Path]:
 
 def test_tls_and_mtls(start_server, tmp_path: Path) -> None:
     pems = _pems(tmp_path)
-    tls = start_server(data_dir=tmp_path / "tls", host="localhost", tls_cert=pems["server.pem"],
-                       tls_key=pems["server.key"])
+    tls = start_server(
+        data_dir=tmp_path / "tls",
+        host="localhost",
+        tls_cert=pems["server.pem"],
+        tls_key=pems["server.key"],
+    )
     target = f"localhost:{tls.port}"
     with AudienceClient(target, root_certificates=pems["ca.pem"].read_bytes()) as c:
         c.upsert_users(crafted_profiles()[:3])
@@ -120,16 +130,27 @@ def test_tls_and_mtls(start_server, tmp_path: Path) -> None:
     with AudienceClient(target, timeout=3, retries=0) as plain, pytest.raises(Unavailable):
         plain.stats()  # a plaintext client cannot talk to a TLS server
 
-    mtls = start_server(data_dir=tmp_path / "mtls", host="localhost",
-                        tls_cert=pems["server.pem"], tls_key=pems["server.key"],
-                        tls_client_ca=pems["ca.pem"])
+    mtls = start_server(
+        data_dir=tmp_path / "mtls",
+        host="localhost",
+        tls_cert=pems["server.pem"],
+        tls_key=pems["server.key"],
+        tls_client_ca=pems["ca.pem"],
+    )
     target = f"localhost:{mtls.port}"
-    with AudienceClient(target, root_certificates=pems["ca.pem"].read_bytes(),
-                        certificate_chain=pems["client.pem"].read_bytes(),
-                        private_key=pems["client.key"].read_bytes()) as c:
+    with AudienceClient(
+        target,
+        root_certificates=pems["ca.pem"].read_bytes(),
+        certificate_chain=pems["client.pem"].read_bytes(),
+        private_key=pems["client.key"].read_bytes(),
+    ) as c:
         assert c.stats().users == 0
-    with AudienceClient(target, root_certificates=pems["ca.pem"].read_bytes(), timeout=3,
-                        retries=0) as no_cert, pytest.raises(Unavailable):
+    with (
+        AudienceClient(
+            target, root_certificates=pems["ca.pem"].read_bytes(), timeout=3, retries=0
+        ) as no_cert,
+        pytest.raises(Unavailable),
+    ):
         no_cert.stats()  # mTLS: no client certificate, no connection
 
 
