@@ -348,13 +348,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="bench", required=True)
+
+    def data_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--data",
+            type=Path,
+            default=DEFAULT_DATA,
+            help="folder with the data sets (env AUDIENCE_DATA; default ../shared/data)",
+        )
+
     lk = sub.add_parser("lookalike", help="precision@100 and ingest throughput")
-    lk.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="folder with the data sets (env AUDIENCE_DATA; default ../shared/data)",
-    )
+    data_flag(lk)
     lk.add_argument(
         "--dataset",
         default="stackoverflow",
@@ -369,12 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("--seed", type=int, default=1, help="random seed for the seed users")
     lk.add_argument("--quiet", action="store_true")
     sg = sub.add_parser("segments", help="HDBSCAN segments vs KMeans told the true k")
-    sg.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="folder with the data sets (env AUDIENCE_DATA; default ../shared/data)",
-    )
+    data_flag(sg)
     sg.add_argument(
         "--dataset",
         default="stackoverflow,blogs",
@@ -393,12 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     sg.add_argument("--seed", type=int, default=1)
     sg.add_argument("--quiet", action="store_true")
     pf = sub.add_parser("perf", help="encoder and index performance at scale")
-    pf.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="folder with the data sets (env AUDIENCE_DATA; default ../shared/data)",
-    )
+    data_flag(pf)
     pf.add_argument("--json", type=Path, help="write the results here")
     pf.add_argument(
         "--users", type=int, default=1_000_000, help="users at scale (0 = skip; 1000000)"

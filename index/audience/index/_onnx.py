@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ._config import DEFAULT_MODEL
-from ._durable import fsync_dir, write_durably
+from ._durable import fsync_dir, sha256_file, write_durably
 from ._errors import PreconditionFailed
 
 log = logging.getLogger("audience.index")
@@ -78,14 +77,6 @@ def export_dir(cache_dir: Path, model: str, variant: str) -> Path:
     return Path(cache_dir) / f"{base_model_id(model)}-{variant}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_export(directory: Path, model: str, variant: str) -> str | None:
     """None if `directory` holds a complete, intact export of `model` as `variant`;
     else why not ("missing" when there is no finished export at all)."""
@@ -106,7 +97,7 @@ def check_export(directory: Path, model: str, variant: str) -> str | None:
     for name in ("model.onnx", "tokenizer.json"):
         if not (directory / name).exists():
             return f"{name} is missing"
-    if _sha256(directory / "model.onnx") != manifest.get("sha256"):
+    if sha256_file(directory / "model.onnx") != manifest.get("sha256"):
         return "model.onnx does not match the sha256 in its manifest (corrupted or modified)"
     return None
 
@@ -300,7 +291,7 @@ def _export_into(model: str, source: Path, tmp: Path, *, quantize: bool) -> dict
         "source_model": base_model_id(model),
         "source_path": str(source),
         "variant": "onnx-int8" if quantize else "onnx",
-        "sha256": _sha256(model_path),
+        "sha256": sha256_file(model_path),
         "bytes": model_path.stat().st_size,
         "dim": int(want.shape[1]),
         "inputs": inputs,

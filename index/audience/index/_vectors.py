@@ -25,7 +25,6 @@ at load time. FAISS's own format is read, never pickle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ._durable import write_durably
+from ._durable import sha256_file, write_durably
 
 log = logging.getLogger("audience.index")
 
@@ -296,6 +295,16 @@ class _AnnIndex(VectorIndex):
     def __len__(self) -> int:
         return self._count
 
+    def write(self, path: Path) -> None:
+        faiss.write_index(self._index, str(path))
+
+    @staticmethod
+    def _read_faiss(path: Path, dim: int) -> faiss.Index:
+        index = faiss.read_index(str(path))
+        if index.d != dim:
+            raise ValueError(f"index dimension {index.d} != expected {dim}")
+        return index
+
 
 class HnswIndex(_AnnIndex):
     """HNSW graph (IndexHNSWSQ fp16 / 8-bit, or IndexHNSWFlat) under an IndexIDMap."""
@@ -410,14 +419,9 @@ class HnswIndex(_AnnIndex):
             params.sel = sel
         return self._index.search(q, k, params=params)
 
-    def write(self, path: Path) -> None:
-        faiss.write_index(self._index, str(path))
-
     @classmethod
     def read(cls, path: Path, dim: int, **options: int) -> HnswIndex:
-        index = faiss.read_index(str(path))
-        if index.d != dim:
-            raise ValueError(f"index dimension {index.d} != expected {dim}")
+        index = cls._read_faiss(path, dim)
         if not isinstance(index, faiss.IndexIDMap) or not isinstance(
             faiss.downcast_index(index.index), faiss.IndexHNSW
         ):
@@ -511,14 +515,9 @@ class IvfPqIndex(_AnnIndex):
             params.sel = sel
         return self._index.search(q, k, params=params)
 
-    def write(self, path: Path) -> None:
-        faiss.write_index(self._index, str(path))
-
     @classmethod
     def read(cls, path: Path, dim: int, **options: int) -> IvfPqIndex:
-        index = faiss.read_index(str(path))
-        if index.d != dim:
-            raise ValueError(f"index dimension {index.d} != expected {dim}")
+        index = cls._read_faiss(path, dim)
         if not isinstance(index, faiss.IndexIVFPQ):
             raise ValueError(f"expected an IndexIVFPQ, found {type(index).__name__}")
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
@@ -595,14 +594,6 @@ class Manifest:
     created: float
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Generations:
     """The index generations in one directory."""
 
@@ -638,7 +629,7 @@ class Generations:
         index.write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         os.replace(tmp, path)
         manifest = Manifest(
             generation=generation,
@@ -676,7 +667,7 @@ class Generations:
                 )
                 continue
             problem = None
-            if not path.exists() or _sha256(path) != m.sha256:
+            if not path.exists() or sha256_file(path) != m.sha256:
                 problem = "missing or does not match its checksum"
             else:
                 try:
