@@ -10,7 +10,8 @@
    users of one StackOverflow tag, k=100) latency and QPS with 1 and 8 clients; then the
    same engine in this process (the call without gRPC) and the raw faiss search;
    recall@100 against exact search (faiss IndexFlatIP over the same vectors), and exact
-   Flat QPS.
+   Flat QPS; last, a bare gRPC server with no Audience code whose handler works as long as
+   the engine call (bench/_grpc_floor.py): the latency any Python gRPC service adds here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from _data import DATASETS
+from _grpc_floor import FloorServer, floor_p50_ms
 from _harness import ServerProcess, encode_baseline, log
 
 from audience.client import AudienceClient, LookalikeQuery, Profile
@@ -284,6 +286,13 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         out["raw_search_p50_ms"] = _pct(lat, 50)
     finally:
         engine.close()
+
+    # The floor: a bare gRPC server (no Audience code) whose handler works as long as the
+    # engine call took in-process. What any Python gRPC service adds here around that call.
+    log("  bare gRPC server (the floor) ...")
+    with FloorServer(tmp) as floor:
+        out["grpc_floor_roundtrip_ms"] = floor_p50_ms(floor.target, 0.0)
+        out["grpc_floor_p50_ms"] = floor_p50_ms(floor.target, out["inprocess_p50_ms"])
     return out
 
 
@@ -355,6 +364,13 @@ def _table(out: dict) -> None:
         row("FindLookalikes p99 ms, gRPC", out["grpc_p99_ms"], fmt="{:>12.2f}")
         row("same engine call in-process, p50 ms", out["inprocess_p50_ms"], fmt="{:>12.2f}")
         row("raw faiss index.search, p50 ms", out["raw_search_p50_ms"], fmt="{:>12.2f}")
+        row(
+            "bare gRPC server, call as long, p50 ms",
+            out["grpc_floor_p50_ms"],
+            out["inprocess_p50_ms"],
+            "{:>12.2f}",
+        )
+        row("bare gRPC server, empty call, p50 ms", out["grpc_floor_roundtrip_ms"], fmt="{:>12.2f}")
         row("exact Flat search, p50 ms", out["exact_flat_p50_ms"], fmt="{:>12.2f}")
         row("recall@100 vs exact", out["recall_at_100"], fmt="{:>12.3f}")
         row("QPS, 1 gRPC client", out["qps_single"], out["qps_exact_flat"])

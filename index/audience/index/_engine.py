@@ -658,13 +658,14 @@ class Engine:
                 effort=query.search_effort,
                 exact=query.exact,
             )
-            users = [
-                ScoredUser(self._uid_of[i], s)
-                for s, i in zip(scores[0].tolist(), ids[0].tolist())
-                if i >= 0
-                and (not few or i not in dropped)
-                and (query.min_score is None or s >= query.min_score)
-            ][:k]
+            users: list[ScoredUser] = []
+            uid_of, min_score = self._uid_of, query.min_score
+            for s, i in zip(scores[0].tolist(), ids[0].tolist()):
+                if i < 0 or (few and i in dropped) or (min_score is not None and s < min_score):
+                    continue
+                users.append(ScoredUser(uid_of[i], s))
+                if len(users) == k:
+                    break
         return users, eligible
 
     def _clear(self, mask: np.ndarray, user_ids: Sequence[str]) -> int:
@@ -970,7 +971,9 @@ class Engine:
             raise InvalidQuery(field, "must not be empty")
         if len(user_id.encode("utf-8", "surrogatepass")) > self.limits.max_user_id_bytes:
             raise InvalidQuery(field, f"must be at most {self.limits.max_user_id_bytes} bytes")
-        if any(unicodedata.category(c) in ("Cc", "Cs") for c in user_id):
+        if not (user_id.isascii() and user_id.isprintable()) and any(
+            unicodedata.category(c) in ("Cc", "Cs") for c in user_id
+        ):
             raise InvalidQuery(field, "must not contain control characters or lone surrogates")
 
     def _check_ids(self, user_ids: Sequence[str], field: str) -> None:

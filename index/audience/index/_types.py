@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 AttrValue = float | str | bool
 
@@ -64,8 +65,9 @@ class LookalikeQuery:
     exact: bool = False  # exhaustive even on an ANN index
 
 
-@dataclass(frozen=True)
-class ScoredUser:
+class ScoredUser(NamedTuple):
+    """A user and its score. A named tuple: hundreds are made per query."""
+
     user_id: str
     score: float
 

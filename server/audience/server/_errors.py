@@ -119,13 +119,27 @@ def _is_abort(exc: Exception) -> bool:
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
-    """Wraps every handler so engine errors become the status codes in STATUS_OF."""
+    """Wraps every handler so engine errors become the status codes in STATUS_OF.
+
+    gRPC asks on every call; a method's wrapped handler is made once and kept.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, Any] = {}
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
-        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(continuation(handler_call_details), method)
+            if wrapped is not None:
+                self._wrapped[method] = wrapped
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler, method: str):
         if handler is None:
             return None
-        method = handler_call_details.method
         handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))

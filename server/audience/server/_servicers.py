@@ -17,11 +17,11 @@ from audience.client._proto import audience_pb2_grpc as pb_grpc
 from audience.index import Engine, IndexNotReady
 
 from ._convert import (
+    add_scored,
     filters_from_pb,
     memberships_to_pb,
     profiles_from_pb,
     query_from_pb,
-    scored_to_pb,
     segment_params_from_pb,
     segment_to_pb,
     stored_user_to_pb,
@@ -111,7 +111,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
     ) -> pb.LookalikeResponse:
         result = self._holder.engine.find_lookalikes(query_from_pb(request))
-        return pb.LookalikeResponse(users=scored_to_pb(result.users), eligible=result.eligible)
+        response = pb.LookalikeResponse(eligible=result.eligible)
+        add_scored(response.users, result.users)
+        return response
 
     def StreamLookalikes(
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
@@ -122,7 +124,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         for chunk in chunks:
             if not context.is_active():  # the caller went away: stop sending
                 return
-            yield pb.LookalikeChunk(users=scored_to_pb(chunk), eligible=eligible)
+            message = pb.LookalikeChunk(eligible=eligible)
+            add_scored(message.users, chunk)
+            yield message
 
     def EstimateReach(
         self, request: pb.EstimateReachRequest, context: grpc.ServicerContext
@@ -172,7 +176,9 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         for chunk in chunks:
             if not context.is_active():
                 return
-            yield pb.LookalikeChunk(users=scored_to_pb(chunk))
+            message = pb.LookalikeChunk()
+            add_scored(message.users, chunk)
+            yield message
 
 
 class AdminServicer(pb_grpc.AdminServicer):

@@ -1,0 +1,108 @@
+"""A bare gRPC server with no Audience code in it: the floor under FindLookalikes latency.
+
+Run as a process (`python bench/_grpc_floor.py PORT_FILE`). Its one unary method takes an
+8-byte double (milliseconds of work), runs as much work as took that long on a hot core, with
+the GIL released (as a faiss search does), and answers with a prebuilt 100-user
+LookalikeResponse. Same grpcio, same thread-pool server as `audience serve`.
+`floor_p50_ms(target, work_ms)` times it from a bare stub: what any Python gRPC service would
+add on this machine around a call of that length.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHOD = "/bench.Floor/Work"
+
+
+def _serve(port_file: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    import numpy as np
+
+    from audience.client._proto import audience_pb2 as pb
+
+    response = pb.LookalikeResponse(eligible=1_000_000)
+    for i in range(100):
+        response.users.add(user_id=f"u{i * 7919}", score=0.9 - i / 1000)
+    payload = response.SerializeToString()
+    a = np.random.default_rng(0).random((96, 96), dtype=np.float32)
+
+    # A fixed amount of work per call (not a time): calibrated here on a hot core, so that a
+    # call runs slower after the process wakes, as a real search does.
+    for _ in range(500):
+        a @ a
+    t0 = time.perf_counter()
+    for _ in range(5000):
+        a @ a  # BLAS runs with the GIL released
+    per_ms = 5000 / ((time.perf_counter() - t0) * 1000)
+
+    def work(request: bytes, context) -> bytes:
+        (ms,) = struct.unpack("<d", request)
+        for _ in range(round(ms * per_ms)):
+            a @ a
+        return payload
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    handler = grpc.unary_unary_rpc_method_handler(work)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.Floor", {"Work": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    with open(f"{port_file}.tmp", "w") as f:
+        f.write(str(port))
+    os.replace(f"{port_file}.tmp", port_file)
+    server.wait_for_termination()
+
+
+class FloorServer:
+    """This module as a server process; `target` once it listens."""
+
+    def __init__(self, tmp: Path) -> None:
+        port_file = tmp / f"floor-port-{time.monotonic_ns()}"
+        self.proc = subprocess.Popen([sys.executable, __file__, str(port_file)])
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError("the bare gRPC floor server did not start")
+            time.sleep(0.05)
+        self.target = f"127.0.0.1:{int(port_file.read_text())}"
+
+    def __enter__(self) -> FloorServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def floor_p50_ms(target: str, work_ms: float, calls: int = 1000) -> float:
+    """p50 of a bare unary call whose handler works `work_ms`."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(METHOD)
+        request = struct.pack("<d", work_ms)
+        for _ in range(50):
+            call(request, timeout=30)
+        lat = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            call(request, timeout=30)
+            lat.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(lat)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core busy, as one search is
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _serve(sys.argv[1])
