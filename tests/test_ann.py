@@ -99,3 +99,41 @@ def test_flat_when_configured_or_small(start_server, tmp_path):
         c.upsert_users([Profile(f"u{i}", vector=x[i].tobytes()) for i in range(200)])
         c.snapshot()
         assert c.stats().index_type == "flat"
+
+
+def test_ivf_pq_reranks_with_exact_stored_vectors(start_server, tmp_path):
+    """The compressed index keeps lossy codes; lookalikes are re-ranked with the stored exact
+    vectors, so scores are true cosines and the top agrees with exact search."""
+    n = 12_000  # ivf-pq trains once there are 10,000 users
+    server = start_server(
+        data_dir=tmp_path / "data",
+        index_kind="ivf-pq",
+        ann_threshold=10_000,
+        save_every_changes=20_000,
+        lexical_dim=0,
+    )
+    with AudienceClient(f"127.0.0.1:{server.port}", timeout=120) as c:
+        dim = c.stats().dimension
+        x = _vectors(n, dim, seed=3)
+        c.upsert_users([Profile(f"u{i}", vector=x[i].tobytes()) for i in range(n)], batch_size=1000)
+        c.snapshot()
+        assert c.stats().index_type == "ivf-pq"
+
+        seeds = [(i, i + 1) for i in range(0, 40, 2)]
+        approx = [c.find_lookalikes([f"u{a}", f"u{b}"], k=50) for a, b in seeds]
+        overlaps = []
+        for (a, b), res in zip(seeds, approx):
+            q = x[a].astype(np.float64) + x[b]
+            q /= np.linalg.norm(q)
+            cosine = x.astype(np.float64) @ q
+            got = [int(u.user_id[1:]) for u in res.users]
+            assert np.allclose([u.score for u in res.users], cosine[got], atol=1e-5)
+            assert np.all(np.diff(cosine[got]) <= 1e-6)  # best first
+            cosine[[a, b]] = -np.inf  # seeds are not returned
+            overlaps.append(len(set(got) & set(np.argsort(-cosine)[:50].tolist())) / 50)
+        assert np.mean(overlaps) >= 0.9
+
+        gone = [u.user_id for u in approx[0].users[:5]]
+        c.delete_users(gone)
+        again = c.find_lookalikes(["u0", "u1"], k=50)
+        assert not {u.user_id for u in again.users} & set(gone)

@@ -62,6 +62,11 @@ log = logging.getLogger("audience.index")
 # A query excluding at most this many users (and no filter) drops them from a longer result
 # instead of searching with a bitmap of all users.
 POST_FILTER_MAX = 1000
+# A lossy index (ivf-pq) returns this many times the candidates asked for; the engine re-ranks
+# them with the exact vectors from the store (up to REFINE_MAX_K results; larger audiences
+# keep the index's approximate order and scores).
+REFINE_FACTOR = 4
+REFINE_MAX_K = 2500
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -603,7 +608,7 @@ class Engine:
                 missing = [u for u in ids if u not in self._iid_of]
                 if missing:
                     raise UnknownUser(missing, field=field)
-            stored = self._index.vectors(np.array([self._iid_of[u] for u in seed_ids], np.int64))
+            stored = self._user_vectors(np.array([self._iid_of[u] for u in seed_ids], np.int64))
             vectors, weights, n_stored = [], [], 0
             for seed in query.seeds:
                 if seed.user_id is not None:
@@ -615,7 +620,7 @@ class Engine:
             w = np.array(weights, dtype=np.float64)
             q = (w[:, None] * np.stack(vectors).astype(np.float64)).sum(axis=0) / w.sum()
             if query.negative_user_ids:
-                neg = self._index.vectors(
+                neg = self._user_vectors(
                     np.array([self._iid_of[u] for u in query.negative_user_ids], np.int64)
                 ).mean(axis=0)
                 q = q - query.negative_weight * neg
@@ -651,13 +656,17 @@ class Engine:
             k = min(k, eligible)
             if k == 0:
                 return [], eligible
+            fetch = k + removed if few else k
+            refine = self._index.lossy and fetch <= REFINE_MAX_K
             scores, ids = self._index.search(
                 q[None, :],
-                k + removed if few else k,
+                fetch * REFINE_FACTOR if refine else fetch,
                 mask,
                 effort=query.search_effort,
                 exact=query.exact,
             )
+            if refine:
+                scores, ids = self._rerank(q, ids[0])
             users: list[ScoredUser] = []
             uid_of, min_score = self._uid_of, query.min_score
             for s, i in zip(scores[0].tolist(), ids[0].tolist()):
@@ -667,6 +676,47 @@ class Engine:
                 if len(users) == k:
                     break
         return users, eligible
+
+    def _user_vectors(self, iids: np.ndarray) -> np.ndarray:
+        """Vectors of indexed users: the index's own, or the exact stored ones when the index
+        keeps only lossy codes."""
+        if self._index.lossy:
+            found = self.store.vectors(iids.tolist())
+            if all(int(i) in found for i in iids):
+                return np.frombuffer(b"".join(found[int(i)] for i in iids), "<f4").reshape(
+                    len(iids), self._index.dim
+                )
+        return self._index.vectors(iids)
+
+    def _all_user_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(iids, vectors) of every indexed user, exact even when the index is lossy."""
+        if not self._index.lossy:
+            return self._index.all_vectors()
+        indexed = self._index.ids()
+        vectors = np.empty((len(indexed), self._index.dim), np.float32)
+        found, n = [], 0
+        for ids, blobs in self.store.iter_vectors():
+            keep = np.isin(ids, indexed)
+            m = int(keep.sum())
+            rows = np.frombuffer(b"".join(blobs), "<f4").reshape(len(blobs), -1)
+            vectors[n : n + m] = rows[keep][: len(indexed) - n]
+            found.append(ids[keep])
+            n += m
+        iids = np.concatenate(found) if found else np.zeros(0, np.int64)
+        return iids[: len(vectors)], vectors[: len(iids)]
+
+    def _rerank(self, q: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates of a lossy index scored again with their exact stored vectors, best
+        first (as one query's (scores, ids) rows)."""
+        iids = [int(i) for i in candidates if i >= 0]
+        found = self.store.vectors(iids)
+        iids = [i for i in iids if i in found]  # a user deleted meanwhile drops out
+        if not iids:
+            return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
+        vectors = np.frombuffer(b"".join(found[i] for i in iids), "<f4")
+        scores = vectors.reshape(len(iids), self._index.dim) @ q
+        order = np.argsort(-scores, kind="stable")
+        return scores[order][None, :], np.array(iids, np.int64)[order][None, :]
 
     def _clear(self, mask: np.ndarray, user_ids: Sequence[str]) -> int:
         """Unset the given users in the mask; returns how many were set."""
@@ -718,7 +768,7 @@ class Engine:
         t0 = time.perf_counter()
         log.info("Segments - Start")
         with self._rw.read():
-            iids, vectors = self._index.all_vectors()
+            iids, vectors = self._all_user_vectors()
             previous = self._segments
             uid_of = dict(self._uid_of)
         if len(iids) < 20:
@@ -852,7 +902,9 @@ class Engine:
                 else:
                     out.append(self._membership(model, uid, *hit))
             if todo:
-                vecs = np.stack([self._index.vector(self._iid_of[user_ids[i]]) for i in todo])
+                vecs = self._user_vectors(
+                    np.array([self._iid_of[user_ids[i]] for i in todo], np.int64)
+                )
                 labels, strength = model.assign(vecs)
                 for i, lab, st in zip(todo, labels, strength):
                     out[i] = self._membership(model, user_ids[i], int(lab), float(st))

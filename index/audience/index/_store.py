@@ -224,6 +224,19 @@ class ProfileStore:
                     out[int(iid)] = (json.loads(texts), json.loads(attrs))
         return out
 
+    def vectors(self, iids: Sequence[int]) -> dict[int, bytes]:
+        """iid -> stored user vector (float32 bytes) for the stored iids among these."""
+        out: dict[int, bytes] = {}
+        ids = [int(i) for i in iids]
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                out.update(
+                    self._db.execute(f"SELECT iid, vec FROM users WHERE iid IN ({marks})", chunk)
+                )
+        return out
+
     def iter_rows(self, since_seq: int = 0, batch: int = 5000) -> Iterator[list[StoredRow]]:
         """All users changed after `since_seq`, in iid order, in batches."""
         last = -1

@@ -46,6 +46,9 @@ class VectorIndex(ABC):
 
     kind: str
     dim: int
+    # Scores (and vectors) only approximate, from compressed codes: the engine re-ranks the
+    # candidates with the exact vectors from the store.
+    lossy = False
 
     @abstractmethod
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
@@ -433,6 +436,7 @@ class IvfPqIndex(_AnnIndex):
     """IndexIVFPQ (ids kept by the lists, removes natively, hashtable for reconstruct)."""
 
     kind = "ivf-pq"
+    lossy = True
     MIN_USERS = 10_000  # enough to train the coarse quantizer and the codebooks
 
     def __init__(self, dim: int, index: faiss.IndexIVFPQ, *, nprobe: int = 32) -> None:

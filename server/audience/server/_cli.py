@@ -23,6 +23,8 @@ from pathlib import Path
 from audience.client import AudienceClient, AudienceError, Filter
 
 from ._config import DEFAULT_PORT, load_config
+from ._hugepages import active as huge_pages_active
+from ._hugepages import reexec_with_huge_pages
 
 # The same choices EngineConfig validates (not imported from audience.index: that loads torch).
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -83,7 +85,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        huge_pages=args.huge_pages,
     )
+    if config.huge_pages:
+        reexec_with_huge_pages()  # returns at once when already done (or not possible)
+    log.info("Server - transparent huge pages %s", "on" if huge_pages_active() else "off")
     serve(config)
     return 0
 
@@ -344,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--lexical-dim", type=int, help="lexical dimensions, 0 = off (256)")
     s.add_argument("--max-workers", type=int, help="handler threads (16)")
+    s.add_argument(
+        "--huge-pages",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="back the index with transparent huge pages (on; restarts the process once)",
+    )
     s.add_argument(
         "--token",
         action="append",

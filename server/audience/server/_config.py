@@ -7,6 +7,7 @@ max_workers = 16              attribute_weight = 0.2            ...
 max_concurrent_rpcs = 256     attributes = ["age:numeric:13:90", "gender:categorical"]
 max_message_bytes = 67108864  recency_half_life_days = 180
 grace_seconds = 10
+huge_pages = true
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = 256  # beyond this, calls get RESOURCE_EXHAUSTED
     max_message_bytes: int = 64 * 1024 * 1024
     grace_seconds: float = 10.0  # in-flight calls get this long on SIGTERM
+    huge_pages: bool = True  # `audience serve` runs with transparent huge pages (_hugepages)
     port_file: Path | None = None  # the bound port is written here once serving
     # Bearer tokens: (sha256 hex digest, role); empty = auth off (local use only).
     tokens: tuple[tuple[str, str], ...] = ()
