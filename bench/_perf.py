@@ -12,6 +12,10 @@
    recall@100 against exact search (faiss IndexFlatIP over the same vectors), and exact
    Flat QPS; last, a bare gRPC server with no Audience code whose handler works as long as
    the engine call (bench/_grpc_floor.py): the latency any Python gRPC service adds here.
+
+Like `audience serve`, the benchmark restarts itself once with transparent huge pages (unless
+--serve-flag=--no-huge-pages), so the in-process engine and the exact baseline use the same
+kind of memory as the server.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from _grpc_floor import FloorServer, floor_p50_ms
 from _harness import ServerProcess, encode_baseline, log
 
 from audience.client import AudienceClient, LookalikeQuery, Profile
+from audience.server._hugepages import active as huge_pages_active
+from audience.server._hugepages import reexec_with_huge_pages
 
 DEFAULT_BACKEND = "default"  # whatever the server's default encoder backend is
 
@@ -297,11 +303,14 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
 
 
 def bench_perf(args: argparse.Namespace) -> dict:
+    if "--no-huge-pages" not in args.serve_flag:
+        # The in-process engine and the exact baseline get the same memory as the server.
+        reexec_with_huge_pages()
+    out: dict = {"huge_pages": huge_pages_active()}
     users = DATASETS["stackoverflow"](args.data, 1)
     if args.ingest_users and args.ingest_users < len(users):
         users = random.Random(0).sample(users, args.ingest_users)
     texts = [t for u in users for t in u.texts]
-    out: dict = {}
     with tempfile.TemporaryDirectory(prefix="audience-perf-") as tmp_name:
         tmp = Path(tmp_name)
         if not args.skip_ingest:
@@ -359,7 +368,11 @@ def _table(out: dict) -> None:
             fmt="{:>12.3f}",
         )
     if "users" in out:
-        print(f"scale ({out['users']:,} users x {out['dimension']} dims, {out['index_type']})")
+        pages = "transparent huge pages" if out["huge_pages"] else "4 KiB pages"
+        print(
+            f"scale ({out['users']:,} users x {out['dimension']} dims, {out['index_type']}, "
+            f"{pages})"
+        )
         row("FindLookalikes p50 ms, gRPC", out["grpc_p50_ms"], out["inprocess_p50_ms"], "{:>12.2f}")
         row("FindLookalikes p99 ms, gRPC", out["grpc_p99_ms"], fmt="{:>12.2f}")
         row("same engine call in-process, p50 ms", out["inprocess_p50_ms"], fmt="{:>12.2f}")

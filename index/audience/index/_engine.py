@@ -604,24 +604,27 @@ class Engine:
         # Seed vectors come from the index, under the same read lock as the search, so a
         # query never mixes vectors from before and after a rebuild.
         with self._rw.read():
+            iid_of = self._iid_of
             for field, ids in (("seeds", seed_ids), ("negative_user_ids", query.negative_user_ids)):
-                missing = [u for u in ids if u not in self._iid_of]
+                missing = [u for u in ids if u not in iid_of]
                 if missing:
                     raise UnknownUser(missing, field=field)
-            stored = self._user_vectors(np.array([self._iid_of[u] for u in seed_ids], np.int64))
-            vectors, weights, n_stored = [], [], 0
-            for seed in query.seeds:
-                if seed.user_id is not None:
-                    vectors.append(stored[n_stored])
-                    n_stored += 1
-                else:
-                    vectors.append(self.encoder.query_vector(seed.text or ""))
-                weights.append(seed.weight)
-            w = np.array(weights, dtype=np.float64)
-            q = (w[:, None] * np.stack(vectors).astype(np.float64)).sum(axis=0) / w.sum()
+            seed_iids = [iid_of[u] for u in seed_ids]
+            stored = self._user_vectors(np.array(seed_iids, np.int64)).astype(np.float64)
+            w = np.array([s.weight for s in query.seeds], dtype=np.float64)
+            if len(seed_ids) < len(query.seeds):  # text seeds too: in the order given
+                rows, n_stored = [], 0
+                for seed in query.seeds:
+                    if seed.user_id is not None:
+                        rows.append(stored[n_stored])
+                        n_stored += 1
+                    else:
+                        rows.append(self.encoder.query_vector(seed.text or ""))
+                stored = np.stack(rows).astype(np.float64)
+            q = (w @ stored) / w.sum()
             if query.negative_user_ids:
                 neg = self._user_vectors(
-                    np.array([self._iid_of[u] for u in query.negative_user_ids], np.int64)
+                    np.array([iid_of[u] for u in query.negative_user_ids], np.int64)
                 ).mean(axis=0)
                 q = q - query.negative_weight * neg
             norm = float(np.linalg.norm(q))
@@ -639,7 +642,7 @@ class Engine:
             )
             if few:
                 mask = None
-                dropped = {self._iid_of[u] for u in excluded if u in self._iid_of}
+                dropped = {iid_of[u] for u in excluded if u in iid_of}
                 removed = len(dropped)
                 eligible = len(self._iid_of) - removed
             else:
