@@ -5,8 +5,8 @@ An HNSW search over a million users hops across more than a gigabyte of graph an
 with transparent huge pages (2 MiB) when the process starts with
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which takes effect only at process start, so
 `audience serve` re-executes itself once with it set (same PID, same arguments). Measured at
-1M users on the 2-core machine, three alternating restarts each: FindLookalikes p50 through
-gRPC 2.8-3.3 ms with huge pages vs 3.5-4.7 ms without.
+1M users on the 2-core machine over 12 alternating restarts: FindLookalikes p50 through gRPC
+2.3-3.3 ms (median 2.9) with huge pages vs 2.5-4.7 ms (median 3.2) without; same RSS.
 
 Off with `huge_pages = false` ([server] in the TOML) or `--no-huge-pages`; nothing happens
 where the kernel has transparent huge pages off or the C library is not glibc 2.35+.
