@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _harness import spawn_listening
 
 METHOD = "/bench.Floor/Work"
 
@@ -68,14 +69,8 @@ class FloorServer:
 
     def __init__(self, tmp: Path) -> None:
         port_file = tmp / f"floor-port-{time.monotonic_ns()}"
-        self.proc = subprocess.Popen([sys.executable, __file__, str(port_file)])
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise RuntimeError("the bare gRPC floor server did not start")
-            time.sleep(0.05)
-        self.target = f"127.0.0.1:{int(port_file.read_text())}"
+        self.proc, port = spawn_listening([sys.executable, __file__, str(port_file)], port_file)
+        self.target = f"127.0.0.1:{port}"
 
     def __enter__(self) -> FloorServer:
         return self

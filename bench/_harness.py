@@ -8,35 +8,45 @@ import time
 from pathlib import Path
 
 
+def spawn_listening(args: list[str], port_file: Path, **popen) -> tuple[subprocess.Popen, int]:
+    """Start a server process that writes its port to `port_file`; (process, port) once it
+    has (killed, and RuntimeError, if it exits or takes over 300 s)."""
+    proc = subprocess.Popen(args, **popen)
+    deadline = time.monotonic() + 300
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{args[1:3]} did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
 class ServerProcess:
     """`audience serve` in its own process on a free port over `data_dir`."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.port_file = data_dir.parent / f"port-{time.monotonic_ns()}"
         self.log = open(data_dir.parent / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "audience.server",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                "0",
-                "--port-file",
-                str(self.port_file),
-                *extra,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 300
-        while not self.port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start; see {self.log.name}")
-            time.sleep(0.05)
-        self.target = f"127.0.0.1:{int(self.port_file.read_text())}"
+        args = [
+            sys.executable,
+            "-m",
+            "audience.server",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            "0",
+            "--port-file",
+            str(self.port_file),
+            *extra,
+        ]
+        try:
+            self.proc, port = spawn_listening(
+                args, self.port_file, stdout=self.log, stderr=subprocess.STDOUT
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(f"server did not start; see {self.log.name}") from exc
+        self.target = f"127.0.0.1:{port}"
 
     def stop(self) -> None:
         self.proc.terminate()

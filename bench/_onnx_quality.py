@@ -26,7 +26,6 @@ thread settings) and are built here from the fp32 export.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -41,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from _data import _tsv  # noqa: E402
 
 from audience.index._embed import SentenceTransformerEmbedder, resolve_model_path  # noqa: E402
 from audience.index._onnx import OnnxEmbedder, export_onnx, quantize_int8  # noqa: E402
@@ -50,9 +50,7 @@ MODEL = "all-MiniLM-L6-v2"
 
 
 def load(path: Path) -> tuple[list[str], list[str]]:
-    csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = _tsv(path)
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 

@@ -85,6 +85,11 @@ def _vec(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
 
+def _matrix(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Stored vectors (float32 bytes) as the rows of one (len(blobs), dim) array."""
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim)
+
+
 def _unit(blob: bytes) -> np.ndarray:
     """A given vector scaled to unit norm (in float64, so tiny or huge values survive)."""
     v = _vec(blob).astype(np.float64)
@@ -308,12 +313,9 @@ class Engine:
         t0 = time.perf_counter()
         if kind == "flat":
             index, done = new_index("flat", self.encoder.dim), 0
-            for rows in self.store.iter_rows():
-                index.add(
-                    np.array([r.iid for r in rows], dtype=np.int64),
-                    np.stack([_vec(r.vec) for r in rows]),
-                )
-                done += len(rows)
+            for iids, blobs in self.store.iter_vectors():  # vectors only, not texts
+                index.add(iids, _matrix(blobs, self.encoder.dim))
+                done += len(iids)
                 if progress:
                     progress("build index", done, total)
             return index
@@ -323,7 +325,7 @@ class Engine:
         for iids, blobs in self.store.iter_vectors():
             m = min(len(iids), total - n)  # (no writer runs meanwhile; this is a guard)
             ids[n : n + m] = iids[:m]
-            vecs[n : n + m] = np.frombuffer(b"".join(blobs[:m]), np.float32).reshape(m, -1)
+            vecs[n : n + m] = _matrix(blobs[:m], self.encoder.dim)
             n += m
             if progress:
                 progress("read vectors", n, total)
@@ -644,7 +646,7 @@ class Engine:
                 mask = None
                 dropped = {iid_of[u] for u in excluded if u in iid_of}
                 removed = len(dropped)
-                eligible = len(self._iid_of) - removed
+                eligible = len(iid_of) - removed
             else:
                 mask = self._attrs.mask(query.filters)
                 self._segment_mask(mask, query.segment_ids, query.exclude_segment_ids)
@@ -686,9 +688,7 @@ class Engine:
         if self._index.lossy:
             found = self.store.vectors(iids.tolist())
             if all(int(i) in found for i in iids):
-                return np.frombuffer(b"".join(found[int(i)] for i in iids), "<f4").reshape(
-                    len(iids), self._index.dim
-                )
+                return _matrix([found[int(i)] for i in iids], self._index.dim)
         return self._index.vectors(iids)
 
     def _all_user_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -698,26 +698,21 @@ class Engine:
         indexed = self._index.ids()
         vectors = np.empty((len(indexed), self._index.dim), np.float32)
         found, n = [], 0
-        for ids, blobs in self.store.iter_vectors():
+        for ids, blobs in self.store.iter_vectors():  # unique iids: at most len(indexed) kept
             keep = np.isin(ids, indexed)
-            m = int(keep.sum())
-            rows = np.frombuffer(b"".join(blobs), "<f4").reshape(len(blobs), -1)
-            vectors[n : n + m] = rows[keep][: len(indexed) - n]
             found.append(ids[keep])
-            n += m
-        iids = np.concatenate(found) if found else np.zeros(0, np.int64)
-        return iids[: len(vectors)], vectors[: len(iids)]
+            vectors[n : n + len(found[-1])] = _matrix(blobs, self._index.dim)[keep]
+            n += len(found[-1])
+        return np.concatenate(found) if found else np.zeros(0, np.int64), vectors[:n]
 
     def _rerank(self, q: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidates of a lossy index scored again with their exact stored vectors, best
         first (as one query's (scores, ids) rows)."""
-        iids = [int(i) for i in candidates if i >= 0]
-        found = self.store.vectors(iids)
-        iids = [i for i in iids if i in found]  # a user deleted meanwhile drops out
+        found = self.store.vectors([int(i) for i in candidates if i >= 0])
+        iids = [int(i) for i in candidates if int(i) in found]  # one deleted meanwhile: gone
         if not iids:
             return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
-        vectors = np.frombuffer(b"".join(found[i] for i in iids), "<f4")
-        scores = vectors.reshape(len(iids), self._index.dim) @ q
+        scores = _matrix([found[i] for i in iids], self._index.dim) @ q
         order = np.argsort(-scores, kind="stable")
         return scores[order][None, :], np.array(iids, np.int64)[order][None, :]
 

@@ -102,6 +102,28 @@ def check_export(directory: Path, model: str, variant: str) -> str | None:
     return None
 
 
+def ensure_export(
+    model: str, variant: str, directory: Path, *, force: bool = False, in_child: bool = True
+) -> tuple[str | None, dict[str, Any]]:
+    """Check the export of `model` as `variant` in `directory` and export it (again) when it
+    is missing, damaged or `force`d: (why it was exported, None if it was intact; its
+    manifest). `in_child` keeps torch out of this process."""
+    problem = "forced" if force else check_export(directory, model, variant)
+    if problem:
+        if problem == "missing":
+            log.info("Model - No %s export of %s in %s; exporting it", variant, model, directory)
+        elif problem != "forced":
+            log.error(
+                "Model - The export in %s is unusable: %s; exporting again", directory, problem
+            )
+        (_export_in_child if in_child else export_onnx)(
+            model, directory, quantize=variant == "onnx-int8"
+        )
+        if again := check_export(directory, model, variant):
+            raise PreconditionFailed(f"the {variant} export in {directory} is unusable: {again}")
+    return problem, _read_json(directory / "manifest.json")
+
+
 # ---------------------------------------------------------------- export (torch)
 
 
@@ -114,13 +136,9 @@ def _pipeline(path: Path) -> tuple[Path, str]:
 
     A Normalize module needs nothing: the exported graph always L2-normalises, since every
     `TextEmbedder` returns unit-norm rows (the torch backend normalises too)."""
-    modules = (
-        json.loads((path / "modules.json").read_text())
-        if (path / "modules.json").exists()
-        else None
-    )
-    if modules is None:  # a plain transformers directory: sentence-transformers mean-pools it
+    if not (path / "modules.json").exists():  # plain transformers: mean-pooled, as ST does
         return path, "mean"
+    modules = json.loads((path / "modules.json").read_text())
     transformer, pooling = None, None
     for module in modules:
         kind = module.get("type", "").rsplit(".", 1)[-1]
@@ -407,22 +425,12 @@ class OnnxEmbedder:
             raise PreconditionFailed(f"ONNX variant must be one of {', '.join(VARIANTS)}")
         self.warnings: list[str] = []
         directory = export_dir(Path(cache_dir), model, variant)
-        problem = check_export(directory, model, variant)
-        if problem == "missing":
-            log.info("Model - No %s export of %s in %s; exporting it", variant, model, directory)
-            _export_in_child(model, directory, quantize=variant == "onnx-int8")
-        elif problem:
-            log.error(
-                "Model - The export in %s is unusable: %s; exporting again", directory, problem
-            )
-            _export_in_child(model, directory, quantize=variant == "onnx-int8")
+        problem, manifest = ensure_export(model, variant, directory)
+        if problem and problem != "missing":
             self.warnings.append(
                 f"the {variant} model in {directory} was unusable ({problem}); "
                 f"it was exported again from {model}"
             )
-        if problem and (again := check_export(directory, model, variant)):
-            raise PreconditionFailed(f"the {variant} export in {directory} is unusable: {again}")
-        manifest = json.loads((directory / "manifest.json").read_text())
         self._load(directory, manifest, batch_size=batch_size, threads=threads)
 
     @classmethod
@@ -488,7 +496,7 @@ class OnnxEmbedder:
             return out
         batch = [t.lower() for t in texts] if self._lower else list(texts)
         encodings = self._tokenizer.encode_batch(batch)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n)
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=n)
         order = np.argsort(lengths, kind="stable")
         for rows in self._batches(order, lengths):
             width = int(lengths[rows[-1]])
@@ -497,7 +505,7 @@ class OnnxEmbedder:
             types = np.zeros((len(rows), width), dtype=np.int64)
             for r, i in enumerate(rows):
                 e = encodings[i]
-                k = len(e.ids)
+                k = int(lengths[i])
                 ids[r, :k] = e.ids
                 mask[r, :k] = 1
                 types[r, :k] = e.type_ids

@@ -212,30 +212,27 @@ class ProfileStore:
 
     def texts_and_attributes(self, iids: Sequence[int]) -> dict[int, tuple[list, dict]]:
         """iid -> (texts, attributes) for the stored iids among these."""
-        out: dict[int, tuple[list, dict]] = {}
-        ids = [int(i) for i in iids]
-        with self._lock:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for iid, texts, attrs in self._db.execute(
-                    f"SELECT iid, texts, attributes FROM users WHERE iid IN ({marks})", chunk
-                ):
-                    out[int(iid)] = (json.loads(texts), json.loads(attrs))
-        return out
+        return {
+            int(iid): (json.loads(texts), json.loads(attrs))
+            for iid, texts, attrs in self._rows_of("texts, attributes", iids)
+        }
 
     def vectors(self, iids: Sequence[int]) -> dict[int, bytes]:
         """iid -> stored user vector (float32 bytes) for the stored iids among these."""
-        out: dict[int, bytes] = {}
+        return {int(iid): vec for iid, vec in self._rows_of("vec", iids)}
+
+    def _rows_of(self, columns: str, iids: Sequence[int]) -> list[tuple]:
+        """(iid, *columns) of the stored iids among these (500 per statement)."""
         ids = [int(i) for i in iids]
+        rows: list[tuple] = []
         with self._lock:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                out.update(
-                    self._db.execute(f"SELECT iid, vec FROM users WHERE iid IN ({marks})", chunk)
-                )
-        return out
+                rows += self._db.execute(
+                    f"SELECT iid, {columns} FROM users WHERE iid IN ({marks})", chunk
+                ).fetchall()
+        return rows
 
     def iter_rows(self, since_seq: int = 0, batch: int = 5000) -> Iterator[list[StoredRow]]:
         """All users changed after `since_seq`, in iid order, in batches."""

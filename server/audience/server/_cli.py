@@ -123,20 +123,12 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from audience.index import DEFAULT_MODEL  # heavy imports only for this command
-    from audience.index._onnx import check_export, export_dir, export_onnx
+    from audience.index._onnx import ensure_export, export_dir
 
     model = args.model or DEFAULT_MODEL
     target = export_dir(Path(args.data_dir) / "models", model, args.backend)
-    problem = "forced" if args.force else check_export(target, model, args.backend)
-    if problem is None:
-        status = "verified"
-    else:
-        if problem not in ("missing", "forced"):
-            log.error("The export in %s is unusable: %s; exporting again", target, problem)
-        export_onnx(model, target, quantize=args.backend == "onnx-int8")
-        status = "exported"
-    manifest = json.loads((target / "manifest.json").read_text())
-    print(f"{status} {target / 'model.onnx'}")
+    problem, manifest = ensure_export(model, args.backend, target, force=args.force, in_child=False)
+    print(f"{'verified' if problem is None else 'exported'} {target / 'model.onnx'}")
     print(f"sha256 {manifest['sha256']}")
     return 0
 
@@ -332,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--encoder-backend",
         choices=ENCODER_BACKENDS,
-        help="how the model runs (default torch); onnx models are exported into the data dir",
+        help="how the model runs (default onnx-int8); onnx models are exported into the data dir",
     )
     s.add_argument(
         "--index-kind",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TypeVar
 
 from audience.client._proto import audience_pb2 as pb
 from audience.index import (
@@ -130,12 +131,16 @@ def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
     )
 
 
-def add_scored(field, users: Sequence[ScoredUser]) -> None:
-    """Append users to a repeated ScoredUser field (add() is twice as fast as building a list
-    of messages, which counts on the FindLookalikes hot path)."""
-    add = field.add
+M = TypeVar("M", pb.LookalikeResponse, pb.LookalikeChunk)
+
+
+def with_scored(message: M, users: Sequence[ScoredUser]) -> M:
+    """The message with users appended to its `users` field (add() is twice as fast as
+    building a list of messages, which counts on the FindLookalikes hot path)."""
+    add = message.users.add
     for user_id, score in users:
         add(user_id=user_id, score=score)
+    return message
 
 
 def segment_to_pb(s: Segment) -> pb.Segment:

@@ -17,7 +17,6 @@ from audience.client._proto import audience_pb2_grpc as pb_grpc
 from audience.index import Engine, IndexNotReady
 
 from ._convert import (
-    add_scored,
     filters_from_pb,
     memberships_to_pb,
     profiles_from_pb,
@@ -25,6 +24,7 @@ from ._convert import (
     segment_params_from_pb,
     segment_to_pb,
     stored_user_to_pb,
+    with_scored,
 )
 
 log = logging.getLogger("audience.server")
@@ -111,9 +111,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
     ) -> pb.LookalikeResponse:
         result = self._holder.engine.find_lookalikes(query_from_pb(request))
-        response = pb.LookalikeResponse(eligible=result.eligible)
-        add_scored(response.users, result.users)
-        return response
+        return with_scored(pb.LookalikeResponse(eligible=result.eligible), result.users)
 
     def StreamLookalikes(
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
@@ -124,9 +122,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         for chunk in chunks:
             if not context.is_active():  # the caller went away: stop sending
                 return
-            message = pb.LookalikeChunk(eligible=eligible)
-            add_scored(message.users, chunk)
-            yield message
+            yield with_scored(pb.LookalikeChunk(eligible=eligible), chunk)
 
     def EstimateReach(
         self, request: pb.EstimateReachRequest, context: grpc.ServicerContext
@@ -176,9 +172,7 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         for chunk in chunks:
             if not context.is_active():
                 return
-            message = pb.LookalikeChunk()
-            add_scored(message.users, chunk)
-            yield message
+            yield with_scored(pb.LookalikeChunk(), chunk)
 
 
 class AdminServicer(pb_grpc.AdminServicer):
