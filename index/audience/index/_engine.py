@@ -48,7 +48,9 @@ from ._types import (
     Stats,
     StoredUser,
     TextItem,
+    scored_users,
 )
+from ._userids import UserIdTable
 from ._vectors import (
     Generations,
     IndexOptions,
@@ -116,7 +118,7 @@ class Engine:
         self._index: VectorIndex = new_index("flat", encoder.dim)
         self._attrs = AttributeTable()
         self._iid_of: dict[str, int] = {}
-        self._uid_of: dict[int, str] = {}
+        self._uid_of = UserIdTable()
         self.warnings: list[str] = []  # what recovery at open had to do (damaged files)
         self._segments: SegmentModel | None = None
         self._segment_of: dict[int, tuple[int, float]] = {}  # iid -> (label, strength)
@@ -225,7 +227,7 @@ class Engine:
         for rows in self.store.iter_meta():
             for iid, user_id, attributes in rows:
                 self._iid_of[user_id] = iid
-                self._uid_of[iid] = user_id
+                self._uid_of.set(iid, user_id)
                 self._attrs.set(iid, attributes)
             done += len(rows)
             if progress:
@@ -243,9 +245,7 @@ class Engine:
             index, manifest = loaded
             self._generation = manifest.generation
             # Bring it up to date: users erased since, then users written since.
-            stale = np.setdiff1d(
-                index.ids(), np.fromiter(self._uid_of, np.int64, len(self._uid_of))
-            )
+            stale = np.setdiff1d(index.ids(), self._uid_of.iids())
             index.remove(stale)
             replayed = 0
             for rows in self.store.iter_rows(since_seq=manifest.sequence):
@@ -475,7 +475,7 @@ class Engine:
                 self._index.add(ids, np.stack(vecs))
                 for p, iid in zip(batch, iids):
                     self._iid_of[p.user_id] = iid
-                    self._uid_of[iid] = p.user_id
+                    self._uid_of.set(iid, p.user_id)
                     self._attrs.set(iid, p.attributes)
             self._after_write(len(batch))
         return len(batch), seq
@@ -490,7 +490,7 @@ class Engine:
                 self._index.remove(ids)
                 for uid, iid in found:
                     self._iid_of.pop(uid, None)
-                    self._uid_of.pop(iid, None)
+                    self._uid_of.pop(iid)
                     self._attrs.remove(iid)
                     self._segment_of.pop(iid, None)
             self._after_write(len(found))
@@ -672,14 +672,14 @@ class Engine:
             )
             if refine:
                 scores, ids = self._rerank(q, ids[0])
-            users: list[ScoredUser] = []
-            uid_of, min_score = self._uid_of, query.min_score
-            for s, i in zip(scores[0].tolist(), ids[0].tolist()):
-                if i < 0 or (few and i in dropped) or (min_score is not None and s < min_score):
-                    continue
-                users.append(ScoredUser(uid_of[i], s))
-                if len(users) == k:
-                    break
+            scores, ids = scores[0], ids[0]
+            keep = ids >= 0
+            if few and dropped:  # a set lookup each: np.isin costs 6x as much at this size
+                keep[[j for j, i in enumerate(ids.tolist()) if i in dropped]] = False
+            if query.min_score is not None:
+                keep &= scores >= query.min_score
+            scores, ids = scores[keep][:k], ids[keep][:k]
+            users = scored_users(self._uid_of.take(ids), scores.tolist())
         return users, eligible
 
     def _user_vectors(self, iids: np.ndarray) -> np.ndarray:
@@ -768,7 +768,7 @@ class Engine:
         with self._rw.read():
             iids, vectors = self._all_user_vectors()
             previous = self._segments
-            uid_of = dict(self._uid_of)
+            uid_of = dict(self._uid_of.items())
         if len(iids) < 20:
             raise PreconditionFailed(f"segments need at least 20 users; {len(iids)} are stored")
         enc = self.encoder
