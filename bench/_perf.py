@@ -7,11 +7,12 @@
 2. Scale: N users (default 1,000,000) with given vectors: the StackOverflow title embeddings
    replicated with noise (cosine ~0.86 to their original), ingested through gRPC. Then a
    fresh server process on that data dir: time to SERVING, RSS, FindLookalikes (20 seed
-   users of one StackOverflow tag, k=100) latency and QPS with 1 and 8 clients; then the
-   same engine in this process (the call without gRPC) and the raw faiss search;
-   recall@100 against exact search (faiss IndexFlatIP over the same vectors), and exact
-   Flat QPS; last, a bare gRPC server with no Audience code whose handler works as long as
-   the engine call (bench/_grpc_floor.py): the latency any Python gRPC service adds here.
+   users of one StackOverflow tag, k=100) latency and QPS with 1 and 8 clients, the single
+   client in rounds alternating with exact search (faiss IndexFlatIP over the same vectors,
+   in this process: the QPS baseline, and the truth for recall@100); then the same engine
+   in this process (the call without gRPC) and the raw faiss search; last, a bare gRPC
+   server with no Audience code whose handler works as long as the engine call
+   (bench/_grpc_floor.py): the latency any Python gRPC service adds here.
 
 Like `audience serve`, the benchmark restarts itself once with transparent huge pages (unless
 --serve-flag=--no-huge-pages), so the in-process engine and the exact baseline use the same
@@ -40,6 +41,7 @@ from audience.server._hugepages import active as huge_pages_active
 from audience.server._hugepages import reexec_with_huge_pages
 
 DEFAULT_BACKEND = "default"  # whatever the server's default encoder backend is
+ROUNDS = 5  # gRPC and exact Flat timings alternate in this many rounds
 
 
 def _rss(pid: int) -> tuple[int, int]:
@@ -193,6 +195,13 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         seed_sets.append(sorted(chosen))
     queries = [LookalikeQuery(seed_ids=[ids[i] for i in s], k=100) for s in seed_sets]
 
+    # Exact answers for the same query vectors (seeds are not returned: k + 20, then drop).
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(vectors)
+    qvecs = np.stack([vectors[s].astype(np.float64).mean(axis=0) for s in seed_sets])
+    qvecs = (qvecs / np.linalg.norm(qvecs, axis=1, keepdims=True)).astype(np.float32)
+    nn_exact: list[np.ndarray] = []
+
     t0 = time.perf_counter()
     server = ServerProcess(data_dir, *serve_flags)
     client = AudienceClient(server.target, timeout=600)
@@ -201,9 +210,25 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         out["start_to_serving_s"] = time.perf_counter() - t0
         log(f"  restart to SERVING: {out['start_to_serving_s']:.1f}s")
         _timed_queries(client, queries[:100])  # warm-up (a serving index is warm)
-        lat = _timed_queries(client, queries)
+        # gRPC and exact Flat in alternating rounds over the same minute, so that the
+        # machine's drift (large here) weighs on both sides of the QPS ratio alike.
+        lat, flat_lat, round_ratios = [], [], []
+        for chunk in np.array_split(np.arange(len(queries)), ROUNDS):
+            lat_r = _timed_queries(client, [queries[i] for i in chunk])
+            flat_r = []
+            for i in chunk:
+                t1 = time.perf_counter()
+                nn_exact.append(flat.search(qvecs[i][None, :], 120)[1][0])
+                flat_r.append((time.perf_counter() - t1) * 1000)
+            lat += lat_r
+            flat_lat += flat_r
+            round_ratios.append(sum(flat_r) / sum(lat_r))
         out["grpc_p50_ms"], out["grpc_p99_ms"] = _pct(lat, 50), _pct(lat, 99)
         out["qps_single"] = len(lat) / (sum(lat) / 1000)
+        out["qps_exact_flat"] = len(flat_lat) / (sum(flat_lat) / 1000)
+        out["exact_flat_p50_ms"] = _pct(flat_lat, 50)
+        out["qps_ratio_by_round"] = round_ratios
+        del flat
         results = [client.find_lookalikes(q) for q in queries]
         # The same queries at other per-query search efforts (efSearch / nprobe).
         by_effort = {}
@@ -217,20 +242,11 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         client.close()
         server.stop()
 
-    # Exact answers for the same query vectors (seeds are not returned: k + 20, then drop).
-    flat = faiss.IndexFlatIP(dim)
-    flat.add(vectors)
-    qvecs = np.stack([vectors[s].astype(np.float64).mean(axis=0) for s in seed_sets])
-    qvecs = (qvecs / np.linalg.norm(qvecs, axis=1, keepdims=True)).astype(np.float32)
     recalls = []
     truths: list[list[int]] = []
-    flat_lat = []
-    for s, qv, res in zip(seed_sets, qvecs, results):
-        t1 = time.perf_counter()
-        _, nn = flat.search(qv[None, :], 120)
-        flat_lat.append(time.perf_counter() - t1)
+    for s, nn, res in zip(seed_sets, nn_exact, results):
         seeds = set(s)
-        truth = [int(i) for i in nn[0] if int(i) not in seeds][:100]
+        truth = [int(i) for i in nn if int(i) not in seeds][:100]
         truths.append(truth)
         got = {int(u.user_id[1:]) for u in res.users}
         recalls.append(len(got & set(truth)) / len(truth))
@@ -246,9 +262,6 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         }
         for effort, (lat_e, res_e) in by_effort.items()
     }
-    out["qps_exact_flat"] = len(flat_lat) / sum(flat_lat)
-    out["exact_flat_p50_ms"] = _pct([x * 1000 for x in flat_lat], 50)
-    del flat
 
     # The same engine in this process: the call without gRPC, and the raw faiss search.
     from audience.index import Engine, EngineConfig, Seed
@@ -399,6 +412,8 @@ def _table(out: dict) -> None:
                 out["qps_exact_flat"],
             )
         row("QPS, exact Flat (in-process)", out["qps_exact_flat"])
+        ratios = " ".join(f"{r:.1f}x" for r in out["qps_ratio_by_round"])
+        print(f"  {'QPS 1 gRPC client / Flat, by round':<46}{ratios}")
         row("QPS, 8 gRPC clients", out["qps_8_clients"], out["qps_exact_flat"])
         gib = 1 << 30
         row("server RSS, GiB", out["rss_bytes"] / gib, out["raw_vector_bytes"] / gib, "{:>12.2f}")
