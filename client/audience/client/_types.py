@@ -252,7 +252,7 @@ class LookalikeQuery:
 # ---------------------------------------------------------------- results
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScoredUser:
     """A user and its cosine similarity to the query."""
 
