@@ -607,11 +607,13 @@ class Engine:
         # query never mixes vectors from before and after a rebuild.
         with self._rw.read():
             iid_of = self._iid_of
-            for field, ids in (("seeds", seed_ids), ("negative_user_ids", query.negative_user_ids)):
-                missing = [u for u in ids if u not in iid_of]
-                if missing:
-                    raise UnknownUser(missing, field=field)
-            seed_iids = [iid_of[u] for u in seed_ids]
+            seed_iids = [iid_of.get(u, -1) for u in seed_ids]  # one pass: the map is large
+            if -1 in seed_iids:
+                missing = [u for u, i in zip(seed_ids, seed_iids) if i < 0]
+                raise UnknownUser(missing, field="seeds")
+            missing = [u for u in query.negative_user_ids if u not in iid_of]
+            if missing:
+                raise UnknownUser(missing, field="negative_user_ids")
             stored = self._user_vectors(np.array(seed_iids, np.int64)).astype(np.float64)
             w = np.array([s.weight for s in query.seeds], dtype=np.float64)
             if len(seed_ids) < len(query.seeds):  # text seeds too: in the order given
