@@ -42,6 +42,8 @@ from audience.server._hugepages import reexec_with_huge_pages
 
 DEFAULT_BACKEND = "default"  # whatever the server's default encoder backend is
 ROUNDS = 5  # gRPC and exact Flat timings alternate in this many rounds
+WARMUP = 100  # queries (seeds not among the timed ones) that warm the server up
+ROUND_WARMUP = 40  # of those, untimed before each gRPC round
 
 
 def _rss(pid: int) -> tuple[int, int]:
@@ -185,7 +187,7 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     names = sorted(by_label)
     reps = max(1, n // len(base))
     seed_sets = []
-    for _ in range(args.queries):
+    for _ in range(args.queries + WARMUP):
         members = by_label[rng.choice(names)]
         chosen: set[int] = set()
         while len(chosen) < 20:
@@ -193,7 +195,9 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
             if i < n:
                 chosen.add(i)
         seed_sets.append(sorted(chosen))
+    seed_sets, warm_sets = seed_sets[: args.queries], seed_sets[args.queries :]
     queries = [LookalikeQuery(seed_ids=[ids[i] for i in s], k=100) for s in seed_sets]
+    warm = [LookalikeQuery(seed_ids=[ids[i] for i in s], k=100) for s in warm_sets]
 
     # Exact answers for the same query vectors (seeds are not returned: k + 20, then drop).
     flat = faiss.IndexFlatIP(dim)
@@ -209,11 +213,16 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         client.wait_ready(timeout=600)
         out["start_to_serving_s"] = time.perf_counter() - t0
         log(f"  restart to SERVING: {out['start_to_serving_s']:.1f}s")
-        _timed_queries(client, queries[:100])  # warm-up (a serving index is warm)
+        _timed_queries(client, warm)  # other seeds: a serving index is warm
         # gRPC and exact Flat in alternating rounds over the same minute, so that the
-        # machine's drift (large here) weighs on both sides of the QPS ratio alike.
+        # machine's drift (large here) weighs on both sides of the QPS ratio alike. Each
+        # Flat scan streams 1.5 GB through the caches, so each gRPC round is preceded by
+        # untimed queries (other seeds again), as a serving index is warm with its traffic.
         lat, flat_lat, round_ratios = [], [], []
-        for chunk in np.array_split(np.arange(len(queries)), ROUNDS):
+        for r, chunk in enumerate(np.array_split(np.arange(len(queries)), ROUNDS)):
+            _timed_queries(
+                client, [warm[(r * ROUND_WARMUP + j) % len(warm)] for j in range(ROUND_WARMUP)]
+            )
             lat_r = _timed_queries(client, [queries[i] for i in chunk])
             flat_r = []
             for i in chunk:

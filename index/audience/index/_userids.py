@@ -4,7 +4,7 @@ A numpy object array indexed by iid (None where no user has that iid) instead of
 lookalike maps a hundred random iids out of a million to user ids, and one fancy-indexing call
 in C lets the CPU overlap those memory misses, where a Python loop over a dict takes them one
 after another. Measured with a million users and cold caches (2-core machine): 42 us for 100
-ids, against 156 us for the dict lookups. It is also smaller: 8 bytes a slot, no int objects.
+ids, against 156 us for the dict lookups. It is also smaller than that dict: 8 bytes a slot.
 """
 
 from __future__ import annotations
