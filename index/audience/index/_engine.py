@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -607,13 +607,8 @@ class Engine:
         # query never mixes vectors from before and after a rebuild.
         with self._rw.read():
             iid_of = self._iid_of
-            seed_iids = [iid_of.get(u, -1) for u in seed_ids]  # one pass: the map is large
-            if -1 in seed_iids:
-                missing = [u for u, i in zip(seed_ids, seed_iids) if i < 0]
-                raise UnknownUser(missing, field="seeds")
-            missing = [u for u in query.negative_user_ids if u not in iid_of]
-            if missing:
-                raise UnknownUser(missing, field="negative_user_ids")
+            seed_iids = self._known_iids(seed_ids, "seeds")
+            negative_iids = self._known_iids(query.negative_user_ids, "negative_user_ids")
             stored = self._user_vectors(np.array(seed_iids, np.int64)).astype(np.float64)
             w = np.array([s.weight for s in query.seeds], dtype=np.float64)
             if len(seed_ids) < len(query.seeds):  # text seeds too: in the order given
@@ -627,9 +622,7 @@ class Engine:
                 stored = np.stack(rows).astype(np.float64)
             q = (w @ stored) / w.sum()
             if query.negative_user_ids:
-                neg = self._user_vectors(
-                    np.array([iid_of[u] for u in query.negative_user_ids], np.int64)
-                ).mean(axis=0)
+                neg = self._user_vectors(np.array(negative_iids, np.int64)).mean(axis=0)
                 q = q - query.negative_weight * neg
             norm = float(np.linalg.norm(q))
             if not norm > 1e-6:
@@ -684,13 +677,29 @@ class Engine:
             users = scored_users(self._uid_of.take(ids), scores.tolist())
         return users, eligible
 
+    def _known_iids(self, user_ids: Sequence[str], field: str) -> list[int]:
+        """iids of these users, each looked up once (the map is large); UnknownUser naming
+        the ones not stored."""
+        iid_of = self._iid_of
+        iids = [iid_of.get(u, -1) for u in user_ids]
+        if -1 in iids:
+            raise UnknownUser([u for u, i in zip(user_ids, iids) if i < 0], field=field)
+        return iids
+
+    def _stored_vectors(self, iids: Iterable[int]) -> tuple[list[int], np.ndarray]:
+        """(the iids still stored, in order; their exact vectors from the store)."""
+        wanted = [int(i) for i in iids]
+        found = self.store.vectors(wanted)
+        present = [i for i in wanted if i in found]
+        return present, _matrix([found[i] for i in present], self._index.dim)
+
     def _user_vectors(self, iids: np.ndarray) -> np.ndarray:
         """Vectors of indexed users: the index's own, or the exact stored ones when the index
         keeps only lossy codes."""
         if self._index.lossy:
-            found = self.store.vectors(iids.tolist())
-            if all(int(i) in found for i in iids):
-                return _matrix([found[int(i)] for i in iids], self._index.dim)
+            present, vectors = self._stored_vectors(iids)
+            if len(present) == len(iids):
+                return vectors
         return self._index.vectors(iids)
 
     def _all_user_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -710,11 +719,10 @@ class Engine:
     def _rerank(self, q: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidates of a lossy index scored again with their exact stored vectors, best
         first (as one query's (scores, ids) rows)."""
-        found = self.store.vectors([int(i) for i in candidates if i >= 0])
-        iids = [int(i) for i in candidates if int(i) in found]  # one deleted meanwhile: gone
+        iids, vectors = self._stored_vectors(i for i in candidates if i >= 0)  # deleted: gone
         if not iids:
             return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
-        scores = _matrix([found[i] for i in iids], self._index.dim) @ q
+        scores = vectors @ q
         order = np.argsort(-scores, kind="stable")
         return scores[order][None, :], np.array(iids, np.int64)[order][None, :]
 
