@@ -584,3 +584,56 @@ def test_errors_pickle_with_their_code() -> None:
     error = ac.map_rpc_error(FakeRpcError(grpc.StatusCode.DATA_LOSS, "lost"))
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is ac.ServerError and (again.code, again.details) == ("DATA_LOSS", "lost")
+
+
+# ---------------------------------------------------------------- grpc socket I/O choice
+
+_IO_PROBE = """
+import os, sys
+for name in sys.argv[1:]:
+    __import__(name)
+from concurrent import futures
+import grpc
+echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.E", {"Echo": echo}),))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    assert channel.unary_unary("/t.E/Echo")(b"ping", timeout=10) == b"ping"
+server.stop(None)
+print(repr(os.environ.get("GRPC_EXPERIMENTS")))
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "imports", "expected"),
+    [
+        (None, ["audience.client"], repr(ac._grpc_io.POLL_IO)),
+        (None, ["audience.server"], repr(ac._grpc_io.POLL_IO)),
+        ("", ["audience.client"], "''"),  # the user's choice, even empty, is kept
+        ("-event_engine_client", ["audience.client"], "'-event_engine_client'"),
+        (None, ["grpc", "audience.client"], "None"),  # too late to take effect: left unset
+    ],
+)
+def test_grpc_io_is_chosen_before_grpc_loads(
+    env: str | None, imports: list[str], expected: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    if env is not None:
+        environ["GRPC_EXPERIMENTS"] = env
+    done = subprocess.run(
+        [sys.executable, "-c", _IO_PROBE, *imports],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+    # grpc names experiments it does not know on stderr; these must all be known to it
+    assert "experiment" not in done.stderr.lower(), done.stderr

@@ -14,6 +14,8 @@ Needs only grpcio and protobuf::
 is an :class:`AudienceError` subclass named after its gRPC status.
 """
 
+# First, before anything imports grpc: it picks grpc's socket I/O (see _grpc_io).
+from . import _grpc_io  # noqa: F401  # isort: skip
 from ._async import AsyncAudienceClient
 from ._errors import (
     AudienceError,
