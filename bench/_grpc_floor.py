@@ -3,7 +3,7 @@
 Run as a process (`python bench/_grpc_floor.py PORT_FILE`). Its one unary method takes an
 8-byte double (milliseconds of work), runs as much work as took that long on a hot core, with
 the GIL released (as a faiss search does), and answers with a prebuilt 100-user
-LookalikeResponse. Same grpcio, same thread-pool server as `audience serve`.
+LookalikeResponse. Same grpcio, same thread-pool server and socket I/O as `audience serve`.
 `floor_p50_ms(target, work_ms)` times it from a bare stub: what any Python gRPC service would
 add on this machine around a call of that length.
 """
@@ -23,6 +23,8 @@ METHOD = "/bench.Floor/Work"
 
 
 def _serve(port_file: str) -> None:
+    # First: the same grpc socket I/O as `audience serve` (audience.client._grpc_io).
+    import audience.client  # noqa: F401  # isort: skip
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
