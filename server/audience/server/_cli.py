@@ -90,6 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.huge_pages:
         reexec_with_huge_pages()  # returns at once when already done (or not possible)
     log.info("Server - transparent huge pages %s", "on" if huge_pages_active() else "off")
+    log.info("Server - GRPC_EXPERIMENTS=%s", os.environ.get("GRPC_EXPERIMENTS", "(unset)"))
     serve(config)
     return 0
 
