@@ -28,3 +28,6 @@ def test_set_take_pop_and_growth() -> None:
         with pytest.raises(KeyError):
             t[missing]
     assert list(t.iids()) == [0, 5000]
+    probe = np.array([5000, 5, 0, -1, 10**9, 4999], np.int64)
+    assert t.contains(probe).tolist() == [True, False, True, False, False, False]
+    assert t.contains(np.zeros(0, np.int64)).tolist() == []

@@ -245,7 +245,8 @@ class Engine:
             index, manifest = loaded
             self._generation = manifest.generation
             # Bring it up to date: users erased since, then users written since.
-            stale = np.setdiff1d(index.ids(), self._uid_of.iids())
+            indexed = index.ids()
+            stale = indexed[~self._uid_of.contains(indexed)]
             index.remove(stale)
             replayed = 0
             for rows in self.store.iter_rows(since_seq=manifest.sequence):
