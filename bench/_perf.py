@@ -36,7 +36,7 @@ from _data import DATASETS
 from _grpc_floor import FloorServer, floor_p50_ms
 from _harness import ServerProcess, encode_baseline, log
 
-from audience.client import AudienceClient, LookalikeQuery, Profile
+from audience.client import AudienceClient, LookalikeQuery, LookalikeResult, Profile
 from audience.server._hugepages import active as huge_pages_active
 from audience.server._hugepages import reexec_with_huge_pages
 
@@ -116,13 +116,16 @@ def _replicate(base: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def _timed_queries(client: AudienceClient, queries: list[LookalikeQuery]) -> list[float]:
-    lat = []
+def _timed_queries(
+    client: AudienceClient, queries: list[LookalikeQuery]
+) -> tuple[list[float], list[LookalikeResult]]:
+    """(milliseconds per call, results), in the order of ``queries``."""
+    lat, results = [], []
     for q in queries:
         t0 = time.perf_counter()
-        client.find_lookalikes(q)
+        results.append(client.find_lookalikes(q))
         lat.append((time.perf_counter() - t0) * 1000)
-    return lat
+    return lat, results
 
 
 def _concurrent_qps(target: str, queries: list[LookalikeQuery], clients: int) -> float:
@@ -218,12 +221,13 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         # machine's drift (large here) weighs on both sides of the QPS ratio alike. Each
         # Flat scan streams 1.5 GB through the caches, so each gRPC round is preceded by
         # untimed queries (other seeds again), as a serving index is warm with its traffic.
-        lat, flat_lat, round_ratios = [], [], []
+        lat, results, flat_lat, round_ratios = [], [], [], []
         for r, chunk in enumerate(np.array_split(np.arange(len(queries)), ROUNDS)):
             _timed_queries(
                 client, [warm[(r * ROUND_WARMUP + j) % len(warm)] for j in range(ROUND_WARMUP)]
             )
-            lat_r = _timed_queries(client, [queries[i] for i in chunk])
+            lat_r, results_r = _timed_queries(client, [queries[i] for i in chunk])
+            results += results_r  # the chunks run in query order
             flat_r = []
             for i in chunk:
                 t1 = time.perf_counter()
@@ -238,13 +242,11 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         out["exact_flat_p50_ms"] = _pct(flat_lat, 50)
         out["qps_ratio_by_round"] = round_ratios
         del flat
-        results = [client.find_lookalikes(q) for q in queries]
         # The same queries at other per-query search efforts (efSearch / nprobe).
         by_effort = {}
         for effort in args.efforts:
             qe = [replace(q, search_effort=effort) for q in queries]
-            lat_e = _timed_queries(client, qe)
-            by_effort[effort] = (lat_e, [client.find_lookalikes(q) for q in qe])
+            by_effort[effort] = _timed_queries(client, qe)
         out["qps_8_clients"] = _concurrent_qps(server.target, queries * 2, 8)
         out["rss_bytes"], out["rss_peak_bytes"] = _rss(server.proc.pid)
     finally:
