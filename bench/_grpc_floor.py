@@ -23,8 +23,8 @@ METHOD = "/bench.Floor/Work"
 
 
 def _serve(port_file: str) -> None:
-    # First: the same grpc socket I/O as `audience serve` (audience.client._grpc_io).
-    import audience.client  # noqa: F401  # isort: skip
+    # First, before grpc loads: the same grpc socket I/O as `audience serve` (_process.py).
+    os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc

@@ -42,8 +42,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 from _data import _tsv  # noqa: E402
 
-from audience.index._embed import SentenceTransformerEmbedder, resolve_model_path  # noqa: E402
-from audience.index._onnx import OnnxEmbedder, export_onnx, quantize_int8  # noqa: E402
+from audience.index._encode._embed import SentenceTransformerEmbedder, resolve_model_path  # noqa: E402
+from audience.index._encode._onnx import OnnxEmbedder  # noqa: E402
+from audience.index._encode._onnx_export import export_onnx, quantize_int8  # noqa: E402
 
 DATASETS = {"stackoverflow": "stackoverflow_titles.tsv", "thucnews": "thucnews_headlines.tsv"}
 MODEL = "all-MiniLM-L6-v2"

@@ -37,8 +37,7 @@ from _grpc_floor import FloorServer, floor_p50_ms
 from _harness import ServerProcess, encode_baseline, log
 
 from audience.client import AudienceClient, LookalikeQuery, LookalikeResult, Profile
-from audience.server._hugepages import active as huge_pages_active
-from audience.server._hugepages import reexec_with_huge_pages
+from audience.server._process import huge_pages_active, reexec_with_huge_pages
 
 DEFAULT_BACKEND = "default"  # whatever the server's default encoder backend is
 ROUNDS = 5  # gRPC and exact Flat timings alternate in this many rounds
@@ -301,17 +300,18 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
             engine.find_lookalikes(q)
             lat.append((time.perf_counter() - t1) * 1000)
         out["inprocess_p50_ms"] = _pct(lat, 50)
-        raw = engine._index._index  # the faiss index object itself, at the engine's depth
+        index = engine.catalog.index
+        raw = index._index  # the faiss index object itself, at the engine's depth
         params = None
-        if hasattr(engine._index, "default_effort"):
-            kind = engine._index.kind
+        if hasattr(index, "default_effort"):
+            kind = index.kind
             params = (
                 faiss.SearchParametersIVF() if kind == "ivf-pq" else faiss.SearchParametersHNSW()
             )
             if kind == "ivf-pq":
-                params.nprobe = engine._index.default_effort
+                params.nprobe = index.default_effort
             else:
-                params.efSearch = engine._index.default_effort
+                params.efSearch = index.default_effort
         lat = []
         for qv in qvecs:
             t1 = time.perf_counter()

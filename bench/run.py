@@ -40,6 +40,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The client side opts in to grpc's poll-based socket I/O, as the README suggests for
+# latency-sensitive callers (`audience serve` sets the same on its side); before grpc loads.
+os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import DATASETS, User  # noqa: E402
@@ -321,8 +324,7 @@ def bench_scale(vectors, n: int) -> dict:
     clustering stage alone, in process (fit on the sample, assign the rest)."""
     import numpy as np
 
-    from audience.index import SegmentParams
-    from audience.index._segments import fit_clusters
+    from audience.index import SegmentBuilder, SegmentParams
 
     rng = np.random.default_rng(0)
     big = np.empty((n, vectors.shape[1]), np.float32)
@@ -332,7 +334,7 @@ def bench_scale(vectors, n: int) -> dict:
         big[start : start + len(rows)] = part / np.linalg.norm(part, axis=1, keepdims=True)
     log(f"scale: clustering {n} users ...")
     t0 = time.perf_counter()
-    c = fit_clusters(big, SegmentParams())
+    c = SegmentBuilder(SegmentParams()).cluster(big)
     seconds = time.perf_counter() - t0
     return {
         "users": n,

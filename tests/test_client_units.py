@@ -460,27 +460,23 @@ def test_timeout_sentinel_and_metadata() -> None:
         ClientOptions(retries=-1)
 
 
-# ---------------------------------------------------------------- health check wire format
+# ---------------------------------------------------------------- health check stubs
 
 
-def test_health_wire_format() -> None:
-    assert cv.health_request("") == b""
-    assert cv.health_request("audience.v1.Lookalike") == b"\x0a\x15audience.v1.Lookalike"
-    assert cv.health_status(b"") == 0
-    assert cv.health_status(b"\x08\x01") == 1
-    assert cv.health_status(b"\x12\x02hi\x08\x02\x1d\x00\x00\x00\x00") == 2  # unknown fields
-    with pytest.raises(ValueError):
-        cv.health_status(b"\x08")
+def test_health_stubs_match_grpc_health_and_load_beside_it() -> None:
+    """The client's generated grpc.health.v1 stubs (a private descriptor pool) load in the
+    same process as grpcio-health-checking's (what the server uses) and speak its wire."""
+    from audience.client._proto import health_pb2 as ours
 
-
-def test_health_wire_format_matches_grpc_health() -> None:
-    health_pb2 = pytest.importorskip("grpc_health.v1.health_pb2")
+    theirs = pytest.importorskip("grpc_health.v1.health_pb2")
+    assert ours.HealthCheckRequest is not theirs.HealthCheckRequest
     for service in ("", "x", "audience.v1.Lookalike" * 10):
-        expected = health_pb2.HealthCheckRequest(service=service).SerializeToString()
-        assert cv.health_request(service) == expected
+        wire = ours.HealthCheckRequest(service=service).SerializeToString()
+        assert wire == theirs.HealthCheckRequest(service=service).SerializeToString()
     for status in range(4):
-        wire = health_pb2.HealthCheckResponse(status=status).SerializeToString()
-        assert cv.health_status(wire) == status
+        wire = theirs.HealthCheckResponse(status=status).SerializeToString()
+        assert ours.HealthCheckResponse.FromString(wire).status == status
+    assert ours.HealthCheckResponse.SERVING == theirs.HealthCheckResponse.SERVING == 1
 
 
 # ---------------------------------------------------------------- clients without a server
@@ -584,56 +580,3 @@ def test_errors_pickle_with_their_code() -> None:
     error = ac.map_rpc_error(FakeRpcError(grpc.StatusCode.DATA_LOSS, "lost"))
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is ac.ServerError and (again.code, again.details) == ("DATA_LOSS", "lost")
-
-
-# ---------------------------------------------------------------- grpc socket I/O choice
-
-_IO_PROBE = """
-import os, sys
-for name in sys.argv[1:]:
-    __import__(name)
-from concurrent import futures
-import grpc
-echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.E", {"Echo": echo}),))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-    assert channel.unary_unary("/t.E/Echo")(b"ping", timeout=10) == b"ping"
-server.stop(None)
-print(repr(os.environ.get("GRPC_EXPERIMENTS")))
-"""
-
-
-@pytest.mark.parametrize(
-    ("env", "imports", "expected"),
-    [
-        (None, ["audience.client"], repr(ac._grpc_io.POLL_IO)),
-        (None, ["audience.server"], repr(ac._grpc_io.POLL_IO)),
-        ("", ["audience.client"], "''"),  # the user's choice, even empty, is kept
-        ("-event_engine_client", ["audience.client"], "'-event_engine_client'"),
-        (None, ["grpc", "audience.client"], "None"),  # too late to take effect: left unset
-    ],
-)
-def test_grpc_io_is_chosen_before_grpc_loads(
-    env: str | None, imports: list[str], expected: str
-) -> None:
-    import os
-    import subprocess
-    import sys
-
-    environ = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
-    if env is not None:
-        environ["GRPC_EXPERIMENTS"] = env
-    done = subprocess.run(
-        [sys.executable, "-c", _IO_PROBE, *imports],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == expected
-    # grpc names experiments it does not know on stderr; these must all be known to it
-    assert "experiment" not in done.stderr.lower(), done.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audience.index._describe import (
+from audience.index._segments._describe import (
     SegmentDescription,
     _ctfidf,
     attribute_profile,
@@ -26,7 +26,7 @@ from audience.index._describe import (
     tokenize,
 )
 
-MODULE = Path(__file__).resolve().parent.parent / "index/audience/index/_describe.py"
+MODULE = Path(__file__).resolve().parent.parent / "index/audience/index/_segments/_describe.py"
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 
 COOKING = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audience.client import AudienceClient, Profile
-from audience.index._lexical import LexicalModel, LexicalModelError, analyze, cjk_share
+from audience.index._encode._lexical import LexicalModel, LexicalModelError, analyze, cjk_share
 
 HEADLINES = {
     "sport": [

@@ -24,7 +24,8 @@ from audience.index import (
     TextEmbedder,
     make_embedder,
 )
-from audience.index._onnx import check_export, export_dir, export_onnx
+from audience.index._encode._onnx import check_export, export_dir
+from audience.index._encode._onnx_export import export_onnx
 from audience.server._cli import main
 
 MODEL = "all-MiniLM-L6-v2"

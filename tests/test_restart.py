@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from audience.client import AudienceClient, Profile
-from audience.server import _hugepages
+from audience.server import _process
 from conftest import ATTRIBUTES, crafted_profiles
 
 QUERIES = [
@@ -88,7 +88,7 @@ def test_restart_gives_same_answers(tmp_path: Path) -> None:
     statuses = first.health_statuses()
     assert statuses[0] == health_pb2.HealthCheckResponse.NOT_SERVING  # loading the model
     assert statuses[-1] == health_pb2.HealthCheckResponse.SERVING
-    if _hugepages.available():  # re-executed itself under the tunable, keeping its pid
+    if _process.huge_pages_available():  # re-executed itself under the tunable, keeping its pid
         environ = Path(f"/proc/{first.proc.pid}/environ").read_bytes().split(b"\0")
         assert any(e.startswith(b"GLIBC_TUNABLES=") and b"hugetlb=1" in e for e in environ)
         assert b"transparent huge pages on" in (tmp_path / "server.log").read_bytes()

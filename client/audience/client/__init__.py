@@ -12,10 +12,12 @@ Needs only grpcio and protobuf::
 :class:`AsyncAudienceClient` has the same methods as coroutines. Filters are
 :class:`Filter` objects or expressions (``"age>=30"``, ``"region in EU,US"``). Every error
 is an :class:`AudienceError` subclass named after its gRPC status.
+
+Importing this package changes nothing in the process: grpc runs with its own defaults. For
+lower latency per call, start the process with
+``GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener`` (see the README).
 """
 
-# First, before anything imports grpc: it picks grpc's socket I/O (see _grpc_io).
-from . import _grpc_io  # noqa: F401  # isort: skip
 from ._async import AsyncAudienceClient
 from ._errors import (
     AudienceError,

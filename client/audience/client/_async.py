@@ -1,16 +1,24 @@
-"""The asyncio client, :class:`AsyncAudienceClient` (grpc.aio)."""
+"""The asyncio client, :class:`AsyncAudienceClient`: the one hand-written client.
+
+`_sync.py` (:class:`AudienceClient`) is generated from this file by `scripts/unasync.py`
+(``async def`` -> ``def``, ``await`` -> nothing, ``grpc.aio`` -> ``grpc``, ...), as httpcore
+does; a test fails when it is stale. Requests are built and responses parsed in `_convert`,
+shared by both; only running many calls at once differs (`_concurrency`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-import grpc.aio
+import grpc.aio  # unasync: remove
 
 from . import _convert as cv
 from ._channel import Stubs, open_stubs
+from ._concurrency import AsyncProfiles, async_batches, async_run_many
 from ._errors import AudienceError, map_rpc_error
 from ._options import (
     DEFAULT,
@@ -23,6 +31,7 @@ from ._options import (
 from ._policy import ReadyWait
 from ._progress import Progress, ProgressArg
 from ._proto import audience_pb2 as pb
+from ._proto import health_pb2
 from ._types import (
     DeleteResult,
     Filter,
@@ -43,14 +52,22 @@ from ._types import (
 )
 
 T = TypeVar("T")
-Profiles = Iterable[cv.ProfileLike] | AsyncIterable[cv.ProfileLike]
 
 
 class AsyncAudienceClient:
-    """asyncio client of the Audience service: the options and methods of
-    :class:`AudienceClient`, as coroutines (streams as async iterators).
+    """Client of the Audience service for asyncio: methods are coroutines, streams are async
+    iterators. One client per event loop; the channel opens on first use.
 
-    The channel opens on first use, inside the running event loop; use one client per loop.
+    target: ``host:port`` of the server.
+    timeout: default deadline of each call in seconds (None: no deadline); every method
+        takes ``timeout=`` to override it for that call.
+    token: sent as ``authorization: Bearer <token>`` on every call.
+    retries / retry_backoff: unary calls are retried on UNAVAILABLE up to ``retries`` times,
+        pausing ``retry_backoff`` seconds first and doubling (jittered), within the deadline.
+    max_message_bytes: largest message sent or received.
+    root_certificates / private_key / certificate_chain: PEM bytes; TLS when
+        root_certificates is given (client certificate optional), plaintext otherwise.
+
     Every method raises :class:`AudienceError` subclasses, never ``grpc.RpcError``.
     """
 
@@ -79,6 +96,7 @@ class AsyncAudienceClient:
             certificate_chain=certificate_chain,
         )
         self._stubs: Stubs | None = None
+        self._opening = threading.Lock()
         self._closed = False
 
     @property
@@ -86,10 +104,10 @@ class AsyncAudienceClient:
         return self._options.target
 
     def __repr__(self) -> str:
-        return f"AsyncAudienceClient({self._options.target!r})"
+        return f"{type(self).__name__}({self._options.target!r})"
 
     async def __aenter__(self) -> AsyncAudienceClient:
-        self._live  # noqa: B018  (open the channel inside the loop)
+        self._live  # noqa: B018  (open the channel now)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -97,18 +115,23 @@ class AsyncAudienceClient:
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled. Closing twice is fine."""
-        self._closed = True
-        stubs, self._stubs = self._stubs, None
+        with self._opening:
+            self._closed = True
+            stubs, self._stubs = self._stubs, None
         if stubs is not None:
             await stubs.channel.close()
 
     @property
     def _live(self) -> Stubs:
-        if self._closed:
-            raise RuntimeError("the AsyncAudienceClient is closed")
-        if self._stubs is None:
-            self._stubs = open_stubs(self._options, grpc.aio)
-        return self._stubs
+        stubs = self._stubs
+        if stubs is None:
+            with self._opening:
+                if self._closed:
+                    raise RuntimeError(f"the {type(self).__name__} is closed")
+                if self._stubs is None:
+                    self._stubs = open_stubs(self._options, grpc.aio)
+                stubs = self._stubs
+        return stubs
 
     # ------------------------------------------------------------ call helpers
 
@@ -128,7 +151,7 @@ class AsyncAudienceClient:
     ) -> AsyncIterator[T]:
         """Items of a server stream; retried on UNAVAILABLE only before the first message.
 
-        ``timeout`` bounds the whole stream. Stopping early (``aclose()``) cancels the call.
+        ``timeout`` bounds the whole stream. Stopping early cancels the call.
         """
         attempts = self._options.attempts(timeout)
         received = False
@@ -158,13 +181,13 @@ class AsyncAudienceClient:
         waiter = ReadyWait(timeout, self._options.target)
         while True:
             try:
-                status = await self._live.health(
-                    "",
+                response = await self._live.health.Check(
+                    health_pb2.HealthCheckRequest(),
                     timeout=waiter.attempt_timeout(),
                     metadata=self._options.metadata,
                     wait_for_ready=True,
                 )
-                if waiter.serving(status):
+                if waiter.serving(response.status):
                     return
             except grpc.RpcError as exc:
                 waiter.failed(exc)
@@ -174,20 +197,26 @@ class AsyncAudienceClient:
 
     async def upsert_users(
         self,
-        profiles: Profiles,
+        profiles: AsyncProfiles,
         *,
         batch_size: int = 256,
         progress: ProgressArg = False,
         timeout: Timeout = DEFAULT,
     ) -> UpsertResult:
-        """Insert or replace profiles from an iterable or async iterable, ``batch_size`` per
-        request; see :meth:`AudienceClient.upsert_users`. timeout: per batch, seconds."""
+        """Insert or replace profiles, ``batch_size`` per request, reading ``profiles`` lazily.
+
+        Each batch is all-or-nothing and durable when acknowledged; batches are retried on
+        UNAVAILABLE (an upsert is idempotent). If a batch fails, the batches before it stay
+        written. progress: True for a bar (tqdm if installed, else stderr lines), or a
+        callable given the number of users written so far after each batch.
+        timeout: deadline of each batch's request, seconds.
+        """
         batcher = cv.Batcher(batch_size)
         cv.check_profiles(profiles)
         reporter = Progress(progress)
         totals = cv.UpsertTotals()
         try:
-            async for batch in _batches(batcher, profiles):
+            async for batch in async_batches(batcher, profiles):
                 request = cv.upsert_request(batch)
                 response = await self._unary(self._live.profiles.UpsertUsers, request, timeout)
                 reporter.update(totals.add(response))
@@ -196,10 +225,18 @@ class AsyncAudienceClient:
         return totals.result()
 
     async def stream_upsert_users(
-        self, profiles: Profiles, *, batch_size: int = 256, timeout: Timeout = DEFAULT
+        self,
+        profiles: AsyncProfiles,
+        *,
+        batch_size: int = 256,
+        timeout: Timeout = DEFAULT,
     ) -> UpsertResult:
-        """Bulk load over one client stream (not retried); see
-        :meth:`AudienceClient.stream_upsert_users`. timeout: the whole stream, seconds."""
+        """Bulk load over one client stream, each batch committed as it arrives (not retried).
+
+        timeout: deadline of the whole stream, seconds. If ``profiles`` raises (or holds a
+        malformed profile) the stream is ended, the batches already sent stay written, and
+        the error is raised.
+        """
         batcher = cv.Batcher(batch_size)
         cv.check_profiles(profiles)
         failures: list[Exception] = []
@@ -207,8 +244,8 @@ class AsyncAudienceClient:
 
         async def requests() -> AsyncIterator[pb.UpsertUsersRequest]:
             nonlocal sent
-            try:  # an error here ends the stream; it is raised to the caller below
-                async for batch in _batches(batcher, profiles):
+            try:  # runs inside grpc: the error is raised to the caller below
+                async for batch in async_batches(batcher, profiles):
                     sent += 1
                     yield cv.upsert_request(batch)
             except Exception as exc:
@@ -267,7 +304,10 @@ class AsyncAudienceClient:
         exact: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> LookalikeResult:
-        """Users most like the seeds, best first; also takes one LookalikeQuery alone."""
+        """Users most like the seeds, best first (see :class:`LookalikeQuery` for the fields).
+
+        Also takes one :class:`LookalikeQuery` alone: ``find_lookalikes(query)``.
+        """
         query = cv.build_query(
             seed_ids,
             seed_texts,
@@ -311,9 +351,10 @@ class AsyncAudienceClient:
         exact: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> AsyncIterator[ScoredUser]:
-        """The same query streamed best first: ``async for user in client.stream_lookalikes(...)``.
+        """The same query for large audiences, streamed best first.
 
-        The query is checked now. timeout: deadline of the whole stream, seconds.
+        The query is checked now; the call starts when the first user is asked for.
+        timeout: deadline of the whole stream, seconds.
         """
         query = cv.build_query(
             seed_ids,
@@ -345,32 +386,21 @@ class AsyncAudienceClient:
         timeout: Timeout = DEFAULT,
         return_exceptions: bool = False,
     ) -> list[LookalikeResult | AudienceError]:
-        """Run many queries, at most ``concurrency`` at once; results in input order.
+        """Run many queries, up to ``concurrency`` at once; results in input order.
 
-        With return_exceptions, a failed query's :class:`AudienceError` takes its place;
-        otherwise the first failure is raised and the other queries are cancelled.
-        timeout: deadline of each query, seconds.
+        With return_exceptions, a failed query's :class:`AudienceError` takes its place in
+        the list; otherwise the first failure is raised and the other queries are dropped
+        (those not yet started) or cancelled. timeout: deadline of each query, seconds.
         """
         requests = [cv.lookalike_request(q) for q in as_tuple("queries", queries)]
-        semaphore = asyncio.Semaphore(cv.check_concurrency(concurrency))
+        cv.check_concurrency(concurrency)
 
-        async def one(request: pb.LookalikeRequest) -> LookalikeResult | AudienceError:
-            async with semaphore:
-                try:
-                    return await self._find(request, timeout)
-                except AudienceError as exc:
-                    if return_exceptions:
-                        return exc
-                    raise
+        async def find(request: pb.LookalikeRequest) -> LookalikeResult:
+            return await self._find(request, timeout)
 
-        tasks = [asyncio.ensure_future(one(r)) for r in requests]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await async_run_many(
+            find, requests, concurrency=concurrency, return_exceptions=return_exceptions
+        )
 
     async def estimate_reach(
         self,
@@ -391,16 +421,30 @@ class AsyncAudienceClient:
     async def rebuild_index(
         self, *, reembed: bool = False, timeout: Timeout = None
     ) -> RebuildResult:
-        """Rebuild the vector index and swap it in (no deadline unless ``timeout`` is given)."""
+        """Rebuild the vector index and swap it in atomically (a long job: no deadline unless
+        ``timeout`` seconds are given). reembed: embed every stored text again."""
         request = cv.rebuild_request(reembed)
-        return cv.rebuild_result(await self._unary(self._live.admin.RebuildIndex, request, timeout))
+        response = await self._unary(self._live.admin.RebuildIndex, request, timeout)
+        return cv.rebuild_result(response)
 
     async def build_segments(
-        self, *, target_segments: int = 0, timeout: Timeout = None
+        self,
+        *,
+        target_segments: int = 0,
+        reducer: str = "",
+        min_cluster_size: int = 0,
+        sample_size: int = 0,
+        timeout: Timeout = None,
     ) -> SegmentBuild:
-        """Build a new segment model (no deadline unless ``timeout`` is given)."""
-        request = cv.build_segments_request(target_segments)
-        return cv.segment_build(await self._unary(self._live.admin.BuildSegments, request, timeout))
+        """Build a new segment model (a long job: no deadline unless ``timeout`` is given).
+
+        target_segments: exactly this many segments (k-means); 0 lets HDBSCAN decide.
+        reducer: "umap" or "pca" ("" = server default); min_cluster_size: smallest segment
+        (0 = 1% of the fit sample); sample_size: users the clustering is fitted on (0 = 20,000).
+        """
+        request = cv.build_segments_request(target_segments, reducer, min_cluster_size, sample_size)
+        response = await self._unary(self._live.admin.BuildSegments, request, timeout)
+        return cv.segment_build(response)
 
     async def snapshot(self, *, timeout: Timeout = DEFAULT) -> SnapshotResult:
         """Write a consistent copy of the store and the index under the server's data dir."""
@@ -449,18 +493,3 @@ class AsyncAudienceClient:
         return self._server_stream(
             self._live.segments.StreamSegmentMembers, request, timeout, cv.scored_users
         )
-
-
-async def _batches(batcher: cv.Batcher, profiles: Profiles) -> AsyncIterator[list[pb.Profile]]:
-    """Batches from an iterable or an async iterable of profiles."""
-    if not cv.is_async_iterable(profiles):
-        for batch in batcher.batches(profiles):  # type: ignore[arg-type]
-            yield batch
-        return
-    async for profile in profiles:  # type: ignore[union-attr]
-        batch = batcher.add(profile)
-        if batch:
-            yield batch
-    last = batcher.flush()
-    if last:
-        yield last

@@ -5,13 +5,13 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from . import _convert as cv
 from ._options import ClientOptions
 from ._proto import audience_pb2_grpc as pb_grpc
+from ._proto import health_pb2_grpc
 
 
 class Stubs:
-    """The four service stubs and the hand-built health check of one channel.
+    """The four service stubs and the standard health service of one channel.
 
     Works with a ``grpc.Channel`` or a ``grpc.aio.Channel``: both build the same callables.
     """
@@ -22,12 +22,7 @@ class Stubs:
         self.lookalike = pb_grpc.LookalikeStub(channel)
         self.segments = pb_grpc.SegmentsStub(channel)
         self.admin = pb_grpc.AdminStub(channel)
-        # grpc.health.v1.Health/Check, without the grpcio-health-checking package.
-        self.health = channel.unary_unary(
-            cv.HEALTH_CHECK,
-            request_serializer=cv.health_request,
-            response_deserializer=cv.health_status,
-        )
+        self.health = health_pb2_grpc.HealthStub(channel)
 
 
 def open_stubs(options: ClientOptions, grpc_module: ModuleType) -> Stubs:

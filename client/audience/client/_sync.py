@@ -1,16 +1,23 @@
-"""The blocking client, :class:`AudienceClient`."""
+# Generated from _async.py by scripts/unasync.py: edit _async.py, then run it again.
+"""The blocking client, :class:`AudienceClient`, generated from `_async.py`
+(:class:`AudienceClient`, the one hand-written client) by `scripts/unasync.py`
+(``async def`` -> ``def``, ``await`` -> nothing, ``grpc`` -> ``grpc``, ...), as httpcore
+does; a test fails when it is stale. Requests are built and responses parsed in `_convert`,
+shared by both; only running many calls at once differs (`_concurrency`).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+import threading
+from collections.abc import Iterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from . import _convert as cv
 from ._channel import Stubs, open_stubs
+from ._concurrency import Profiles, batches, run_many
 from ._errors import AudienceError, map_rpc_error
 from ._options import (
     DEFAULT,
@@ -23,6 +30,7 @@ from ._options import (
 from ._policy import ReadyWait
 from ._progress import Progress, ProgressArg
 from ._proto import audience_pb2 as pb
+from ._proto import health_pb2
 from ._types import (
     DeleteResult,
     Filter,
@@ -46,7 +54,8 @@ T = TypeVar("T")
 
 
 class AudienceClient:
-    """Blocking client of the Audience service; safe to share between threads.
+    """Client of the Audience service that blocks: safe to share between threads; the channel
+    opens on first use.
 
     target: ``host:port`` of the server.
     timeout: default deadline of each call in seconds (None: no deadline); every method
@@ -74,7 +83,7 @@ class AudienceClient:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
     ) -> None:
-        self._options = options = ClientOptions(
+        self._options = ClientOptions(
             target=target,
             timeout=timeout,
             token=token,
@@ -85,16 +94,19 @@ class AudienceClient:
             private_key=private_key,
             certificate_chain=certificate_chain,
         )
-        self._stubs: Stubs | None = open_stubs(options, grpc)
+        self._stubs: Stubs | None = None
+        self._opening = threading.Lock()
+        self._closed = False
 
     @property
     def target(self) -> str:
         return self._options.target
 
     def __repr__(self) -> str:
-        return f"AudienceClient({self._options.target!r})"
+        return f"{type(self).__name__}({self._options.target!r})"
 
     def __enter__(self) -> AudienceClient:
+        self._live  # noqa: B018  (open the channel now)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -102,24 +114,34 @@ class AudienceClient:
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled. Closing twice is fine."""
-        stubs, self._stubs = self._stubs, None
+        with self._opening:
+            self._closed = True
+            stubs, self._stubs = self._stubs, None
         if stubs is not None:
             stubs.channel.close()
 
     @property
     def _live(self) -> Stubs:
-        if self._stubs is None:
-            raise RuntimeError("the AudienceClient is closed")
-        return self._stubs
+        stubs = self._stubs
+        if stubs is None:
+            with self._opening:
+                if self._closed:
+                    raise RuntimeError(f"the {type(self).__name__} is closed")
+                if self._stubs is None:
+                    self._stubs = open_stubs(self._options, grpc)
+                stubs = self._stubs
+        return stubs
 
     # ------------------------------------------------------------ call helpers
 
-    def _unary(self, method: Callable[..., T], request: Any, timeout: Timeout) -> T:
+    def _unary(self, method: Callable[..., Any], request: Any, timeout: Timeout) -> Any:
         """One unary call, retried on UNAVAILABLE within its deadline."""
         attempts = self._options.attempts(timeout)
         while True:
             try:
-                return method(request, timeout=attempts.timeout(), metadata=self._options.metadata)
+                return method(
+                    request, timeout=attempts.timeout(), metadata=self._options.metadata
+                )
             except grpc.RpcError as exc:
                 time.sleep(attempts.backoff(exc))
 
@@ -137,7 +159,8 @@ class AudienceClient:
             try:
                 for message in call:
                     received = True
-                    yield from parse(message)
+                    for item in parse(message):
+                        yield item
                 return
             except grpc.RpcError as exc:
                 if received:
@@ -157,13 +180,13 @@ class AudienceClient:
         waiter = ReadyWait(timeout, self._options.target)
         while True:
             try:
-                status = self._live.health(
-                    "",
+                response = self._live.health.Check(
+                    health_pb2.HealthCheckRequest(),
                     timeout=waiter.attempt_timeout(),
                     metadata=self._options.metadata,
                     wait_for_ready=True,
                 )
-                if waiter.serving(status):
+                if waiter.serving(response.status):
                     return
             except grpc.RpcError as exc:
                 waiter.failed(exc)
@@ -173,7 +196,7 @@ class AudienceClient:
 
     def upsert_users(
         self,
-        profiles: Iterable[cv.ProfileLike],
+        profiles: Profiles,
         *,
         batch_size: int = 256,
         progress: ProgressArg = False,
@@ -192,7 +215,7 @@ class AudienceClient:
         reporter = Progress(progress)
         totals = cv.UpsertTotals()
         try:
-            for batch in batcher.batches(profiles):
+            for batch in batches(batcher, profiles):
                 request = cv.upsert_request(batch)
                 response = self._unary(self._live.profiles.UpsertUsers, request, timeout)
                 reporter.update(totals.add(response))
@@ -202,7 +225,7 @@ class AudienceClient:
 
     def stream_upsert_users(
         self,
-        profiles: Iterable[cv.ProfileLike],
+        profiles: Profiles,
         *,
         batch_size: int = 256,
         timeout: Timeout = DEFAULT,
@@ -216,12 +239,13 @@ class AudienceClient:
         batcher = cv.Batcher(batch_size)
         cv.check_profiles(profiles)
         failures: list[Exception] = []
-        sent = [0]
+        sent = 0
 
         def requests() -> Iterator[pb.UpsertUsersRequest]:
-            try:  # runs in a gRPC thread: keep the error for the caller's thread
-                for batch in batcher.batches(profiles):
-                    sent[0] += 1
+            nonlocal sent
+            try:  # runs inside grpc: the error is raised to the caller below
+                for batch in batches(batcher, profiles):
+                    sent += 1
                     yield cv.upsert_request(batch)
             except Exception as exc:
                 failures.append(exc)
@@ -239,13 +263,16 @@ class AudienceClient:
         if failures:
             raise failures[0]
         totals = cv.UpsertTotals()
-        totals.add(response, batches=sent[0])
+        totals.add(response, batches=sent)
         return totals.result()
 
-    def delete_users(self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT) -> DeleteResult:
+    def delete_users(
+        self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT
+    ) -> DeleteResult:
         """Erase users from the store and the index; unknown ids are reported, not errors."""
         request = cv.delete_request(user_ids)
-        return cv.delete_result(self._unary(self._live.profiles.DeleteUsers, request, timeout))
+        response = self._unary(self._live.profiles.DeleteUsers, request, timeout)
+        return cv.delete_result(response)
 
     def get_user(
         self, user_id: str, *, include_vector: bool = False, timeout: Timeout = DEFAULT
@@ -325,7 +352,7 @@ class AudienceClient:
     ) -> Iterator[ScoredUser]:
         """The same query for large audiences, streamed best first.
 
-        The query is checked now; the call starts on the first ``next()``.
+        The query is checked now; the call starts when the first user is asked for.
         timeout: deadline of the whole stream, seconds.
         """
         query = cv.build_query(
@@ -361,32 +388,18 @@ class AudienceClient:
         """Run many queries, up to ``concurrency`` at once; results in input order.
 
         With return_exceptions, a failed query's :class:`AudienceError` takes its place in
-        the list; otherwise the first failure is raised and queries not yet started are
-        dropped. timeout: deadline of each query, seconds.
+        the list; otherwise the first failure is raised and the other queries are dropped
+        (those not yet started) or cancelled. timeout: deadline of each query, seconds.
         """
         requests = [cv.lookalike_request(q) for q in as_tuple("queries", queries)]
         cv.check_concurrency(concurrency)
-        if not requests:
-            return []
-        pool = ThreadPoolExecutor(min(concurrency, len(requests)), "audience-lookalike")
-        try:
-            futures = [pool.submit(self._find, r, timeout) for r in requests]
-            if not return_exceptions:
-                wait(futures, return_when=FIRST_EXCEPTION)
-                for future in futures:
-                    if future.done() and future.exception() is not None:
-                        raise future.exception()  # type: ignore[misc]
-            results: list[LookalikeResult | AudienceError] = []
-            for future in futures:
-                try:
-                    results.append(future.result())
-                except AudienceError as exc:
-                    if not return_exceptions:
-                        raise
-                    results.append(exc)
-            return results
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+
+        def find(request: pb.LookalikeRequest) -> LookalikeResult:
+            return self._find(request, timeout)
+
+        return run_many(
+            find, requests, concurrency=concurrency, return_exceptions=return_exceptions
+        )
 
     def estimate_reach(
         self,
@@ -399,15 +412,19 @@ class AudienceClient:
     ) -> ReachEstimate:
         """How many users pass ``filters`` (Filter objects or expressions), less exclusions."""
         request = cv.reach_request(filters, exclude_ids, segment_ids, exclude_segment_ids)
-        return cv.reach_estimate(self._unary(self._live.lookalike.EstimateReach, request, timeout))
+        response = self._unary(self._live.lookalike.EstimateReach, request, timeout)
+        return cv.reach_estimate(response)
 
     # ------------------------------------------------------------ admin
 
-    def rebuild_index(self, *, reembed: bool = False, timeout: Timeout = None) -> RebuildResult:
+    def rebuild_index(
+        self, *, reembed: bool = False, timeout: Timeout = None
+    ) -> RebuildResult:
         """Rebuild the vector index and swap it in atomically (a long job: no deadline unless
         ``timeout`` seconds are given). reembed: embed every stored text again."""
         request = cv.rebuild_request(reembed)
-        return cv.rebuild_result(self._unary(self._live.admin.RebuildIndex, request, timeout))
+        response = self._unary(self._live.admin.RebuildIndex, request, timeout)
+        return cv.rebuild_result(response)
 
     def build_segments(
         self,
@@ -420,28 +437,30 @@ class AudienceClient:
     ) -> SegmentBuild:
         """Build a new segment model (a long job: no deadline unless ``timeout`` is given).
 
-        target_segments: desired number of segments; 0 lets HDBSCAN decide.
+        target_segments: exactly this many segments (k-means); 0 lets HDBSCAN decide.
         reducer: "umap" or "pca" ("" = server default); min_cluster_size: smallest segment
         (0 = 1% of the fit sample); sample_size: users the clustering is fitted on (0 = 20,000).
         """
         request = cv.build_segments_request(target_segments, reducer, min_cluster_size, sample_size)
-        return cv.segment_build(self._unary(self._live.admin.BuildSegments, request, timeout))
+        response = self._unary(self._live.admin.BuildSegments, request, timeout)
+        return cv.segment_build(response)
 
     def snapshot(self, *, timeout: Timeout = DEFAULT) -> SnapshotResult:
         """Write a consistent copy of the store and the index under the server's data dir."""
-        return cv.snapshot_result(
-            self._unary(self._live.admin.Snapshot, pb.SnapshotRequest(), timeout)
-        )
+        response = self._unary(self._live.admin.Snapshot, pb.SnapshotRequest(), timeout)
+        return cv.snapshot_result(response)
 
     def stats(self, *, timeout: Timeout = DEFAULT) -> Stats:
         """What the server holds: users, indexed vectors, model, generation, attributes."""
-        return cv.stats(self._unary(self._live.admin.GetStats, pb.GetStatsRequest(), timeout))
+        response = self._unary(self._live.admin.GetStats, pb.GetStatsRequest(), timeout)
+        return cv.stats(response)
 
     # ------------------------------------------------------------ segments
 
     def list_segments(self, *, timeout: Timeout = DEFAULT) -> list[Segment]:
         """Every segment of the current segment model."""
-        response = self._unary(self._live.segments.ListSegments, pb.ListSegmentsRequest(), timeout)
+        request = pb.ListSegmentsRequest()
+        response = self._unary(self._live.segments.ListSegments, request, timeout)
         return [cv.segment(s) for s in response.segments]
 
     def get_segment(self, segment_id: str, *, timeout: Timeout = DEFAULT) -> Segment:
@@ -454,14 +473,16 @@ class AudienceClient:
     ) -> list[UserSegment]:
         """The segment of each stored user, with membership strength and outlier flag."""
         request = cv.user_segments_request(user_ids)
-        return cv.user_segments(self._unary(self._live.segments.GetUserSegments, request, timeout))
+        response = self._unary(self._live.segments.GetUserSegments, request, timeout)
+        return cv.user_segments(response)
 
     def assign_segments(
         self, profiles: Iterable[cv.ProfileLike], *, timeout: Timeout = DEFAULT
     ) -> list[UserSegment]:
         """Segments for profiles that are not stored (nothing is written)."""
         request = cv.assign_request(profiles)
-        return cv.user_segments(self._unary(self._live.segments.AssignSegments, request, timeout))
+        response = self._unary(self._live.segments.AssignSegments, request, timeout)
+        return cv.user_segments(response)
 
     def stream_segment_members(
         self, segment_id: str, *, timeout: Timeout = DEFAULT

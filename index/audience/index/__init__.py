@@ -1,81 +1,180 @@
-"""audience.index: the engine (profile store, user encoder, vector index, lookalikes).
+"""audience.index: the engine (profile store, user encoder, vector index, lookalikes, segments).
 
-from audience.index import Engine, EngineConfig
-engine = Engine.open(EngineConfig(data_dir="./data"))
+    from audience.index import Engine, EngineConfig
+    engine = Engine.open(EngineConfig(data_dir="./data"))
+
+Names load on first use (PEP 562), so `import audience.index` is cheap and reading one
+setting (`from audience.index import INDEX_KIND_SETTINGS`) does not load FAISS or a model.
+Importing changes nothing outside this package (no environment, no logging settings).
+The parts and which may use which: docs/architecture.md.
 """
 
-from ._config import DEFAULT_MODEL, AttributeSpec, EngineConfig, Limits
-from ._embed import (
-    SentenceTransformerEmbedder,
-    TextEmbedder,
-    make_embedder,
-    resolve_model_path,
-)
-from ._encoder import UserEncoder
-from ._engine import Engine, Progress
-from ._errors import (
-    AudienceError,
-    Cancelled,
-    IndexNotReady,
-    InvalidQuery,
-    LimitExceeded,
-    PreconditionFailed,
-    SegmentsNotBuilt,
-    UnknownSegment,
-    UnknownUser,
-)
-from ._onnx import OnnxEmbedder, export_onnx
-from ._segments import Segment, SegmentModel, SegmentParams
-from ._types import (
-    AttrValue,
-    Filter,
-    LookalikeQuery,
-    LookalikeResult,
-    Profile,
-    ScoredUser,
-    Seed,
-    Stats,
-    StoredUser,
-    TextItem,
-)
-from ._vectors import FlatIndex, VectorIndex
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "AttrValue",
-    "AttributeSpec",
-    "AudienceError",
-    "Cancelled",
-    "Engine",
-    "EngineConfig",
-    "Filter",
-    "FlatIndex",
-    "IndexNotReady",
-    "InvalidQuery",
-    "LimitExceeded",
-    "Limits",
-    "LookalikeQuery",
-    "LookalikeResult",
-    "OnnxEmbedder",
-    "PreconditionFailed",
-    "Profile",
-    "Progress",
-    "ScoredUser",
-    "Seed",
-    "Segment",
-    "SegmentModel",
-    "SegmentParams",
-    "SegmentsNotBuilt",
-    "SentenceTransformerEmbedder",
-    "Stats",
-    "StoredUser",
-    "TextEmbedder",
-    "TextItem",
-    "UnknownSegment",
-    "UnknownUser",
-    "UserEncoder",
-    "VectorIndex",
-    "export_onnx",
-    "make_embedder",
-    "resolve_model_path",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the private module that defines it
+_EXPORTS = {
+    "DEFAULT_MODEL": "._config",
+    "ENCODER_BACKENDS": "._config",
+    "INDEX_KIND_SETTINGS": "._config",
+    "INDEX_KINDS": "._config",
+    "ONNX_VARIANTS": "._config",
+    "AttributeSpec": "._config",
+    "EngineConfig": "._config",
+    "Limits": "._config",
+    "AudienceError": "._errors",
+    "ConfigError": "._errors",
+    "IndexNotReady": "._errors",
+    "InvalidQuery": "._errors",
+    "LimitExceeded": "._errors",
+    "PreconditionFailed": "._errors",
+    "SegmentsNotBuilt": "._errors",
+    "UnknownSegment": "._errors",
+    "UnknownUser": "._errors",
+    "AttrValue": "._types",
+    "DeleteResult": "._types",
+    "Filter": "._types",
+    "LookalikeQuery": "._types",
+    "LookalikeResult": "._types",
+    "LookalikeStream": "._types",
+    "Membership": "._types",
+    "Profile": "._types",
+    "Progress": "._types",
+    "ReachEstimate": "._types",
+    "RebuildResult": "._types",
+    "ScoredUser": "._types",
+    "ScoredUsers": "._types",
+    "Seed": "._types",
+    "SnapshotResult": "._types",
+    "Stats": "._types",
+    "StoredUser": "._types",
+    "TextItem": "._types",
+    "UpsertResult": "._types",
+    "Engine": "._engine",
+    "Catalog": "._catalog",
+    "Validator": "._validate",
+    "EncodedProfiles": "._encode",
+    "LexicalModel": "._encode",
+    "OnnxEmbedder": "._encode",
+    "ProfileEncoder": "._encode",
+    "SentenceTransformerEmbedder": "._encode",
+    "TextEmbedder": "._encode",
+    "make_embedder": "._encode",
+    "resolve_model_path": "._encode",
+    "Centroid": "._lookalike",
+    "LookalikeScorer": "._lookalike",
+    "Search": "._lookalike",
+    "SeedSet": "._lookalike",
+    "SeedStrategy": "._lookalike",
+    "Clusterer": "._segments",
+    "CtfidfDescriber": "._segments",
+    "Describer": "._segments",
+    "HdbscanClusterer": "._segments",
+    "KMeansClusterer": "._segments",
+    "PcaReducer": "._segments",
+    "Population": "._segments",
+    "Reducer": "._segments",
+    "Segment": "._segments",
+    "SegmentBuild": "._segments",
+    "SegmentBuilder": "._segments",
+    "SegmentList": "._segments",
+    "SegmentModel": "._segments",
+    "SegmentParams": "._segments",
+    "UmapReducer": "._segments",
+    "FlatIndex": "._vectors",
+    "VectorIndex": "._vectors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups find it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from ._catalog import Catalog
+    from ._config import (
+        DEFAULT_MODEL,
+        ENCODER_BACKENDS,
+        INDEX_KIND_SETTINGS,
+        INDEX_KINDS,
+        ONNX_VARIANTS,
+        AttributeSpec,
+        EngineConfig,
+        Limits,
+    )
+    from ._encode import (
+        EncodedProfiles,
+        LexicalModel,
+        OnnxEmbedder,
+        ProfileEncoder,
+        SentenceTransformerEmbedder,
+        TextEmbedder,
+        make_embedder,
+        resolve_model_path,
+    )
+    from ._engine import Engine
+    from ._errors import (
+        AudienceError,
+        ConfigError,
+        IndexNotReady,
+        InvalidQuery,
+        LimitExceeded,
+        PreconditionFailed,
+        SegmentsNotBuilt,
+        UnknownSegment,
+        UnknownUser,
+    )
+    from ._lookalike import Centroid, LookalikeScorer, Search, SeedSet, SeedStrategy
+    from ._segments import (
+        Clusterer,
+        CtfidfDescriber,
+        Describer,
+        HdbscanClusterer,
+        KMeansClusterer,
+        PcaReducer,
+        Population,
+        Reducer,
+        Segment,
+        SegmentBuild,
+        SegmentBuilder,
+        SegmentList,
+        SegmentModel,
+        SegmentParams,
+        UmapReducer,
+    )
+    from ._types import (
+        AttrValue,
+        DeleteResult,
+        Filter,
+        LookalikeQuery,
+        LookalikeResult,
+        LookalikeStream,
+        Membership,
+        Profile,
+        Progress,
+        ReachEstimate,
+        RebuildResult,
+        ScoredUser,
+        ScoredUsers,
+        Seed,
+        SnapshotResult,
+        Stats,
+        StoredUser,
+        TextItem,
+        UpsertResult,
+    )
+    from ._validate import Validator
+    from ._vectors import FlatIndex, VectorIndex

@@ -11,9 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._encoder import category_key
 from ._errors import InvalidQuery
-from ._types import AttrValue, Filter
+from ._types import AttrValue, Filter, category_key
 
 
 class _Column:

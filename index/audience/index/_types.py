@@ -1,13 +1,30 @@
-"""Plain value objects the engine takes and returns (no gRPC, no numpy in signatures users see)."""
+"""Plain value objects the engine takes and returns: requests in, typed results out (no gRPC,
+no dicts or bare tuples across the boundary, no numpy in what callers see)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from typing import NamedTuple
+from pathlib import Path
+from typing import NamedTuple, overload
 
 AttrValue = float | str | bool
+
+
+def category_key(value: AttrValue) -> str:
+    """The vocabulary key of a categorical value (1.0 and "1" share a slot)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+Progress = Callable[[str, int, int], None]
+"""A long job's progress callback: (stage, done, total)."""
+
+
+# ---------------------------------------------------------------- requests
 
 
 @dataclass(frozen=True)
@@ -21,6 +38,7 @@ class TextItem:
 class Profile:
     user_id: str
     texts: tuple[TextItem, ...] = ()
+    # None as a value: a value of no kind (a malformed message); the engine rejects it.
     attributes: dict[str, AttrValue] = field(default_factory=dict)
     vector: bytes = b""  # optional precomputed user vector, little-endian float32
 
@@ -67,30 +85,104 @@ class LookalikeQuery:
     exact: bool = False  # exhaustive even on an ANN index
 
 
+# ---------------------------------------------------------------- results
+
+
 class ScoredUser(NamedTuple):
-    """A user and its score. A named tuple: hundreds are made per query."""
+    """A user and its score."""
 
     user_id: str
     score: float
 
 
-def scored_users(user_ids: Iterable[str], scores: Iterable[float]) -> list[ScoredUser]:
-    """ScoredUsers made by tuple.__new__ in C rather than the named tuple's Python __new__:
-    half the time (19 vs 37 us for 100), on the FindLookalikes hot path."""
-    return list(map(tuple.__new__, repeat(ScoredUser), zip(user_ids, scores)))
+@dataclass(frozen=True, slots=True)
+class ScoredUsers(Sequence[ScoredUser]):
+    """Users and their scores, best first, kept as two columns: the server copies them into
+    a message without making an object per user (this is the FindLookalikes hot path).
+    Indexing and iterating give `ScoredUser`s."""
+
+    user_ids: list[str]
+    scores: list[float]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @overload
+    def __getitem__(self, i: int) -> ScoredUser: ...
+    @overload
+    def __getitem__(self, i: slice) -> ScoredUsers: ...
+    def __getitem__(self, i: int | slice) -> ScoredUser | ScoredUsers:
+        if isinstance(i, slice):
+            return ScoredUsers(self.user_ids[i], self.scores[i])
+        return ScoredUser(self.user_ids[i], self.scores[i])
+
+    def __iter__(self) -> Iterator[ScoredUser]:
+        return map(ScoredUser, self.user_ids, self.scores)
+
+    def chunks(self, size: int) -> Iterator[ScoredUsers]:
+        """Consecutive pieces of at most `size` users (one empty piece when there are none)."""
+        for start in range(0, max(len(self), 1), size):
+            yield self[start : start + size]
 
 
 @dataclass(frozen=True)
 class LookalikeResult:
-    users: list[ScoredUser]
+    users: ScoredUsers
+    eligible: int  # users that passed filters, segments and exclusions
+
+
+@dataclass(frozen=True)
+class LookalikeStream:
     eligible: int
+    chunks: Iterator[ScoredUsers]  # best first
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    upserted: int  # distinct users written (a repeated id counts once: the last one wins)
+    sequence: int  # the store's sequence number after the write
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    deleted: int
+    not_found: list[str]  # ids given that no stored user had
+
+
+@dataclass(frozen=True)
+class ReachEstimate:
+    reach: int  # users that pass the filters, less exclusions
+    total: int  # users stored
 
 
 @dataclass(frozen=True)
 class StoredUser:
     profile: Profile
-    vector: bytes  # little-endian float32
+    vector: bytes  # little-endian float32; empty unless asked for
     dimension: int
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    users: int
+    generation: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    generation: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Where a user falls: a segment (with strength in [0, 1]) or an outlier."""
+
+    user_id: str
+    segment_id: str  # "" for an outlier
+    strength: float
+    outlier: bool
 
 
 @dataclass(frozen=True)

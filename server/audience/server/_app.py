@@ -3,6 +3,8 @@
 `AudienceServer(config).start()` binds (port 0 = a free port), starts answering at once with
 health NOT_SERVING, loads the engine, then turns SERVING. `serve(config)` runs one until
 SIGTERM / SIGINT, then drains in-flight calls for `grace_seconds` and saves the index.
+`audience serve` applies its process settings first (_process.py); importing this module, or
+building a server in a test or another program, changes no process-wide setting.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -136,16 +137,8 @@ def _write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
-# A thread that wants the GIL while another runs Python code waits up to the switch interval
-# (5 ms by default), and every call hands the GIL between grpc's polling thread and a handler
-# thread. Measured at 1M users on the 2-core machine, 6 alternating restarts of 900 queries
-# each: single-client QPS 430 (0.5 ms) vs 396 (5 ms) on average, p99 3.3 vs 3.9 ms.
-GIL_SWITCH_INTERVAL_S = 0.0005
-
-
 def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    """Run until SIGTERM or SIGINT (it installs handlers for both: a program's main loop)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

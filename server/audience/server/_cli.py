@@ -6,7 +6,8 @@
     audience stats | rebuild-index [--reembed] | snapshot
 
 Every command but `serve` talks to a running server (--target, default 127.0.0.1:50051, or
-the AUDIENCE_TARGET environment variable).
+the AUDIENCE_TARGET environment variable). The client and the server load inside the commands
+that use them: `serve` applies its process settings (_process.py) before grpc loads.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from audience.client import AudienceClient, AudienceError, Filter
+from audience.index import ENCODER_BACKENDS, INDEX_KIND_SETTINGS, ONNX_VARIANTS
 
 from ._config import DEFAULT_PORT, load_config
-from ._hugepages import active as huge_pages_active
-from ._hugepages import reexec_with_huge_pages
 
-# The same choices EngineConfig validates (not imported from audience.index: that loads torch).
-ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
-INDEX_KINDS = ("auto", "flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")
+if TYPE_CHECKING:
+    from audience.client import AudienceClient
 
 log = logging.getLogger("audience.server")
 
@@ -43,6 +42,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _client(args: argparse.Namespace) -> AudienceClient:
+    from audience.client import AudienceClient
+
     def read(path: Path | None) -> bytes | None:
         return path.read_bytes() if path else None
 
@@ -60,10 +61,10 @@ def _client(args: argparse.Namespace) -> AudienceClient:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from . import _process
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from disk, never from a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from ._app import serve  # heavy imports (torch, faiss) only for this command
-
     config = load_config(
         args.config,
         data_dir=args.data_dir,
@@ -86,11 +87,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         huge_pages=args.huge_pages,
+        grpc_poll_io=args.grpc_poll_io,
     )
-    if config.huge_pages:
-        reexec_with_huge_pages()  # returns at once when already done (or not possible)
-    log.info("Server - transparent huge pages %s", "on" if huge_pages_active() else "off")
-    log.info("Server - GRPC_EXPERIMENTS=%s", os.environ.get("GRPC_EXPERIMENTS", "(unset)"))
+    _process.apply(_process.ProcessSettings(config.huge_pages, config.grpc_poll_io))
+    from ._app import serve  # grpc, faiss and the model load from here on
+
     serve(config)
     return 0
 
@@ -123,12 +124,17 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     """Export the model for an ONNX backend into the data dir, or verify the export there."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from audience.index import DEFAULT_MODEL  # heavy imports only for this command
-    from audience.index._onnx import ensure_export, export_dir
+    from audience.index import DEFAULT_MODEL
+    from audience.index._encode._onnx import ensure_export, export_dir
+    from audience.index._encode._onnx_export import QuantizerNoise, export_onnx
 
+    for handler in logging.getLogger().handlers:  # the quantizer logs a line per tensor
+        handler.addFilter(QuantizerNoise())
     model = args.model or DEFAULT_MODEL
     target = export_dir(Path(args.data_dir) / "models", model, args.backend)
-    problem, manifest = ensure_export(model, args.backend, target, force=args.force, in_child=False)
+    problem, manifest = ensure_export(
+        model, args.backend, target, force=args.force, export=export_onnx
+    )
     print(f"{'verified' if problem is None else 'exported'} {target / 'model.onnx'}")
     print(f"sha256 {manifest['sha256']}")
     return 0
@@ -172,6 +178,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_lookalike(args: argparse.Namespace) -> int:
+    from audience.client import Filter
+
     if not args.seed and not args.seed_text:
         raise SystemExit("lookalike: give at least one --seed USER_ID or --seed-text TEXT")
     with _client(args) as client:
@@ -329,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--index-kind",
-        choices=INDEX_KINDS,
+        choices=INDEX_KIND_SETTINGS,
         help="vector index (auto: exact below --ann-threshold users, hnsw above)",
     )
     s.add_argument("--ann-threshold", type=int, help="users from which auto uses hnsw (100000)")
@@ -348,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="back the index with transparent huge pages (on; restarts the process once)",
+    )
+    s.add_argument(
+        "--grpc-poll-io",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="grpc's poll-based socket I/O, set before grpc loads (on; see the README)",
     )
     s.add_argument(
         "--token",
@@ -377,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--model", help="sentence-transformers model directory (default: packaged all-MiniLM-L6-v2)"
     )
-    s.add_argument("--backend", choices=("onnx", "onnx-int8"), default="onnx-int8")
+    s.add_argument("--backend", choices=ONNX_VARIANTS, default="onnx-int8")
     s.add_argument("--force", action="store_true", help="export again even if intact")
     s.set_defaults(func=cmd_export_model)
 
@@ -449,9 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-segments",
         type=int,
         default=0,
-        help="about this many segments (merged along the HDBSCAN tree); 0 = HDBSCAN decides",
+        help="exactly this many segments (k-means on UMAP of the user vectors); "
+        "0 = HDBSCAN decides how many",
     )
-    s.add_argument("--reducer", choices=("umap", "pca"), help="space HDBSCAN runs in (umap)")
+    s.add_argument("--reducer", choices=("umap", "pca"), help="space the clustering runs in (umap)")
     s.add_argument("--min-cluster-size", type=int, help="smallest segment (1%% of the sample)")
     s.add_argument("--sample-size", type=int, help="users the clustering is fitted on (20000)")
     s.set_defaults(func=cmd_segments_build, timeout=None)
@@ -479,11 +494,24 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
-    except AudienceError as exc:
-        print(f"error: {exc.code}: {exc.details}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = _error_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _error_message(exc: Exception) -> str | None:
+    """What to print for an error a command can end with; None for a bug (a traceback)."""
+    from audience.client import AudienceError as ClientError
+    from audience.index import AudienceError as EngineError
+
+    if isinstance(exc, ClientError):
+        return f"{exc.code}: {exc.details}"
+
+    if isinstance(exc, (EngineError, ValueError, OSError)):
+        return str(exc)
+    return None

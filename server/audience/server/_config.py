@@ -8,6 +8,7 @@ max_concurrent_rpcs = 256     attributes = ["age:numeric:13:90", "gender:categor
 max_message_bytes = 67108864  recency_half_life_days = 180
 grace_seconds = 10
 huge_pages = true
+grpc_poll_io = true
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import tomllib
 
-from audience.index import AttributeSpec, EngineConfig, InvalidQuery, Limits
+from audience.index import AttributeSpec, ConfigError, EngineConfig, Limits
 
 DEFAULT_PORT = 50051
 
@@ -32,7 +33,8 @@ class ServerConfig:
     max_concurrent_rpcs: int = 256  # beyond this, calls get RESOURCE_EXHAUSTED
     max_message_bytes: int = 64 * 1024 * 1024
     grace_seconds: float = 10.0  # in-flight calls get this long on SIGTERM
-    huge_pages: bool = True  # `audience serve` runs with transparent huge pages (_hugepages)
+    huge_pages: bool = True  # `audience serve` runs with transparent huge pages (_process)
+    grpc_poll_io: bool = True  # `audience serve` sets grpc's poll-based socket I/O (_process)
     port_file: Path | None = None  # the bound port is written here once serving
     # Bearer tokens: (sha256 hex digest, role); empty = auth off (local use only).
     tokens: tuple[tuple[str, str], ...] = ()
@@ -43,9 +45,9 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise InvalidQuery("tls", "give both tls_cert and tls_key")
+            raise ConfigError("tls", "give both tls_cert and tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise InvalidQuery("tls_client_ca", "mTLS needs tls_cert and tls_key too")
+            raise ConfigError("tls_client_ca", "mTLS needs tls_cert and tls_key too")
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
@@ -70,14 +72,14 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
         elif key in engine_keys:
             engine[key] = value
         else:
-            raise InvalidQuery(key, "unknown setting")
+            raise ConfigError(key, "unknown setting")
     unknown = (
         (set(server) - server_keys)
         | (set(engine) - engine_keys)
         | (set(limits) - {f.name for f in fields(Limits)})
     )
     if unknown:
-        raise InvalidQuery("config", f"unknown settings: {sorted(unknown)}")
+        raise ConfigError("config", f"unknown settings: {sorted(unknown)}")
     if "attributes" in engine and engine["attributes"] is not None:
         engine["attributes"] = tuple(
             a if isinstance(a, AttributeSpec) else AttributeSpec.parse(a)

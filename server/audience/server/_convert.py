@@ -1,4 +1,9 @@
-"""Protobuf messages <-> engine value objects. Malformed messages raise InvalidQuery."""
+"""Protobuf messages <-> engine value objects.
+
+Only what the wire's shape cannot carry is an error here (InvalidQuery): a filter with no
+condition, a value or range with nothing set. Every rule on field values is the engine's
+(audience.index._validate); an absent oneof becomes None and the engine says what is wrong.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from audience.index import (
     Filter,
     InvalidQuery,
     LookalikeQuery,
+    Membership,
     Profile,
-    ScoredUser,
+    ScoredUsers,
     Seed,
     Segment,
     SegmentParams,
@@ -25,11 +31,17 @@ DEFAULT_K = 100
 DEFAULT_NEGATIVE_WEIGHT = 0.5
 
 
-def value_from_pb(v: pb.AttributeValue, field: str) -> AttrValue:
+def value_from_pb(v: pb.AttributeValue) -> AttrValue | None:
+    """The value, or None when none of number, text, flag is set."""
     kind = v.WhichOneof("kind")
-    if kind is None:
+    return None if kind is None else getattr(v, kind)
+
+
+def _filter_value(v: pb.AttributeValue, field: str) -> AttrValue:
+    value = value_from_pb(v)
+    if value is None:
         raise InvalidQuery(field, "an attribute value needs one of number, text, flag")
-    return getattr(v, kind)
+    return value
 
 
 def value_to_pb(value: AttrValue) -> pb.AttributeValue:
@@ -40,23 +52,21 @@ def value_to_pb(value: AttrValue) -> pb.AttributeValue:
     return pb.AttributeValue(text=str(value))
 
 
-def profile_from_pb(p: pb.Profile, field: str) -> Profile:
+def profile_from_pb(p: pb.Profile) -> Profile:
     return Profile(
         user_id=p.user_id,
         texts=tuple(
             TextItem(t.text, t.weight if t.HasField("weight") else 1.0, t.timestamp)
             for t in p.texts
         ),
-        attributes={
-            name: value_from_pb(v, f"{field}.attributes[{name!r}]")
-            for name, v in p.attributes.items()
-        },
+        # a value of no kind stays None: the engine rejects it, naming the attribute
+        attributes={name: value_from_pb(v) for name, v in p.attributes.items()},
         vector=p.vector,
     )
 
 
 def profiles_from_pb(profiles: Sequence[pb.Profile]) -> list[Profile]:
-    return [profile_from_pb(p, f"profiles[{i}]") for i, p in enumerate(profiles)]
+    return [profile_from_pb(p) for p in profiles]
 
 
 def stored_user_to_pb(user: StoredUser) -> pb.GetUserResponse:
@@ -80,12 +90,12 @@ def filters_from_pb(filters: Sequence[pb.Filter]) -> tuple[Filter, ...]:
         if cond == "equals":
             out.append(
                 Filter(
-                    f.attribute, equals=value_from_pb(f.equals, f"{where}.equals"), negate=f.negate
+                    f.attribute, equals=_filter_value(f.equals, f"{where}.equals"), negate=f.negate
                 )
             )
         elif cond == "any_of":
             values = tuple(
-                value_from_pb(v, f"{where}.any_of[{j}]") for j, v in enumerate(f.any_of.values)
+                _filter_value(v, f"{where}.any_of[{j}]") for j, v in enumerate(f.any_of.values)
             )
             out.append(Filter(f.attribute, any_of=values, negate=f.negate))
         elif cond == "range":
@@ -101,15 +111,15 @@ def filters_from_pb(filters: Sequence[pb.Filter]) -> tuple[Filter, ...]:
 
 def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
     seeds = []
-    for i, s in enumerate(r.seeds):
-        kind = s.WhichOneof("kind")
-        if kind is None:
-            raise InvalidQuery(f"seeds[{i}]", "needs one of user_id or text")
+    for s in r.seeds:
+        kind = s.WhichOneof("kind")  # None: neither; the engine says so
         weight = s.weight if s.HasField("weight") else 1.0
         seeds.append(
-            Seed(user_id=s.user_id, weight=weight)
-            if kind == "user_id"
-            else Seed(text=s.text, weight=weight)
+            Seed(
+                user_id=s.user_id if kind == "user_id" else None,
+                text=s.text if kind == "text" else None,
+                weight=weight,
+            )
         )
     size = r.WhichOneof("size")
     return LookalikeQuery(
@@ -134,11 +144,11 @@ def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
 M = TypeVar("M", pb.LookalikeResponse, pb.LookalikeChunk)
 
 
-def with_scored(message: M, users: Sequence[ScoredUser]) -> M:
+def with_scored(message: M, users: ScoredUsers) -> M:
     """The message with users appended to its `users` field (add() is twice as fast as
     building a list of messages, which counts on the FindLookalikes hot path)."""
     add = message.users.add
-    for user_id, score in users:
+    for user_id, score in zip(users.user_ids, users.scores):
         add(user_id=user_id, score=score)
     return message
 
@@ -158,20 +168,17 @@ def segment_to_pb(s: Segment) -> pb.Segment:
     )
 
 
-def memberships_to_pb(rows: Sequence[tuple[str, str, float, bool]]) -> list[pb.UserSegment]:
+def memberships_to_pb(found: Sequence[Membership]) -> list[pb.UserSegment]:
     return [
-        pb.UserSegment(user_id=u, segment_id=sid, strength=st, outlier=out)
-        for u, sid, st, out in rows
+        pb.UserSegment(
+            user_id=m.user_id, segment_id=m.segment_id, strength=m.strength, outlier=m.outlier
+        )
+        for m in found
     ]
 
 
 def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
-    if r.target_segments < 0 or r.min_cluster_size < 0 or r.sample_size < 0:
-        raise InvalidQuery("BuildSegmentsRequest", "sizes must be >= 0")
-    if r.reducer not in ("", "umap", "pca"):
-        raise InvalidQuery("reducer", "must be umap or pca")
-    if r.min_cluster_size == 1 or 0 < r.sample_size < 50:
-        raise InvalidQuery("BuildSegmentsRequest", "min_cluster_size >= 2, sample_size >= 50")
+    """Unset (0 / "") fields take SegmentParams' defaults; SegmentParams checks the rest."""
     defaults = SegmentParams()
     return SegmentParams(
         reducer=r.reducer or defaults.reducer,

@@ -15,7 +15,7 @@ import grpc
 
 from audience.index import (
     AudienceError,
-    Cancelled,
+    ConfigError,
     IndexNotReady,
     InvalidQuery,
     LimitExceeded,
@@ -29,13 +29,13 @@ log = logging.getLogger("audience.server")
 
 STATUS_OF: dict[type[AudienceError], grpc.StatusCode] = {
     InvalidQuery: grpc.StatusCode.INVALID_ARGUMENT,
+    ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
     UnknownUser: grpc.StatusCode.NOT_FOUND,
     UnknownSegment: grpc.StatusCode.NOT_FOUND,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     IndexNotReady: grpc.StatusCode.UNAVAILABLE,
     SegmentsNotBuilt: grpc.StatusCode.FAILED_PRECONDITION,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
-    Cancelled: grpc.StatusCode.CANCELLED,
 }
 
 

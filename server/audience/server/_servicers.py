@@ -78,23 +78,23 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     def UpsertUsers(
         self, request: pb.UpsertUsersRequest, context: grpc.ServicerContext
     ) -> pb.UpsertUsersResponse:
-        n, seq = self._holder.engine.upsert(profiles_from_pb(request.profiles))
-        return pb.UpsertUsersResponse(upserted=n, sequence=seq)
+        done = self._holder.engine.upsert(profiles_from_pb(request.profiles))
+        return pb.UpsertUsersResponse(upserted=done.upserted, sequence=done.sequence)
 
     def StreamUpsertUsers(
         self, request_iterator: Iterable[pb.UpsertUsersRequest], context: grpc.ServicerContext
     ) -> pb.UpsertUsersResponse:
         total, seq = 0, 0
         for request in request_iterator:  # each message is committed as it arrives
-            n, seq = self._holder.engine.upsert(profiles_from_pb(request.profiles))
-            total += n
+            done = self._holder.engine.upsert(profiles_from_pb(request.profiles))
+            total, seq = total + done.upserted, done.sequence
         return pb.UpsertUsersResponse(upserted=total, sequence=seq)
 
     def DeleteUsers(
         self, request: pb.DeleteUsersRequest, context: grpc.ServicerContext
     ) -> pb.DeleteUsersResponse:
-        deleted, not_found = self._holder.engine.delete(list(request.user_ids))
-        return pb.DeleteUsersResponse(deleted=deleted, not_found=not_found)
+        done = self._holder.engine.delete(list(request.user_ids))
+        return pb.DeleteUsersResponse(deleted=done.deleted, not_found=done.not_found)
 
     def GetUser(
         self, request: pb.GetUserRequest, context: grpc.ServicerContext
@@ -116,24 +116,22 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
     def StreamLookalikes(
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LookalikeChunk]:
-        eligible, chunks = self._holder.engine.stream_lookalikes(
-            query_from_pb(request), STREAM_CHUNK
-        )
-        for chunk in chunks:
+        stream = self._holder.engine.stream_lookalikes(query_from_pb(request), STREAM_CHUNK)
+        for chunk in stream.chunks:
             if not context.is_active():  # the caller went away: stop sending
                 return
-            yield with_scored(pb.LookalikeChunk(eligible=eligible), chunk)
+            yield with_scored(pb.LookalikeChunk(eligible=stream.eligible), chunk)
 
     def EstimateReach(
         self, request: pb.EstimateReachRequest, context: grpc.ServicerContext
     ) -> pb.EstimateReachResponse:
-        reach, total = self._holder.engine.estimate_reach(
+        reach = self._holder.engine.estimate_reach(
             filters_from_pb(request.filters),
             list(request.exclude_user_ids),
             list(request.segment_ids),
             list(request.exclude_segment_ids),
         )
-        return pb.EstimateReachResponse(reach=reach, total=total)
+        return pb.EstimateReachResponse(reach=reach.reach, total=reach.total)
 
 
 class SegmentsServicer(pb_grpc.SegmentsServicer):
@@ -143,9 +141,10 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
     def ListSegments(
         self, request: pb.ListSegmentsRequest, context: grpc.ServicerContext
     ) -> pb.ListSegmentsResponse:
-        version, segments = self._holder.engine.list_segments()
+        listed = self._holder.engine.list_segments()
         return pb.ListSegmentsResponse(
-            segments=[segment_to_pb(s) for s in segments], model_version=version
+            segments=[segment_to_pb(s) for s in listed.segments],
+            model_version=listed.model_version,
         )
 
     def GetSegment(
@@ -156,14 +155,14 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
     def GetUserSegments(
         self, request: pb.GetUserSegmentsRequest, context: grpc.ServicerContext
     ) -> pb.GetUserSegmentsResponse:
-        rows = self._holder.engine.user_segments(list(request.user_ids))
-        return pb.GetUserSegmentsResponse(memberships=memberships_to_pb(rows))
+        found = self._holder.engine.user_segments(list(request.user_ids))
+        return pb.GetUserSegmentsResponse(memberships=memberships_to_pb(found))
 
     def AssignSegments(
         self, request: pb.AssignSegmentsRequest, context: grpc.ServicerContext
     ) -> pb.AssignSegmentsResponse:
-        rows = self._holder.engine.assign_segments(profiles_from_pb(request.profiles))
-        return pb.AssignSegmentsResponse(memberships=memberships_to_pb(rows))
+        found = self._holder.engine.assign_segments(profiles_from_pb(request.profiles))
+        return pb.AssignSegmentsResponse(memberships=memberships_to_pb(found))
 
     def StreamSegmentMembers(
         self, request: pb.StreamSegmentMembersRequest, context: grpc.ServicerContext
@@ -184,7 +183,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     ) -> pb.RebuildIndexResponse:
         done = self._holder.engine.rebuild_index(reembed=request.reembed, progress=ProgressLog())
         return pb.RebuildIndexResponse(
-            users=done["users"], generation=done["generation"], seconds=done["seconds"]
+            users=done.users, generation=done.generation, seconds=done.seconds
         )
 
     def BuildSegments(
@@ -194,18 +193,18 @@ class AdminServicer(pb_grpc.AdminServicer):
             segment_params_from_pb(request), progress=ProgressLog()
         )
         return pb.BuildSegmentsResponse(
-            model_version=done["model_version"],
-            segments=done["segments"],
-            seconds=done["seconds"],
-            outlier_share=done["outlier_share"],
-            users=done["users"],
+            model_version=done.model_version,
+            segments=done.segments,
+            seconds=done.seconds,
+            outlier_share=done.outlier_share,
+            users=done.users,
         )
 
     def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.ServicerContext
     ) -> pb.SnapshotResponse:
-        generation, path = self._holder.engine.snapshot()
-        return pb.SnapshotResponse(generation=generation, path=str(path))
+        done = self._holder.engine.snapshot()
+        return pb.SnapshotResponse(generation=done.generation, path=str(done.path))
 
     def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.ServicerContext

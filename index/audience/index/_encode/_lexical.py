@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._durable import write_durably
+from .._durable import write_durably
 
 log = logging.getLogger("audience.index")
 

@@ -1,4 +1,5 @@
-"""The user encoder: a user's texts and attributes -> one L2-normalised vector.
+"""The channels of a user vector and how they are joined: a user's texts and attributes ->
+one L2-normalised vector.
 
     semantic part   each text embedded by the sentence-transformer, pooled by
                     weight x recency decay, normalised
@@ -21,10 +22,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._config import AttributeSpec, EngineConfig
+from .._config import AttributeSpec, EngineConfig
+from .._types import AttrValue, TextItem, category_key
 from ._embed import TextEmbedder
 from ._lexical import LexicalModel
-from ._types import AttrValue, TextItem
+
+VocabEntry = tuple[str, str, int]  # (attribute, value key, slot)
 
 SECONDS_PER_DAY = 86_400.0
 # Lexical share of the text channels when not configured, by the corpus's share of CJK
@@ -45,60 +48,75 @@ def lexical_share(config: EngineConfig, lexical: LexicalModel | None) -> float:
     return AUTO_LEXICAL_SHARE_OTHER
 
 
-def category_key(value: AttrValue) -> str:
-    """The vocabulary key of a categorical value (1.0 and "1" share a slot)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 class Vocabulary:
-    """Slots of categorical values: declared values first, learned ones appended (persisted)."""
+    """Slots of categorical values: declared values first, learned ones appended (persisted).
 
-    def __init__(self, specs: Sequence[AttributeSpec], learned: Sequence[tuple[str, str, int]]):
+    An encode never changes it: it takes new slots in a `VocabularyDraft`, whose `entries`
+    the store commits with the rows; only then does the engine `learn` them. A write that
+    does not commit leaves nothing to undo, and encoding profiles that are not stored (segment
+    assignment) takes no slot at all.
+    """
+
+    def __init__(self, specs: Sequence[AttributeSpec], learned: Sequence[VocabEntry]):
         self._specs = {s.name: s for s in specs if s.kind == "categorical"}
         self._slots: dict[str, dict[str, int]] = {
             name: {v: i for i, v in enumerate(spec.values)} for name, spec in self._specs.items()
         }
-        for attr, value, slot in learned:
+        self.learn(learned)
+
+    def draft(self) -> VocabularyDraft:
+        return VocabularyDraft(self._slots)
+
+    def learn(self, entries: Sequence[VocabEntry]) -> None:
+        """Take in slots that the store has committed."""
+        for attr, value, slot in entries:
             if attr in self._slots and value not in self._slots[attr]:
                 self._slots[attr][value] = slot
 
-    def slot(
-        self, spec: AttributeSpec, value: AttrValue, pending: list[tuple[str, str, int]]
-    ) -> int:
-        """The value's slot; a new value takes the next free slot (recorded in `pending`)."""
-        slots = self._slots[spec.name]
+    def entries(self) -> list[VocabEntry]:
+        """Every slot of a categorical attribute, declared or learned."""
+        return [(a, v, s) for a, slots in self._slots.items() for v, s in slots.items()]
+
+
+class VocabularyDraft:
+    """The vocabulary as one encode sees it: the committed slots, plus the new values this
+    encode meets, each given the next free slot (in `entries`, in the order taken)."""
+
+    def __init__(self, committed: dict[str, dict[str, int]]) -> None:
+        self._committed = committed
+        self._new: dict[str, dict[str, int]] = {}
+        self.entries: list[VocabEntry] = []
+
+    def slot(self, spec: AttributeSpec, value: AttrValue) -> int:
         key = category_key(value)
-        found = slots.get(key)
+        committed = self._committed[spec.name]
+        found = committed.get(key)
+        if found is None:
+            found = self._new.get(spec.name, {}).get(key)
         if found is not None:
             return found
-        if len(slots) >= spec.capacity:
+        new = self._new.setdefault(spec.name, {})
+        taken = len(committed) + len(new)
+        if taken >= spec.capacity:
             return spec.capacity  # the shared "other" slot
-        new = max(slots.values(), default=-1) + 1
-        slots[key] = new
-        pending.append((spec.name, key, new))
-        return new
-
-    def forget(self, pending: Sequence[tuple[str, str, int]]) -> None:
-        """Undo slots taken by a write that did not commit."""
-        for attr, value, _ in pending:
-            self._slots[attr].pop(value, None)
+        slot = max(max(committed.values(), default=-1), max(new.values(), default=-1)) + 1
+        new[key] = slot
+        self.entries.append((spec.name, key, slot))
+        return slot
 
 
-class UserEncoder:
+class Channels:
+    """The vector math of the three channels (see the module docstring); `ProfileEncoder`
+    is what callers use."""
+
     def __init__(
         self,
         config: EngineConfig,
         embedder: TextEmbedder,
-        vocabulary: Vocabulary,
         lexical: LexicalModel | None = None,
     ):
         self.config = config
         self.embedder = embedder
-        self.vocabulary = vocabulary
         self.lexical = lexical
         self.specs = config.attributes or ()
         self.attr_dim = sum(s.width for s in self.specs)
@@ -113,8 +131,8 @@ class UserEncoder:
         self._lex_scale = math.sqrt((1.0 - wa) * self.lexical_share)
         self._attr_scale = math.sqrt(wa)
 
-    def with_lexical(self, lexical: LexicalModel | None) -> UserEncoder:
-        return UserEncoder(self.config, self.embedder, self.vocabulary, lexical)
+    def with_lexical(self, lexical: LexicalModel | None) -> Channels:
+        return Channels(self.config, self.embedder, lexical)
 
     @property
     def lexical_version(self) -> str:
@@ -161,7 +179,7 @@ class UserEncoder:
     # ------------------------------------------------------------------ attribute part
 
     def attribute_vector(
-        self, attributes: Mapping[str, AttrValue], pending: list[tuple[str, str, int]]
+        self, attributes: Mapping[str, AttrValue], vocabulary: VocabularyDraft
     ) -> np.ndarray:
         vec = np.zeros(self.attr_dim, dtype=np.float32)
         at = 0
@@ -175,7 +193,7 @@ class UserEncoder:
                         vec[at] = scale * math.cos(t * math.pi / 2)
                         vec[at + 1] = scale * math.sin(t * math.pi / 2)
                 else:
-                    vec[at + self.vocabulary.slot(spec, value, pending)] = scale
+                    vec[at + vocabulary.slot(spec, value)] = scale
             at += spec.width
         return vec
 

@@ -12,8 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ._config import DEFAULT_MODEL, EngineConfig
-from ._errors import PreconditionFailed
+from .._config import DEFAULT_MODEL, EngineConfig
+from .._errors import PreconditionFailed
 
 log = logging.getLogger("audience.index")
 

@@ -1,0 +1,361 @@
+"""The catalog: what is stored and what is served, as one object the other parts take.
+
+    store        the profile store (SQLite): profiles, text and user vectors, vocabulary
+    iid_of       user id -> internal id (iid, the int64 id in the vector index)
+    uid_of       iid -> user id (a table, for turning search results into users)
+    attrs        every stored attribute as a column over iids, for filters
+    index        the vector index served, and `generations`, its saved generations
+    segments     the segment model served, and `segment_of`, iid -> (label, strength)
+
+The catalog takes no locks: the engine reads it under its read lock and changes it under its
+write lock (one writer at a time), so readers see it before a change or after, never half.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._attrs import AttributeTable
+from ._config import EngineConfig
+from ._encode import from_f32
+from ._errors import SegmentsNotBuilt, UnknownSegment, UnknownUser
+from ._segments import SegmentModel
+from ._store import ProfileStore
+from ._types import AttrValue, Membership, Progress, ScoredUsers, SnapshotResult
+from ._userids import UserIdTable
+from ._vectors import FlatIndex, Generations, IndexPolicy, Manifest, VectorIndex, build_index
+
+log = logging.getLogger("audience.index")
+
+STORE_FILE = "profiles.sqlite3"
+INDEX_DIR = "index"
+LEXICAL_DIR = "lexical"
+SEGMENTS_DIR = "segments"
+SNAPSHOT_DIR = "snapshots"
+
+
+def matrix(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Stored vectors (float32 bytes) as the rows of one (len(blobs), dim) array."""
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim)
+
+
+class Catalog:
+    def __init__(self, config: EngineConfig, store: ProfileStore, dim: int) -> None:
+        self.config = config
+        self.store = store
+        self.dim = dim
+        self.generations = Generations(config.data_dir / INDEX_DIR)
+        self.policy = IndexPolicy(config)
+        self.index: VectorIndex = FlatIndex(dim)
+        self.attrs = AttributeTable()
+        self.iid_of: dict[str, int] = {}
+        self.uid_of = UserIdTable()
+        self.segments: SegmentModel | None = None
+        self.segment_of: dict[int, tuple[int, float]] = {}
+        self.generation = 0  # the index generation last saved or loaded
+        self.unsaved = 0  # changes since that generation
+        self.warnings: list[str] = []  # what opening had to repair (damaged files)
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, fingerprint: str, progress: Progress | None = None) -> None:
+        """Fill from the store: every user's id and attributes, and the newest index
+        generation that matches `fingerprint`, brought up to date (users erased since are
+        dropped, users written since replayed); without one, an index built from the store.
+        The served segment model too, its erased members left out."""
+        total = self.store.count()
+        # The index generation (checksum + read, in C++ without the GIL) loads in a thread
+        # while the profiles load here: at a million users each takes seconds.
+        found: dict[str, object] = {}
+
+        def load_index() -> None:
+            try:
+                found["loaded"] = self.generations.load_latest(
+                    fingerprint=fingerprint,
+                    dim=self.dim,
+                    options=self.policy.options(self.policy.kind_for(total)),
+                    warnings=self.warnings,
+                )
+            except BaseException as exc:  # re-raised below, in the opening thread
+                found["error"] = exc
+
+        loader = threading.Thread(target=load_index, name="index-load", daemon=True)
+        loader.start()
+        done = 0
+        for rows in self.store.iter_meta():
+            for iid, user_id, attributes in rows:
+                self.iid_of[user_id] = iid
+                self.uid_of.set(iid, user_id)
+                self.attrs.set(iid, attributes)
+            done += len(rows)
+            if progress:
+                progress("load profiles", done, total)
+        loader.join()
+        if "error" in found:
+            raise found["error"]  # type: ignore[misc]
+        loaded = found.get("loaded")
+        if loaded is None:
+            log.info("Index - no usable generation; building from the store")
+            self.index = self.build_index(progress)
+            self.generation = self.generations.latest_generation()
+            self.unsaved = total
+        else:
+            self._catch_up(*loaded)  # type: ignore[misc]
+        if len(self.index) != total:  # never serve an index that disagrees with the store
+            log.error("Index - %d vectors for %d users; rebuilding", len(self.index), total)
+            self.index = self.build_index(progress)
+        elif self.policy.rebuild_due(self.index):
+            self.index = self.build_index(progress)
+            self.unsaved = max(1, total)
+        model = SegmentModel.load(self.config.data_dir / SEGMENTS_DIR, self.warnings)
+        if model is not None:
+            self.serve_segments(model, self.membership_of(model))
+
+    def _catch_up(self, index: VectorIndex, manifest: Manifest) -> None:
+        """Bring a loaded generation up to date: users erased since, then users written since."""
+        self.generation = manifest.generation
+        indexed = index.ids()
+        stale = indexed[~self.uid_of.contains(indexed)]
+        index.remove(stale)
+        replayed = 0
+        for rows in self.store.iter_rows(since_seq=manifest.sequence):
+            ids = np.array([r.iid for r in rows], dtype=np.int64)
+            index.remove(ids)
+            index.add(ids, np.stack([from_f32(r.vec) for r in rows]))
+            replayed += len(rows)
+        self.index = index
+        self.unsaved = replayed + len(stale)
+        log.info(
+            "Index - loaded generation %d (%d vectors), replayed %d changes, dropped %d erased",
+            manifest.generation,
+            manifest.count,
+            replayed,
+            len(stale),
+        )
+
+    # ------------------------------------------------------------ changes (write lock)
+
+    def put(
+        self,
+        iids: Sequence[int],
+        user_ids: Sequence[str],
+        attributes: Sequence[Mapping[str, AttrValue]],
+        vectors: np.ndarray,
+    ) -> None:
+        """Serve users the store has just committed (new ones, or new versions)."""
+        ids = np.array(iids, dtype=np.int64)
+        self.index.remove(ids)
+        self.index.add(ids, vectors)
+        for iid, user_id, attrs in zip(iids, user_ids, attributes):
+            self.iid_of[user_id] = iid
+            self.uid_of.set(iid, user_id)
+            self.attrs.set(iid, attrs)
+        self.unsaved += len(ids)
+
+    def drop(self, found: Sequence[tuple[str, int]]) -> None:
+        """Stop serving users the store has just erased: (user id, iid) pairs."""
+        self.index.remove(np.array([iid for _, iid in found], dtype=np.int64))
+        for uid, iid in found:
+            self.iid_of.pop(uid, None)
+            self.uid_of.pop(iid)
+            self.attrs.remove(iid)
+            self.segment_of.pop(iid, None)
+        self.unsaved += len(found)
+
+    def serve_segments(self, model: SegmentModel, membership: dict[int, tuple[int, float]]):
+        self.segments = model
+        self.segment_of = membership
+
+    def membership_of(self, model: SegmentModel) -> dict[int, tuple[int, float]]:
+        """iid -> (label, strength) of the model's members still stored."""
+        return {
+            int(i): (int(lab), float(st))
+            for i, lab, st in zip(model.member_iids, model.member_labels, model.member_strength)
+            if int(i) in self.uid_of
+        }
+
+    # ------------------------------------------------------------ users and vectors
+
+    def known_iids(self, user_ids: Sequence[str], field: str) -> list[int]:
+        """iids of these users, each looked up once (the map is large); UnknownUser naming
+        the ones not stored."""
+        iid_of = self.iid_of
+        iids = [iid_of.get(u, -1) for u in user_ids]
+        if -1 in iids:
+            raise UnknownUser([u for u, i in zip(user_ids, iids) if i < 0], field=field)
+        return iids
+
+    def stored_vectors(self, iids: Iterable[int]) -> tuple[list[int], np.ndarray]:
+        """(the iids still stored, in order; their exact vectors from the store)."""
+        wanted = [int(i) for i in iids]
+        found = self.store.vectors(wanted)
+        present = [i for i in wanted if i in found]
+        return present, matrix([found[i] for i in present], self.dim)
+
+    def user_vectors(self, iids: np.ndarray) -> np.ndarray:
+        """Vectors of indexed users: the index's own, or the exact stored ones when the index
+        keeps only lossy codes."""
+        if self.index.lossy:
+            present, vectors = self.stored_vectors(iids)
+            if len(present) == len(iids):
+                return vectors
+        return self.index.vectors(iids)
+
+    def all_user_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(iids, vectors) of every indexed user, exact even when the index is lossy."""
+        if not self.index.lossy:
+            return self.index.all_vectors()
+        indexed = self.index.ids()
+        vectors = np.empty((len(indexed), self.dim), np.float32)
+        found, n = [], 0
+        for ids, blobs in self.store.iter_vectors():  # unique iids: at most len(indexed) kept
+            keep = np.isin(ids, indexed)
+            found.append(ids[keep])
+            vectors[n : n + len(found[-1])] = matrix(blobs, self.dim)[keep]
+            n += len(found[-1])
+        return np.concatenate(found) if found else np.zeros(0, np.int64), vectors[:n]
+
+    def clear(self, mask: np.ndarray, user_ids: Sequence[str]) -> int:
+        """Unset the given users in a mask over iids; returns how many were set."""
+        iids = [self.iid_of[u] for u in user_ids if u in self.iid_of]
+        if not iids:
+            return 0
+        idx = np.array(iids, dtype=np.int64)
+        n = int(mask[idx].sum())
+        mask[idx] = False
+        return n
+
+    # ------------------------------------------------------------ segments served
+
+    def segment_model(self) -> SegmentModel:
+        model = self.segments
+        if model is None:
+            raise SegmentsNotBuilt(
+                "no segments have been built yet; run `audience segments build` "
+                "(or call Admin.BuildSegments)"
+            )
+        return model
+
+    def restrict_to_segments(
+        self, mask: np.ndarray, include: Sequence[str], exclude: Sequence[str]
+    ) -> None:
+        """Restrict a mask over iids to members of `include` (if any) and not of `exclude`."""
+        if not include and not exclude:
+            return
+        model = self.segment_model()
+        for field, ids in (("segment_ids", include), ("exclude_segment_ids", exclude)):
+            unknown = [s for s in ids if s not in model.by_id]
+            if unknown:
+                raise UnknownSegment(f"{field}: unknown segment {unknown[0]!r}")
+        inc = {model.by_id[s].label for s in include}
+        exc = {model.by_id[s].label for s in exclude}
+        member = np.zeros(len(mask), bool)
+        blocked = np.zeros(len(mask), bool)
+        for iid, (lab, _) in self.segment_of.items():
+            if iid < len(mask):
+                member[iid] = lab in inc
+                blocked[iid] = lab in exc
+        if include:
+            mask &= member
+        mask &= ~blocked
+
+    def memberships(self, user_ids: Sequence[str], model: SegmentModel) -> list[Membership]:
+        """The segment of each stored user; users written after the build are placed from
+        their current vector."""
+        iids = self.known_iids(user_ids, "user_ids")
+        out: list[Membership | None] = []
+        todo = []
+        for i, (uid, iid) in enumerate(zip(user_ids, iids)):
+            hit = self.segment_of.get(iid)
+            if hit is None:
+                todo.append(i)
+                out.append(None)
+            else:
+                out.append(membership(model, uid, *hit))
+        if todo:
+            vecs = self.user_vectors(np.array([iids[i] for i in todo], np.int64))
+            labels, strength = model.assign(vecs)
+            for i, lab, st in zip(todo, labels, strength):
+                out[i] = membership(model, user_ids[i], int(lab), float(st))
+        return [m for m in out if m is not None]
+
+    def segment_members(self, label: int) -> ScoredUsers:
+        """Members of a segment, strongest first (ties by user id)."""
+        members = [
+            (st, self.uid_of[iid])
+            for iid, (lab, st) in self.segment_of.items()
+            if lab == label and iid in self.uid_of
+        ]
+        members.sort(key=lambda m: (-m[0], m[1]))
+        return ScoredUsers([uid for _, uid in members], [st for st, _ in members])
+
+    # ------------------------------------------------------------ index and files
+
+    def build_index(self, progress: Progress | None = None) -> VectorIndex:
+        """A new index of the kind due, from the vectors in the store."""
+        total = self.store.count()
+        kind = self.policy.kind_for(total)
+        t0 = time.perf_counter()
+        if kind == "flat":
+            index, done = FlatIndex(self.dim), 0
+            for iids, blobs in self.store.iter_vectors():  # vectors only, not texts
+                index.add(iids, matrix(blobs, self.dim))
+                done += len(iids)
+                if progress:
+                    progress("build index", done, total)
+            return index
+        ids = np.empty(total, np.int64)
+        vecs = np.empty((total, self.dim), np.float32)
+        n = 0
+        for iids, blobs in self.store.iter_vectors():
+            m = min(len(iids), total - n)  # (no writer runs meanwhile; this is a guard)
+            ids[n : n + m] = iids[:m]
+            vecs[n : n + m] = matrix(blobs[:m], self.dim)
+            n += m
+            if progress:
+                progress("read vectors", n, total)
+        log.info("Index - building %s over %d vectors", kind, n)
+        if progress:
+            progress("build " + kind, 0, 1)
+        index = build_index(self.policy.options(kind), self.dim, ids[:n], vecs[:n])
+        del vecs
+        if progress:
+            progress("build " + kind, 1, 1)
+        log.info("Index - built %s (%d vectors) in %.1fs", kind, n, time.perf_counter() - t0)
+        return index
+
+    def save_generation(self, fingerprint: str) -> int:
+        """Save the index as a new generation (with the store sequence it holds)."""
+        manifest = self.generations.save(
+            self.index, sequence=self.store.sequence, fingerprint=fingerprint
+        )
+        self.generation = manifest.generation
+        self.unsaved = 0
+        log.info("Index - saved generation %d (%d vectors)", manifest.generation, manifest.count)
+        return manifest.generation
+
+    def snapshot(self) -> SnapshotResult:
+        """Copy the store and the last saved generation under snapshots/ (saved first)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = (
+            self.config.data_dir / SNAPSHOT_DIR / f"snapshot-{stamp}-gen{self.generation:08d}"
+        )
+        target.mkdir(parents=True, exist_ok=True)
+        self.store.backup(target / STORE_FILE)
+        for suffix in (".faiss", ".json"):
+            src = self.generations.dir / f"gen-{self.generation:08d}{suffix}"
+            shutil.copy2(src, target / src.name)
+        log.info("Snapshot - written generation %d", self.generation)
+        return SnapshotResult(self.generation, Path(target))
+
+
+def membership(model: SegmentModel, user_id: str, label: int, strength: float) -> Membership:
+    seg = model.by_label.get(label)
+    return Membership(user_id, seg.segment_id if seg else "", strength, seg is None)

@@ -1,0 +1,55 @@
+"""Segments: built offline from the user vectors, served online.
+
+    _params.py    SegmentParams: what a build is asked for (checked; saved with the model)
+    _builder.py   SegmentBuilder: sample -> project -> reduce -> cluster -> place -> ids ->
+                  describe, over a Population; knows no store
+    _stages.py    the swappable stages: reducers, clusterers, the describer; default_stages
+    _describe.py  keywords (c-TF-IDF) and attribute profiles per segment
+    _ids.py       stable ids across builds (member overlap) and lineage
+    _model.py     SegmentModel: the fitted model, saved and loaded (JSON + .npz + sha256)
+"""
+
+from ._builder import Clustering, Population, SegmentBuilder, with_text_dims
+from ._describe import SegmentDescription, describe_segments
+from ._model import Segment, SegmentBuild, SegmentList, SegmentModel
+from ._params import SegmentParams
+from ._stages import (
+    Clusterer,
+    ClusterResult,
+    CtfidfDescriber,
+    Describer,
+    FitSample,
+    HdbscanClusterer,
+    KMeansClusterer,
+    PcaReducer,
+    Reducer,
+    Stages,
+    UmapReducer,
+    default_stages,
+)
+
+__all__ = [
+    "ClusterResult",
+    "Clusterer",
+    "Clustering",
+    "CtfidfDescriber",
+    "Describer",
+    "FitSample",
+    "HdbscanClusterer",
+    "KMeansClusterer",
+    "PcaReducer",
+    "Population",
+    "Reducer",
+    "Segment",
+    "SegmentBuild",
+    "SegmentBuilder",
+    "SegmentDescription",
+    "SegmentList",
+    "SegmentModel",
+    "SegmentParams",
+    "Stages",
+    "UmapReducer",
+    "default_stages",
+    "describe_segments",
+    "with_text_dims",
+]

@@ -1,0 +1,244 @@
+"""The fitted segment model: segments, the projection users are placed in, the clustered fit
+sample (for k-NN assignment) and every user's label; saved as JSON + .npz of plain arrays with
+a sha256 manifest, never pickle.
+
+Placing a user (`SegmentModel.assign`, and every user outside the fit sample at build time):
+the user's vector in the model's PCA space joins the segment most of its k nearest clustered
+fit users belong to when that share is at least `min_vote`; otherwise it is an outlier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .._durable import write_durably
+from ._params import SegmentParams
+
+log = logging.getLogger("audience.index")
+
+KEEP_MODELS = 2  # segment model versions kept on disk (the current one and one before)
+
+
+@dataclass
+class Segment:
+    segment_id: str
+    label: int
+    size: int
+    share: float
+    keywords: list[str] = field(default_factory=list)
+    exemplar_user_ids: list[str] = field(default_factory=list)
+    persistence: float = 0.0  # HDBSCAN stability, relative to the most stable segment
+    cohesion: float = 0.0  # mean cosine of members to the segment centre (PCA space)
+    status: str = "new"  # kept | split | merged | new
+    parents: list[str] = field(default_factory=list)  # previous segment ids it came from
+    attribute_profile: dict = field(default_factory=dict)
+
+
+class SegmentModel:
+    """Projection, the clustered fit sample (for k-NN assignment) and every user's label."""
+
+    def __init__(
+        self,
+        *,
+        version: str,
+        params: SegmentParams,
+        segments: list[Segment],
+        pca_mean: np.ndarray,
+        pca_components: np.ndarray,
+        fit_coords: np.ndarray,
+        fit_labels: np.ndarray,
+        member_iids: np.ndarray,
+        member_labels: np.ndarray,
+        member_strength: np.ndarray,
+        lineage: list[dict],
+        stats: dict,
+    ) -> None:
+        self.version = version
+        self.params = params
+        self.segments = segments
+        self.pca_mean = pca_mean.astype(np.float32)
+        self.pca_components = pca_components.astype(np.float32)
+        self.fit_coords = fit_coords.astype(np.float32)
+        self.fit_labels = fit_labels.astype(np.int32)
+        self.member_iids = member_iids.astype(np.int64)
+        self.member_labels = member_labels.astype(np.int32)
+        self.member_strength = member_strength.astype(np.float32)
+        self.lineage = lineage
+        self.stats = stats
+        self.by_id = {s.segment_id: s for s in segments}
+        self.by_label = {s.label: s for s in segments}
+        clustered = self.fit_labels >= 0
+        self._knn_labels = self.fit_labels[clustered]
+        self._knn = faiss.IndexFlatIP(self.fit_coords.shape[1])
+        self._knn.add(np.ascontiguousarray(self.fit_coords[clustered]))
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        used = used_dims(vectors, self.params.dims_used)
+        return project(used, self.pca_mean, self.pca_components)
+
+    def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, strength) for user vectors; label -1 = outlier."""
+        return vote(
+            self._knn,
+            self._knn_labels,
+            self.project(vectors),
+            self.params.knn,
+            self.params.min_vote,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, root: Path) -> Path:
+        """Write `root/<version>/` (model.json + arrays.npz) and point `root/CURRENT` at it."""
+        target = root / self.version
+        target.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            pca_mean=self.pca_mean,
+            pca_components=self.pca_components,
+            fit_coords=self.fit_coords,
+            fit_labels=self.fit_labels,
+            member_iids=self.member_iids,
+            member_labels=self.member_labels,
+            member_strength=self.member_strength,
+        )
+        data = buf.getvalue()
+        write_durably(target / "arrays.npz", data)
+        doc = {
+            "version": self.version,
+            "params": asdict(self.params),
+            "segments": [asdict(s) for s in self.segments],
+            "lineage": self.lineage,
+            "stats": self.stats,
+            "arrays_sha256": hashlib.sha256(data).hexdigest(),
+        }
+        write_durably(target / "model.json", json.dumps(doc, ensure_ascii=False).encode())
+        write_durably(root / "CURRENT", self.version.encode())
+        for old in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True)[KEEP_MODELS:]:
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        return target
+
+    @classmethod
+    def load(cls, root: Path, warnings: list[str] | None = None) -> SegmentModel | None:
+        """The current model, or the newest earlier one that verifies if it is damaged
+        (said so in the log and in `warnings`); None before any build."""
+        current = root / "CURRENT"
+        if not current.exists():
+            return None
+        name = current.read_text().strip()
+        others = sorted(
+            (p.name for p in root.iterdir() if p.is_dir() and p.name != name), reverse=True
+        )
+        for version in [name, *others]:
+            try:
+                return cls._load_version(root / version)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                note = f"segment model {version} unreadable ({exc}); fell back"
+                log.error("Segments - %s", note)
+                if warnings is not None:
+                    warnings.append(note)
+        return None
+
+    @classmethod
+    def _load_version(cls, target: Path) -> SegmentModel:
+        doc = json.loads((target / "model.json").read_text())
+        data = (target / "arrays.npz").read_bytes()
+        if hashlib.sha256(data).hexdigest() != doc["arrays_sha256"]:
+            raise ValueError(f"segment model {target.name} does not match its checksum")
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls(
+            version=doc["version"],
+            params=SegmentParams(**doc["params"]),
+            segments=[Segment(**s) for s in doc["segments"]],
+            lineage=doc["lineage"],
+            stats=doc["stats"],
+            **arrays,
+        )
+
+
+@dataclass(frozen=True)
+class SegmentList:
+    model_version: str
+    segments: list[Segment]
+
+
+@dataclass(frozen=True)
+class SegmentBuild:
+    """What a segment build reports."""
+
+    model_version: str
+    segments: int
+    users: int
+    fit_users: int
+    outlier_share: float
+    seconds: float
+    stages: dict[str, str]  # stage -> what ran, e.g. {"clusterer": "hdbscan(...)"}
+
+    @classmethod
+    def of(cls, model: SegmentModel) -> SegmentBuild:
+        s = model.stats
+        return cls(
+            model_version=model.version,
+            segments=s["segments"],
+            users=s["users"],
+            fit_users=s["fit_users"],
+            outlier_share=s["outlier_share"],
+            seconds=s["seconds"],
+            stages=dict(s.get("stages", {})),
+        )
+
+
+# ---------------------------------------------------------------------- placing users
+
+
+def used_dims(vectors: np.ndarray, dims: int) -> np.ndarray:
+    """The first `dims` dimensions (all when 0), rows L2-normalised again."""
+    if not dims or dims >= vectors.shape[1]:
+        return vectors
+    part = np.array(vectors[:, :dims], dtype=np.float32)
+    norms = np.linalg.norm(part, axis=1, keepdims=True)
+    np.divide(part, norms, out=part, where=norms > 0)
+    return part
+
+
+def project(vectors: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    z = (np.asarray(vectors, dtype=np.float32) - mean) @ components.T
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    np.divide(z, norms, out=z, where=norms > 0)
+    return np.ascontiguousarray(z, dtype=np.float32)
+
+
+def vote(
+    index: faiss.Index, labels: np.ndarray, coords: np.ndarray, k: int, min_vote: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Majority label among the k nearest clustered fit users; -1 below `min_vote`."""
+    n = len(coords)
+    if n == 0 or index.ntotal == 0:
+        return np.full(n, -1, np.int32), np.zeros(n, np.float32)
+    k = min(k, index.ntotal)
+    out_l = np.empty(n, np.int32)
+    out_s = np.empty(n, np.float32)
+    for start in range(0, n, 50_000):
+        _, nn = index.search(coords[start : start + 50_000], k)
+        votes = labels[nn]  # (m, k)
+        top = np.zeros(len(votes), np.int32)
+        share = np.zeros(len(votes), np.float32)
+        for c in np.unique(votes):
+            s = (votes == c).mean(axis=1)
+            better = s > share
+            top[better], share[better] = c, s[better]
+        out_l[start : start + len(votes)] = np.where(share >= min_vote, top, -1)
+        out_s[start : start + len(votes)] = share
+    return out_l, out_s

@@ -1,0 +1,303 @@
+"""The swappable stages of a segment build, as objects (BERTopic's shape: `umap_model`,
+`hdbscan_model`, `representation_model`): a reducer gives the space the clusterer runs in, a
+clusterer labels the fit sample, a describer writes what a marketer reads. `SegmentBuilder`
+takes any object with the method of its stage; `default_stages` builds the defaults from
+`SegmentParams` when none are given.
+
+    Reducer.reduce(sample) -> space           PcaReducer, UmapReducer
+    Clusterer.cluster(space) -> ClusterResult  HdbscanClusterer, KMeansClusterer (exactly K)
+    Describer.describe(labels, docs, attributes) -> {label: SegmentDescription}
+                                               CtfidfDescriber
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ._describe import SegmentDescription, describe_segments
+from ._params import SegmentParams
+
+
+@dataclass(frozen=True)
+class FitSample:
+    """The users a build is fitted on, in the two forms a reducer may start from."""
+
+    vectors: np.ndarray  # their user vectors (the dimensions the build uses), unit rows
+    pca: np.ndarray  # the same users in the model's PCA space, unit rows
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    labels: np.ndarray  # per sample user: 0..k-1 by decreasing size, -1 = outlier
+    strength: np.ndarray  # membership strength in [0, 1]
+    persistence: dict[int, float]  # per label: how stable the segment is, relative (0, 1]
+
+
+class Reducer(Protocol):
+    def reduce(self, sample: FitSample) -> np.ndarray:
+        """The space the clusterer sees: one row per sample user."""
+        ...
+
+
+class Clusterer(Protocol):
+    def cluster(self, space: np.ndarray) -> ClusterResult: ...
+
+
+class Describer(Protocol):
+    def describe(
+        self,
+        labels: np.ndarray,
+        docs: Sequence[str],
+        attributes: Sequence[Mapping[str, float | str | bool]],
+    ) -> dict[int, SegmentDescription]: ...
+
+
+@dataclass(frozen=True)
+class Stages:
+    reducer: Reducer
+    clusterer: Clusterer
+    describer: Describer
+
+    def names(self) -> dict[str, str]:
+        return {
+            "reducer": repr(self.reducer),
+            "clusterer": repr(self.clusterer),
+            "describer": repr(self.describer),
+        }
+
+
+def default_stages(params: SegmentParams, *, min_group_size: int = 0) -> Stages:
+    """The stages `params` asks for.
+
+    Free build (target_segments 0): HDBSCAN decides how many segments, on UMAP of the PCA
+    coordinates (on UMAP of the full vectors it found 2 segments on THUCNews).
+    `target_segments` K: k-means with exactly K, on UMAP of the full vectors. Measured
+    offline on the sample (NMI against the labels): THUCNews 10 topics 0.43, against 0.32
+    merging HDBSCAN clusters along the condensed tree and 0.35 for k-means on UMAP of the PCA
+    coordinates; StackOverflow 20 tags 0.74 (0.76 merging).
+    `reducer="pca"`: the clusterer runs on the PCA coordinates themselves.
+    """
+    exact_k = params.target_segments > 0
+    reducer: Reducer = (
+        PcaReducer()
+        if params.reducer == "pca"
+        else UmapReducer(
+            on="vectors" if exact_k else "pca",
+            dims=params.umap_dims,
+            neighbors=params.umap_neighbors,
+            seed=params.seed,
+        )
+    )
+    clusterer: Clusterer = (
+        KMeansClusterer(params.target_segments, seed=params.seed)
+        if exact_k
+        else HdbscanClusterer(
+            min_cluster_size=params.min_cluster_size,
+            min_samples=params.min_samples,
+            backend=params.backend,
+        )
+    )
+    return Stages(reducer, clusterer, CtfidfDescriber(min_group_size=min_group_size))
+
+
+# ---------------------------------------------------------------------- reducers
+
+
+class PcaReducer:
+    """The PCA coordinates as they are."""
+
+    def reduce(self, sample: FitSample) -> np.ndarray:
+        return sample.pca
+
+    def __repr__(self) -> str:
+        return "pca"
+
+
+class UmapReducer:
+    """UMAP (cosine) of the PCA coordinates (`on="pca"`) or of the user vectors
+    (`on="vectors"`); samples too small for the neighbourhood stay in PCA space."""
+
+    def __init__(
+        self, *, on: str = "pca", dims: int = 5, neighbors: int = 15, seed: int = 0
+    ) -> None:
+        if on not in ("pca", "vectors"):
+            raise ValueError("on must be 'pca' or 'vectors'")
+        self.on, self.dims, self.neighbors, self.seed = on, dims, neighbors, seed
+
+    def reduce(self, sample: FitSample) -> np.ndarray:
+        if len(sample.pca) <= self.neighbors + 2:
+            return sample.pca
+        import umap
+
+        return umap.UMAP(
+            n_components=self.dims,
+            n_neighbors=self.neighbors,
+            min_dist=0.0,
+            metric="cosine",
+            random_state=self.seed,
+            low_memory=True,
+        ).fit_transform(sample.vectors if self.on == "vectors" else sample.pca)
+
+    def __repr__(self) -> str:
+        return f"umap(of {self.on}, {self.dims} dims, {self.neighbors} neighbours)"
+
+
+# ---------------------------------------------------------------------- clusterers
+
+
+class HdbscanClusterer:
+    """HDBSCAN decides how many segments; `min_cluster_size` None = 1% of the sample (at
+    least 10). Persistence: each segment's stability in the condensed tree, relative."""
+
+    def __init__(
+        self,
+        *,
+        min_cluster_size: int | None = None,
+        min_samples: int = 30,
+        backend: str = "fast_hdbscan",
+    ) -> None:
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.backend = backend
+
+    def cluster(self, space: np.ndarray) -> ClusterResult:
+        n = len(space)
+        mcs = min(self.min_cluster_size or max(10, n // 100), n)
+        min_samples = min(self.min_samples, mcs)
+        if self.backend == "hdbscan":
+            import hdbscan
+
+            h = hdbscan.HDBSCAN(
+                min_cluster_size=mcs, min_samples=min_samples, core_dist_n_jobs=1
+            ).fit(space)
+        else:
+            import fast_hdbscan
+
+            h = fast_hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=min_samples)
+            h.fit(space)
+        labels = relabel(h.labels_.astype(np.int32))
+        persistence = _persistence(h.condensed_tree_._raw_tree, n, labels)
+        return ClusterResult(labels, h.probabilities_.astype(np.float32), persistence)
+
+    def __repr__(self) -> str:
+        size = self.min_cluster_size or "1% of the sample"
+        return f"hdbscan(min_cluster_size={size}, min_samples={self.min_samples})"
+
+
+class KMeansClusterer:
+    """Exactly min(k, n) segments. strength = 1 - d(own centre) / d(second centre), in
+    [0, 1]; a segment's persistence is its members' mean strength relative to the highest."""
+
+    def __init__(self, k: int, *, seed: int = 0) -> None:
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        self.k, self.seed = k, seed
+
+    def cluster(self, space: np.ndarray) -> ClusterResult:
+        from sklearn.cluster import KMeans
+
+        k = max(1, min(self.k, len(space)))
+        km = KMeans(n_clusters=k, n_init=10, random_state=self.seed).fit(space)
+        dist = km.transform(space)
+        if k > 1:
+            part = np.partition(dist, 1, axis=1)
+            strength = 1.0 - part[:, 0] / np.maximum(part[:, 1], 1e-12)
+        else:
+            strength = np.ones(len(space))
+        labels = relabel(km.labels_.astype(np.int32))
+        means = {int(c): float(strength[labels == c].mean()) for c in np.unique(labels) if c >= 0}
+        top = max(means.values(), default=1.0) or 1.0
+        persistence = {c: m / top for c, m in means.items()}
+        return ClusterResult(labels, strength.astype(np.float32), persistence)
+
+    def __repr__(self) -> str:
+        return f"kmeans(k={self.k})"
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Labels 0..k-1 by decreasing size; -1 stays."""
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    order = ids[np.argsort(-counts, kind="stable")]
+    remap = np.full(labels.max() + 2 if len(labels) else 1, -1, np.int32)
+    remap[order] = np.arange(len(order))
+    return np.where(labels >= 0, remap[labels], -1).astype(np.int32)
+
+
+def _tree_parts(tree: np.ndarray, n_points: int):
+    parent = tree["parent"].astype(np.int64)
+    child = tree["child"].astype(np.int64)
+    lam = tree["lambda_val"].astype(np.float64)
+    is_cluster = child >= n_points
+    cluster_parent = dict(zip(child[is_cluster], parent[is_cluster]))
+    birth = dict(zip(child[is_cluster], lam[is_cluster]))
+    point_cluster = np.full(n_points, -1, np.int64)
+    point_lambda = np.zeros(n_points)
+    pts = ~is_cluster
+    point_cluster[child[pts]] = parent[pts]
+    point_lambda[child[pts]] = lam[pts]
+    return cluster_parent, birth, point_cluster, point_lambda
+
+
+def _node_of_labels(
+    labels: np.ndarray, point_cluster: np.ndarray, cluster_parent: dict
+) -> dict[int, int]:
+    """The condensed-tree node that each flat label stands for (the members' common node)."""
+    nodes: dict[int, int] = {}
+    for lab in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == lab)
+        chains = []
+        for node in point_cluster[members[:: max(1, len(members) // 50)]]:
+            chain = [int(node)]
+            while chain[-1] in cluster_parent:
+                chain.append(int(cluster_parent[chain[-1]]))
+            chains.append(chain[::-1])
+        common = chains[0]
+        for ch in chains[1:]:
+            i = 0
+            while i < min(len(common), len(ch)) and common[i] == ch[i]:
+                i += 1
+            common = common[:i]
+        nodes[int(lab)] = common[-1]
+    return nodes
+
+
+def _persistence(tree: np.ndarray, n_points: int, labels: np.ndarray) -> dict[int, float]:
+    """HDBSCAN stability of each flat cluster, relative to the most stable one (0..1]."""
+    if labels.max() < 0:
+        return {}
+    cluster_parent, birth, point_cluster, point_lambda = _tree_parts(tree, n_points)
+    node_of = _node_of_labels(labels, point_cluster, cluster_parent)
+    raw = {}
+    for lab, node in node_of.items():
+        members = labels == lab
+        raw[lab] = float(np.sum(np.maximum(point_lambda[members] - birth.get(node, 0.0), 0.0)))
+    top = max(raw.values()) or 1.0
+    return {lab: round(v / top, 4) for lab, v in raw.items()}
+
+
+# ---------------------------------------------------------------------- describer
+
+
+class CtfidfDescriber:
+    """Keywords by class-based TF-IDF and an attribute profile with lift, per segment
+    (`describe_segments`); groups under `min_group_size` are withheld (k-anonymity)."""
+
+    def __init__(self, *, min_group_size: int = 0, top_n: int = 10) -> None:
+        self.min_group_size, self.top_n = min_group_size, top_n
+
+    def describe(
+        self,
+        labels: np.ndarray,
+        docs: Sequence[str],
+        attributes: Sequence[Mapping[str, float | str | bool]],
+    ) -> dict[int, SegmentDescription]:
+        return describe_segments(
+            labels, docs, attributes, top_n=self.top_n, min_group_size=self.min_group_size
+        )
+
+    def __repr__(self) -> str:
+        return f"c-tf-idf(top {self.top_n})"

@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Generate the blocking client from the asyncio one (httpcore's scripts/unasync.py, as a
+plan for one file):
+
+    client/audience/client/_async.py  (hand-written)  ->  client/audience/client/_sync.py
+
+Token replacements (`async def` -> `def`, `await ` -> nothing, `grpc.aio` -> `grpc`, ...),
+then a few phrases of the docstrings; a line marked `# unasync: remove` is left out.
+
+    python scripts/unasync.py           write _sync.py
+    python scripts/unasync.py --check   exit 1 if _sync.py is not what this would write
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "client" / "audience" / "client" / "_async.py"
+TARGET = ROOT / "client" / "audience" / "client" / "_sync.py"
+
+HEADER = "# Generated from _async.py by scripts/unasync.py: edit _async.py, then run it again.\n"
+
+# Whole words (or exact tokens), applied in order.
+TOKENS = [
+    (r"\basync def ", "def "),
+    (r"\basync for ", "for "),
+    (r"\basync with ", "with "),
+    (r"\bawait ", ""),
+    (r"\b__aenter__\b", "__enter__"),
+    (r"\b__aexit__\b", "__exit__"),
+    (r"\bAsyncAudienceClient\b", "AudienceClient"),
+    (r"\bAsyncIterator\b", "Iterator"),
+    (r"\bAsyncProfiles\b", "Profiles"),
+    (r"\basync_run_many\b", "run_many"),
+    (r"\basync_batches\b", "batches"),
+    (r"\basyncio\.sleep\b", "time.sleep"),
+    (r"^import asyncio$", "import time"),
+    (r"\bgrpc\.aio\b", "grpc"),
+]
+
+# Phrases of the docstrings that say which flavour this is.
+PHRASES = [
+    (
+        '"""The asyncio client, :class:`AsyncAudienceClient`: the one hand-written client.\n'
+        "\n"
+        "`_sync.py` (:class:`AudienceClient`) is generated from this file",
+        '"""The blocking client, :class:`AudienceClient`, generated from `_async.py`\n'
+        "(:class:`AsyncAudienceClient`, the one hand-written client)",
+    ),
+    (
+        "for asyncio: methods are coroutines, streams are async\n"
+        "    iterators. One client per event loop; the channel opens on first use.",
+        "that blocks: safe to share between threads; the channel\n"
+        "    opens on first use.",
+    ),
+]
+
+
+def unasync(text: str) -> str:
+    for old, new in PHRASES:
+        if old not in text:
+            raise SystemExit(f"unasync: phrase not found in {SOURCE.name}: {old[:60]!r}")
+        text = text.replace(old, new)
+    lines = []
+    for line in text.splitlines():
+        if line.rstrip().endswith("# unasync: remove"):
+            continue
+        for pattern, repl in TOKENS:
+            line = re.sub(pattern, repl, line)
+        lines.append(line)
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    wanted = unasync(SOURCE.read_text())
+    if "--check" in argv:
+        if not TARGET.exists() or TARGET.read_text() != wanted:
+            print(
+                f"{TARGET.relative_to(ROOT)} is stale: run `python scripts/unasync.py`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    TARGET.write_text(wanted)
+    print(f"wrote {TARGET.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
