@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test bench protos lint clean
+.PHONY: install run test bench protos generate lint clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ bench: install
 
 protos: install
 	PYTHON=$(PY) bash scripts/gen_protos.sh
+
+# The stubs from protos/, then the blocking client from the asyncio one.
+generate: protos
+	$(PY) scripts/unasync.py
 
 lint: install
 	$(VENV)/bin/ruff check .
