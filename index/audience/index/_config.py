@@ -23,6 +23,8 @@ ONNX_VARIANTS = ("onnx", "onnx-int8")
 ENCODER_BACKENDS = ("torch", *ONNX_VARIANTS)
 INDEX_KINDS = ("flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")  # what an index can be
 INDEX_KIND_SETTINGS = ("auto", *INDEX_KINDS)  # what `index_kind` may say
+SEGMENT_REDUCERS = ("umap", "pca")  # the space a segment build clusters in
+HDBSCAN_BACKENDS = ("fast_hdbscan", "hdbscan")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audience.index import ENCODER_BACKENDS, INDEX_KIND_SETTINGS, ONNX_VARIANTS
+from audience.index import (
+    ENCODER_BACKENDS,
+    INDEX_KIND_SETTINGS,
+    ONNX_VARIANTS,
+    SEGMENT_REDUCERS,
+)
 
 from ._config import DEFAULT_PORT, load_config
 
@@ -466,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exactly this many segments (k-means on UMAP of the user vectors); "
         "0 = HDBSCAN decides how many",
     )
-    s.add_argument("--reducer", choices=("umap", "pca"), help="space the clustering runs in (umap)")
+    s.add_argument("--reducer", choices=SEGMENT_REDUCERS, help="space the clustering sees (umap)")
     s.add_argument("--min-cluster-size", type=int, help="smallest segment (1%% of the sample)")
     s.add_argument("--sample-size", type=int, help="users the clustering is fitted on (20000)")
     s.set_defaults(func=cmd_segments_build, timeout=None)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._config import HDBSCAN_BACKENDS, SEGMENT_REDUCERS
 from .._errors import InvalidQuery
-
-REDUCERS = ("umap", "pca")
-BACKENDS = ("fast_hdbscan", "hdbscan")
 
 
 @dataclass(frozen=True)
@@ -33,10 +31,10 @@ class SegmentParams:
     dims_used: int = 0
 
     def __post_init__(self) -> None:
-        if self.reducer not in REDUCERS:
-            raise InvalidQuery("reducer", f"must be one of {', '.join(REDUCERS)}")
-        if self.backend not in BACKENDS:
-            raise InvalidQuery("backend", f"must be one of {', '.join(BACKENDS)}")
+        if self.reducer not in SEGMENT_REDUCERS:
+            raise InvalidQuery("reducer", f"must be one of {', '.join(SEGMENT_REDUCERS)}")
+        if self.backend not in HDBSCAN_BACKENDS:
+            raise InvalidQuery("backend", f"must be one of {', '.join(HDBSCAN_BACKENDS)}")
         for name, least in (("target_segments", 0), ("sample_size", 50), ("pca_dims", 2)):
             if getattr(self, name) < least:
                 raise InvalidQuery(name, f"must be >= {least}")
