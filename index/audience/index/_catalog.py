@@ -169,7 +169,10 @@ class Catalog:
             self.segment_of.pop(iid, None)
         self.unsaved += len(found)
 
-    def serve_segments(self, model: SegmentModel, membership: dict[int, tuple[int, float]]):
+    def serve_segments(
+        self, model: SegmentModel, membership: dict[int, tuple[int, float]]
+    ) -> None:
+        """Serve this model, with `membership_of(model)` computed beforehand."""
         self.segments = model
         self.segment_of = membership
 
@@ -304,13 +307,13 @@ class Catalog:
         kind = self.policy.kind_for(total)
         t0 = time.perf_counter()
         if kind == "flat":
-            index, done = FlatIndex(self.dim), 0
+            flat, done = FlatIndex(self.dim), 0
             for iids, blobs in self.store.iter_vectors():  # vectors only, not texts
-                index.add(iids, matrix(blobs, self.dim))
+                flat.add(iids, matrix(blobs, self.dim))
                 done += len(iids)
                 if progress:
                     progress("build index", done, total)
-            return index
+            return flat
         ids = np.empty(total, np.int64)
         vecs = np.empty((total, self.dim), np.float32)
         n = 0

@@ -4,6 +4,7 @@ sample of the stored texts), then every stored vector computed again."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -16,7 +17,10 @@ log = logging.getLogger("audience.index")
 
 
 def fit_lexical(
-    store: ProfileStore, config: EngineConfig, directory, progress: Progress | None = None
+    store: ProfileStore,
+    config: EngineConfig,
+    directory: Path,
+    progress: Progress | None = None,
 ) -> LexicalModel | None:
     """Fit the lexical model on (a sample of) the stored users and save it in `directory`;
     None when the texts are too few to fit one."""

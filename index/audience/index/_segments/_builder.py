@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import faiss
@@ -47,7 +47,7 @@ class Population:
     vectors: np.ndarray  # (n, dim) float32 user vectors, exact
     user_id: dict[int, str]  # iid -> user id
     # iids -> {iid: (texts as [[text, weight, timestamp]], attributes)} of those still stored
-    texts_and_attributes: Callable[[np.ndarray], dict[int, tuple[list, dict]]]
+    texts_and_attributes: Callable[[Sequence[int]], dict[int, tuple[list, dict]]]
 
 
 @dataclass
@@ -265,7 +265,7 @@ class SegmentBuilder:
         iids = users.iids
         rng = np.random.default_rng(self.params.seed)
         pick = np.sort(rng.choice(len(iids), size=min(len(iids), DESCRIBE_SAMPLE), replace=False))
-        rows = users.texts_and_attributes(iids[pick])
+        rows = users.texts_and_attributes(iids[pick].tolist())
         keep = [j for j in pick if int(iids[j]) in rows]
         docs = ["\n".join(t[0] for t in rows[int(iids[j])][0]) for j in keep]
         attrs = [rows[int(iids[j])][1] for j in keep]
