@@ -260,3 +260,31 @@ def test_serve_applies_process_settings_before_grpc_loads(
     assert "GIL switch interval 1 ms" in lines[1]
     # grpc names experiments it does not know on stderr; these must all be known to it
     assert "experiment" not in done.stderr.lower(), done.stderr
+
+
+_SERVE_PATH_PROBE = """
+import sys
+from audience.server import _cli, _process
+
+def apply(settings):
+    print("grpc loaded before the settings:", "grpc" in sys.modules, settings)
+    raise SystemExit(0)
+
+_process.apply = apply
+_cli.main(["serve", "--data-dir", sys.argv[1], "--port", "0", "--token", "admin:s3cret",
+           "--no-huge-pages", "--attribute", "age:numeric:0:99"])
+"""
+
+
+def test_audience_serve_applies_its_settings_before_anything_loads_grpc(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_PATH_PROBE, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "grpc loaded before the settings: False "
+        "ProcessSettings(huge_pages=False, grpc_poll_io=True, switch_interval_s=0.0005)"
+    )

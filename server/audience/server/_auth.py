@@ -12,16 +12,16 @@ auth is off (the embedded default for local use, listening on 127.0.0.1).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
 
 import grpc
 
+from ._config import ROLES, hash_token
+
 log = logging.getLogger("audience.server")
 
-ROLES = ("reader", "writer", "admin")
 RANK = {role: i for i, role in enumerate(ROLES)}
 SERVICE_ROLE = {
     "audience.v1.Lookalike": "reader",
@@ -30,10 +30,6 @@ SERVICE_ROLE = {
     "audience.v1.Admin": "admin",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def required_role(method: str) -> str | None:

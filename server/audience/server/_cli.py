@@ -29,7 +29,7 @@ from audience.index import (
     SEGMENT_REDUCERS,
 )
 
-from ._config import DEFAULT_PORT, load_config
+from ._config import DEFAULT_PORT, ROLES, hash_token, load_config
 
 if TYPE_CHECKING:
     from audience.client import AudienceClient
@@ -105,8 +105,6 @@ def _tokens(
     flags: list[str] | None, tokens_file: Path | None
 ) -> tuple[tuple[str, str], ...] | None:
     """--token ROLE:TOKEN (hashed here) and --tokens-file (JSON: [{"sha256", "role"}])."""
-    from ._auth import ROLES, hash_token
-
     out = []
     for flag in flags or ():
         role, sep, token = flag.partition(":")
@@ -119,8 +117,6 @@ def _tokens(
 
 
 def cmd_hash_token(args: argparse.Namespace) -> int:
-    from ._auth import hash_token
-
     print(hash_token(args.token))
     return 0
 

@@ -13,6 +13,7 @@ grpc_poll_io = true
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,12 @@ import tomllib
 from audience.index import AttributeSpec, ConfigError, EngineConfig, Limits
 
 DEFAULT_PORT = 50051
+ROLES = ("reader", "writer", "admin")  # bearer token roles, each with more rights (_auth.py)
+
+
+def hash_token(token: str) -> str:
+    """What a tokens file and the config hold of a bearer token: its sha256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
