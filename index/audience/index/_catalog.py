@@ -24,11 +24,12 @@ import numpy as np
 
 from ._attrs import AttributeTable
 from ._config import EngineConfig
-from ._encode import from_f32
+from ._durable import DataDirLock
+from ._encode import ProfileEncoder, from_f32
 from ._errors import SegmentsNotBuilt, UnknownSegment, UnknownUser
 from ._segments import SegmentModel
 from ._store import ProfileStore
-from ._types import AttrValue, Membership, Progress, ScoredUsers, SnapshotResult
+from ._types import AttrValue, Membership, Progress, ScoredUsers, SnapshotResult, Stats
 from ._userids import UserIdTable
 from ._vectors import FlatIndex, Generations, IndexPolicy, Manifest, VectorIndex, build_index
 
@@ -47,9 +48,16 @@ def matrix(blobs: Sequence[bytes], dim: int) -> np.ndarray:
 
 
 class Catalog:
-    def __init__(self, config: EngineConfig, store: ProfileStore, dim: int) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: ProfileStore,
+        dim: int,
+        lock: DataDirLock | None = None,
+    ) -> None:
         self.config = config
         self.store = store
+        self.lock = lock  # the data dir's lock, released by close()
         self.dim = dim
         self.generations = Generations(config.data_dir / INDEX_DIR)
         self.policy = IndexPolicy(config)
@@ -62,6 +70,7 @@ class Catalog:
         self.generation = 0  # the index generation last saved or loaded
         self.unsaved = 0  # changes since that generation
         self.warnings: list[str] = []  # what opening had to repair (damaged files)
+        self.pending: dict[str, str] = {}  # work after a commit that failed, to be retried
 
     # ------------------------------------------------------------ loading
 
@@ -343,6 +352,30 @@ class Catalog:
         self.unsaved = 0
         log.info("Index - saved generation %d (%d vectors)", manifest.generation, manifest.count)
         return manifest.generation
+
+    def close(self) -> None:
+        """Close the store and release the data dir."""
+        self.store.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def stats(self, encoder: ProfileEncoder) -> Stats:
+        lexical = encoder.lexical
+        return Stats(
+            users=len(self.iid_of),
+            indexed=len(self.index),
+            dimension=encoder.dim,
+            model=encoder.embedder.model_id,
+            index_type=self.index.kind,
+            generation=self.generation,
+            sequence=self.store.sequence,
+            data_dir=str(self.config.data_dir),
+            attributes=tuple(self.attrs.names),
+            lexical_model=encoder.lexical_version,
+            lexical_documents=lexical.manifest.documents if lexical is not None else 0,
+            lexical_weight=encoder.lexical_share,
+            warnings=(*self.warnings, *self.pending.values()),
+        )
 
     def snapshot(self) -> SnapshotResult:
         """Copy the store and the last saved generation under snapshots/ (saved first)."""

@@ -19,12 +19,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
+from . import _erasure as erasure
 from ._catalog import LEXICAL_DIR, SEGMENTS_DIR, Catalog, membership
 from ._config import EngineConfig
+from ._durable import disk_full_as
 from ._encode import ProfileEncoder, TextEmbedder, text_items
-from ._errors import InvalidQuery, PreconditionFailed, UnknownSegment, UnknownUser
+from ._errors import DataDamaged, PreconditionFailed, UnknownSegment, UnknownUser
 from ._lookalike import LookalikeScorer, SeedStrategy
 from ._recovery import open_data_dir
 from ._refit import fit_lexical, reencode_store
@@ -58,6 +61,7 @@ from ._types import (
 from ._validate import Validator
 
 log = logging.getLogger("audience.index")
+RETRY_AFTER_S = 30.0  # work after a commit that failed (saving a generation) waits this long
 
 
 class Engine:
@@ -80,6 +84,7 @@ class Engine:
         self._writer = threading.Lock()
         self._build_lock = threading.Lock()
         self._closed = False
+        self._retry_at = 0.0  # monotonic time before which failed post-commit work waits
 
     @classmethod
     def open(
@@ -120,26 +125,40 @@ class Engine:
         catalog = self.catalog
         if catalog.unsaved == 0 and catalog.generation:
             return catalog.generation
-        if catalog.policy.rebuild_due(catalog.index):  # ANN threshold crossed, or compaction
-            index = catalog.build_index()  # readers keep the old index meanwhile
-            with self._rw.write():
-                catalog.index = index
-        with self._rw.read():
-            return catalog.save_generation(self.encoder.fingerprint)
+        with disk_full_as("index generation not saved; the store has every write"):
+            if catalog.policy.rebuild_due(catalog.index):  # ANN threshold crossed, compaction
+                index = catalog.build_index()  # readers keep the old index meanwhile
+                with self._rw.write():
+                    catalog.index = index
+            with self._rw.read():
+                return catalog.save_generation(self.encoder.fingerprint)
 
     def close(self) -> None:
         if self._closed:
             return
-        self.save()
+        self._after_commit("saving the index at close", self.save)
         self._closed = True
-        self.catalog.store.close()
+        self.catalog.close()
 
     def _after_write(self) -> None:
         # Every generation is a whole index file, so at scale save once a tenth has changed
         # (the writes since are in the store and replayed at the next start).
         catalog = self.catalog
-        if catalog.unsaved >= max(self.config.save_every_changes, len(catalog.index) // 10):
-            self._save_locked()
+        due = max(self.config.save_every_changes, len(catalog.index) // 10)
+        if catalog.unsaved >= due and time.monotonic() >= self._retry_at:
+            self._after_commit("saving an index generation", self._save_locked)
+
+    def _after_commit(self, what: str, work: Callable[[], object]) -> None:
+        """Work after a write committed: its failure (a full disk, say) never turns the write
+        into an error. It is logged, listed in stats, and tried again after RETRY_AFTER_S."""
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - the write is committed; see above
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+            log.error("Engine - %s failed (%s); retried later", what, type(exc).__name__)
+            self.catalog.pending[what] = f"{what} failed ({exc}); retried later"
+        else:
+            self.catalog.pending.pop(what, None)
 
     # ------------------------------------------------------------ writes
 
@@ -150,15 +169,7 @@ class Engine:
         embedded = self.encoder.embed_texts(batch)  # the slow part, outside every lock
         with self._writer:
             # the encoder now: a rebuild (which holds the writer lock) may have replaced it
-            encoded = self.encoder.encode(batch, embedded)
-            empty = encoded.first_without_signal()
-            if empty is not None:
-                declared = [a.name for a in self.config.attributes or ()]
-                raise InvalidQuery(
-                    f"profiles[{empty}]",
-                    "needs at least one text or an attribute declared in the schema "
-                    f"(declared: {declared})",
-                )
+            encoded = self.encoder.encode(batch, embedded).require_signal(self.config)
             seq, iids = self.catalog.store.upsert(encoded.rows, encoded.vocabulary)
             self.encoder.vocabulary.learn(encoded.vocabulary)
             with self._rw.write():
@@ -171,11 +182,16 @@ class Engine:
         """Erase users from the store, the index and segment membership."""
         self.validate.ids(user_ids, "user_ids")
         with self._writer:
-            _, found = self.catalog.store.delete(user_ids)
+            seq, found = self.catalog.store.delete(user_ids)
+            gone = {uid for uid, _ in found}
             with self._rw.write():
                 self.catalog.drop(found)
+                if self.catalog.segments is not None:
+                    erasure.withdraw_from_served(self.catalog.segments, gone)
+            if found:  # the erasure reaches the saved segment models and the snapshots
+                copies = partial(erasure.reach_copies, self.catalog, seq, gone)
+                self._after_commit("erasing from segment models and snapshots", copies)
             self._after_write()
-        gone = {uid for uid, _ in found}
         return DeleteResult(len(found), [u for u in dict.fromkeys(user_ids) if u not in gone])
 
     def rebuild_index(
@@ -194,8 +210,9 @@ class Engine:
                     catalog.store, self.config, self.config.data_dir / LEXICAL_DIR, progress
                 )
                 enc = enc.with_lexical(lexical or enc.lexical)
-            reencode_store(catalog.store, enc, reembed=reembed, progress=progress)
-            index = catalog.build_index(progress)
+            with disk_full_as("index not rebuilt; the previous one is still served"):
+                reencode_store(catalog.store, enc, reembed=reembed, progress=progress)
+                index = catalog.build_index(progress)
             with self._rw.write():
                 catalog.index = index
                 self._swap_encoder(enc)
@@ -207,7 +224,7 @@ class Engine:
 
     def snapshot(self) -> SnapshotResult:
         """A consistent copy of the store and the current index generation under snapshots/."""
-        with self._writer:
+        with self._writer, disk_full_as("snapshot not written"):
             self._save_locked()
             return self.catalog.snapshot()
 
@@ -218,27 +235,14 @@ class Engine:
         row = self.catalog.store.get(user_id)
         if row is None:
             raise UnknownUser([user_id])
+        if include_vector and not row.intact:
+            raise DataDamaged(f"user_id: the stored vector of {user_id!r} fails its checksum")
         profile = Profile(row.user_id, tuple(text_items(row)), row.attributes)
         return StoredUser(profile, row.vec if include_vector else b"", self.encoder.dim)
 
     def stats(self) -> Stats:
         with self._rw.read():
-            c, enc = self.catalog, self.encoder
-            return Stats(
-                users=len(c.iid_of),
-                indexed=len(c.index),
-                dimension=enc.dim,
-                model=enc.embedder.model_id,
-                index_type=c.index.kind,
-                generation=c.generation,
-                sequence=c.store.sequence,
-                data_dir=str(self.config.data_dir),
-                attributes=tuple(c.attrs.names),
-                lexical_model=enc.lexical_version,
-                lexical_documents=enc.lexical.manifest.documents if enc.lexical else 0,
-                lexical_weight=enc.lexical_share,
-                warnings=tuple(c.warnings),
-            )
+            return self.catalog.stats(self.encoder)
 
     def estimate_reach(
         self,
@@ -258,11 +262,7 @@ class Engine:
 
     def find_lookalikes(self, query: LookalikeQuery) -> LookalikeResult:
         limit = self.config.limits.max_k
-        if query.k is not None and query.k > limit:
-            raise InvalidQuery(
-                "k", f"must be at most {limit}; use StreamLookalikes for larger audiences"
-            )
-        self.validate.query(query)
+        self.validate.query(query, limit, "; use StreamLookalikes for larger audiences")
         with self._rw.read():
             users, eligible = self._scorer.find(query, limit)
         return LookalikeResult(users, eligible)
@@ -270,9 +270,7 @@ class Engine:
     def stream_lookalikes(self, query: LookalikeQuery, chunk: int = 1000) -> LookalikeStream:
         """The audience in chunks, best first, for sizes up to limits.max_stream_k."""
         limit = self.config.limits.max_stream_k
-        if query.k is not None and query.k > limit:
-            raise InvalidQuery("k", f"must be at most {limit}")
-        self.validate.query(query)
+        self.validate.query(query, limit)
         with self._rw.read():
             users, eligible = self._scorer.find(query, limit)
         return LookalikeStream(eligible, users.chunks(chunk))
@@ -293,15 +291,19 @@ class Engine:
             builder = SegmentBuilder(params, min_group_size=self.config.segment_min_group_size)
             with self._rw.read():
                 iids, vectors = c.all_user_vectors()
-                previous = c.segments
+                previous, seq = c.segments, c.store.sequence
                 user_id = dict(c.uid_of.items())
-            users = Population(iids, vectors, user_id, c.store.texts_and_attributes)
+            users = Population(iids, vectors, user_id, c.store.texts_and_attributes, seq)
             model = builder.build(users, previous, progress)
             del users, vectors
-            model.save(self.config.data_dir / SEGMENTS_DIR)
-            membership_of = c.membership_of(model)
-            with self._rw.write():
-                c.serve_segments(model, membership_of)
+            with self._writer:  # no delete between the check of exemplars and the save
+                gone = {u for s in model.segments for u in s.exemplar_user_ids}
+                erasure.withdraw_from_served(model, {u for u in gone if u not in c.iid_of})
+                with disk_full_as("segments not saved; the previous model is still served"):
+                    model.save(self.config.data_dir / SEGMENTS_DIR)
+                membership_of = c.membership_of(model)
+                with self._rw.write():
+                    c.serve_segments(model, membership_of)
         finally:
             self._build_lock.release()
         return SegmentBuild.of(model)

@@ -6,9 +6,11 @@ AudienceError
 ├── UnknownUser           a user id that is not stored             (NOT_FOUND)
 ├── UnknownSegment        a segment id that does not exist          (NOT_FOUND)
 ├── LimitExceeded         a request over a configured limit         (RESOURCE_EXHAUSTED)
+├── StorageFull           the data dir's disk is full              (RESOURCE_EXHAUSTED)
 ├── IndexNotReady         still loading or closed                   (UNAVAILABLE)
 ├── SegmentsNotBuilt      segment query before any build            (FAILED_PRECONDITION)
-└── PreconditionFailed    the data dir or model cannot serve this   (FAILED_PRECONDITION)
+├── PreconditionFailed    the data dir or model cannot serve this   (FAILED_PRECONDITION)
+└── DataDamaged           stored data failed its checksum           (DATA_LOSS)
 
 InvalidQuery and ConfigError are also ValueErrors, so code that validates with plain Python
 habits (`except ValueError`) sees them.
@@ -62,6 +64,11 @@ class LimitExceeded(AudienceError):
         super().__init__(f"{field}: {value} is over the limit of {limit}")
 
 
+class StorageFull(AudienceError):
+    """No space left on the data dir's disk (or over quota). The message says what was not
+    written; what was acknowledged before is kept."""
+
+
 class IndexNotReady(AudienceError):
     pass
 
@@ -72,3 +79,8 @@ class SegmentsNotBuilt(AudienceError):
 
 class PreconditionFailed(AudienceError):
     pass
+
+
+class DataDamaged(AudienceError):
+    """Stored data does not match its checksum (bit rot, a tampered file) and could not be
+    recovered on the spot; `audience check` finds and repairs it."""

@@ -1,6 +1,8 @@
 """Opening a data dir: whatever a crash or a settings change left, bring it to a state that
 can be served, and say what was repaired.
 
+    lock        the data dir's LOCK, first: a second server on it fails at once, naming the
+                first one's pid
     store       SQLite opens (its WAL replays committed writes); the attribute schema is the
                 one given, else the one the data dir was last opened with
     encoder     the model; the saved lexical model (refitted when damaged, of another size,
@@ -8,6 +10,8 @@ can be served, and say what was repaired.
     vectors     stored vectors made under other settings are made again: embedded again when
                 the model or text settings changed, else recombined (a crash mid-way is
                 finished here, next start)
+    erasures    recorded erasures that the store (a restored copy), the saved segment models
+                or the snapshots have not applied yet (see _erasure.py)
     catalog     ids, attributes, the newest good index generation brought up to date, the
                 segment model (see Catalog.load)
 """
@@ -17,8 +21,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from . import _erasure as erasure
 from ._catalog import LEXICAL_DIR, STORE_FILE, Catalog
 from ._config import EngineConfig
+from ._durable import DataDirLock
 from ._encode import (
     LexicalModel,
     LexicalModelError,
@@ -48,6 +54,21 @@ def open_data_dir(
 ) -> Opened:
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(data_dir)  # before anything is read: one server per data dir
+    try:
+        return _open(config, embedder, progress, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _open(
+    config: EngineConfig,
+    embedder: TextEmbedder | None,
+    progress: Progress | None,
+    lock: DataDirLock,
+) -> Opened:
+    data_dir = config.data_dir
     log.info("Engine - Opening data dir %s", data_dir)
     store = ProfileStore(data_dir / STORE_FILE)
     if config.attributes is None:  # keep the schema this data dir was last opened with
@@ -58,7 +79,7 @@ def open_data_dir(
     lexical = _saved_lexical(config, warnings)
     vocabulary = Vocabulary(config.attributes or (), store.vocabulary())
     encoder = ProfileEncoder(config, embedder, vocabulary, lexical)
-    catalog = Catalog(config, store, encoder.dim)
+    catalog = Catalog(config, store, encoder.dim, lock)
     catalog.warnings += warnings
     catalog.warnings += getattr(embedder, "warnings", ())  # e.g. a re-exported model
 
@@ -73,6 +94,7 @@ def open_data_dir(
         reencode_store(store, encoder, reembed=False, progress=progress)
     store.set_meta("text_fingerprint", encoder.text_fingerprint)
     store.set_meta("vector_fingerprint", encoder.fingerprint)
+    erasure.apply_at_open(catalog)  # a restored copy, or a crash before the copies had them
     catalog.load(encoder.fingerprint, progress)
     return Opened(config, catalog, encoder)
 

@@ -5,25 +5,45 @@ acknowledged write survives `kill -9`. Each write transaction takes the next seq
 number; an index generation records the sequence it has seen, and on start the engine
 re-adds users written since and drops ids the store no longer has (erased users).
 
+Erasure: deleted rows are overwritten with zeros (secure_delete) and the write-ahead log is
+truncated after each delete, so an erased user's id and texts do not linger in the files. Each
+erasure is recorded, as a keyed hash of the id and the sequence of the delete, in the same
+transaction; that record lets copies made before (snapshots, backups, replicas) apply it.
+
+A full disk is StorageFull, raised after the transaction is rolled back (a failed rollback is
+logged, never raised in place of the first error); nothing of that call was written.
+
 Tables
-    users(iid, user_id, seq, texts, attributes, text_vec, vec)
+    users(iid, user_id, seq, texts, attributes, text_vec, vec, own_vec, vec_crc)
         iid: the int64 id in the vector index (AUTOINCREMENT: never reused)
         texts: JSON [[text, weight, timestamp], ...]; attributes: JSON {name: value}
         text_vec: pooled text embedding (float32) or NULL; vec: the user vector (float32)
+        vec_crc: CRC-32 of vec and text_vec (bit rot shows at reads and `audience check`)
     vocab(attribute, value, slot)   learned categorical values (append-only)
-    meta(key, value)        sequence counter, fingerprints
+    erasures(seq, id_hash)  erased users: HMAC-SHA256 of the id under meta erasure_salt
+    meta(key, value)        sequence counter, fingerprints, erasure salt
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
+import secrets
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ._durable import disk_full_as
+
+log = logging.getLogger("audience.index")
 
 # users_meta covers what a server reads of every user at start (iter_meta): without it that
 # scan reads every page of the table, vectors and texts included (2 GB at 1M users).
@@ -45,7 +65,14 @@ CREATE TABLE IF NOT EXISTS vocab (
     PRIMARY KEY (attribute, value)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS erasures (seq INTEGER NOT NULL, id_hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS erasures_seq ON erasures(seq);
 """
+
+
+def vec_crc(vec: bytes, text_vec: bytes | None) -> int:
+    """The checksum stored beside a row's vectors."""
+    return zlib.crc32(text_vec or b"", zlib.crc32(vec))
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,12 @@ class StoredRow:
     text_vec: bytes | None
     vec: bytes
     own_vec: int = 0
+    crc: int | None = None  # None: written before checksums (verified by `audience check`)
+
+    @property
+    def intact(self) -> bool:
+        """Whether the vectors match their checksum (or have none to match)."""
+        return self.crc is None or self.crc == vec_crc(self.vec, self.text_vec)
 
     @property
     def attributes(self) -> dict:
@@ -81,19 +114,76 @@ class StoredRow:
 class ProfileStore:
     """Thread-safe: one connection, one lock. Reads are short; writes are batched."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, erasure_salt: str | None = None) -> None:
+        """Open (or create) the store at `path`. `erasure_salt`: the key to adopt when the
+        store has none yet (a copy made before erasures were keyed)."""
         self.path = Path(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db.execute("PRAGMA secure_delete=ON")  # erased rows are overwritten with zeros
+        with disk_full_as("the data dir cannot be opened"):
+            self._db.executescript(SCHEMA)
+            self._migrate()
         row = self._db.execute(
             "SELECT max(coalesce((SELECT max(seq) FROM users), 0),"
             " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key='seq'), 0))"
         ).fetchone()
         self._seq = int(row[0])
+        salt = self.get_meta("erasure_salt")
+        if salt is None:
+            salt = erasure_salt or secrets.token_hex(32)
+            self.set_meta("erasure_salt", salt)
+        self.erasure_salt = salt
+        self._salt = bytes.fromhex(salt)
+
+    def _migrate(self) -> None:
+        """Columns added since a data dir was made: vec_crc (filled in for every row)."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(users)")}
+        if "vec_crc" not in columns:
+            log.info("Store - adding vector checksums to every stored user (once)")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("ALTER TABLE users ADD COLUMN vec_crc INTEGER")
+                rows = self._db.execute("SELECT iid, vec, text_vec FROM users").fetchall()
+                self._db.executemany(
+                    "UPDATE users SET vec_crc=? WHERE iid=?",
+                    [(vec_crc(v, tv), iid) for iid, v, tv in rows],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """One write transaction under the lock. On an error it is rolled back (if SQLite has
+        not ended it already: it does on a full disk) and the first error is raised, as
+        StorageFull("`what`: ...") when the disk is full."""
+        with self._lock, disk_full_as(what):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the first error is what the caller must see
+            log.error("Store - rollback failed too: %s", exc)
+
+    def id_hash(self, user_id: str) -> str:
+        """The keyed hash an erasure is recorded under (no id is kept in clear)."""
+        return hmac.new(
+            self._salt, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).hexdigest()
 
     # ------------------------------------------------------------------ writes
 
@@ -108,61 +198,119 @@ class ProfileStore:
 
         Returns the new sequence number and the iid of each row, in order.
         """
-        with self._lock:
-            seq = self._seq + 1
-            iids: list[int] = []
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO vocab(attribute, value, slot) VALUES (?, ?, ?)", list(new_vocab)
+        seq = self._seq + 1
+        iids: list[int] = []
+        with self._transaction("profiles not written"):
+            self._db.executemany(
+                "INSERT INTO vocab(attribute, value, slot) VALUES (?, ?, ?)", list(new_vocab)
+            )
+            for r in rows:
+                cur = self._db.execute(
+                    "INSERT INTO users"
+                    "(user_id, seq, texts, attributes, text_vec, vec, own_vec, vec_crc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(user_id) DO UPDATE SET seq=excluded.seq,"
+                    " texts=excluded.texts, attributes=excluded.attributes,"
+                    " text_vec=excluded.text_vec, vec=excluded.vec, own_vec=excluded.own_vec,"
+                    " vec_crc=excluded.vec_crc"
+                    " RETURNING iid",
+                    (
+                        r.user_id,
+                        seq,
+                        r.texts_json,
+                        r.attributes_json,
+                        r.text_vec,
+                        r.vec,
+                        int(r.own_vec),
+                        vec_crc(r.vec, r.text_vec),
+                    ),
                 )
-                for r in rows:
-                    cur = self._db.execute(
-                        "INSERT INTO users(user_id, seq, texts, attributes, text_vec, vec, own_vec)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT(user_id) DO UPDATE SET seq=excluded.seq,"
-                        " texts=excluded.texts, attributes=excluded.attributes,"
-                        " text_vec=excluded.text_vec, vec=excluded.vec, own_vec=excluded.own_vec"
-                        " RETURNING iid",
-                        (
-                            r.user_id,
-                            seq,
-                            r.texts_json,
-                            r.attributes_json,
-                            r.text_vec,
-                            r.vec,
-                            int(r.own_vec),
-                        ),
-                    )
-                    iids.append(int(cur.fetchone()[0]))
-                self._set_seq(seq)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._seq = seq
-            return seq, iids
+                iids.append(int(cur.fetchone()[0]))
+            self._set_seq(seq)
+        self._seq = seq
+        return seq, iids
 
     def delete(self, user_ids: Sequence[str]) -> tuple[int, list[tuple[str, int]]]:
-        """Erase users. Returns the new sequence and the (user_id, iid) pairs that existed."""
+        """Erase users, recording each erasure. Returns the new sequence and the (user_id, iid)
+        pairs that existed. The write-ahead log is truncated afterwards, so the erased rows'
+        old pages do not stay in it."""
+        seq = self._seq + 1
+        found: list[tuple[str, int]] = []
+        with self._transaction("users not deleted"):
+            for uid in dict.fromkeys(user_ids):
+                row = self._db.execute(
+                    "DELETE FROM users WHERE user_id=? RETURNING iid", (uid,)
+                ).fetchone()
+                if row is not None:
+                    found.append((uid, int(row[0])))
+                    self._db.execute(
+                        "INSERT INTO erasures(seq, id_hash) VALUES (?, ?)", (seq, self.id_hash(uid))
+                    )
+            self._set_seq(seq)
+            self._set_meta_locked("erasures_applied", str(seq))
+        self._seq = seq
+        if found:
+            self.truncate_wal()
+        return seq, found
+
+    def truncate_wal(self) -> None:
+        """Checkpoint the write-ahead log into the database and truncate it to nothing (best
+        effort: a busy or failed checkpoint leaves it for the next one)."""
         with self._lock:
-            seq = self._seq + 1
-            found: list[tuple[str, int]] = []
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                for uid in dict.fromkeys(user_ids):
-                    row = self._db.execute(
-                        "DELETE FROM users WHERE user_id=? RETURNING iid", (uid,)
-                    ).fetchone()
-                    if row is not None:
-                        found.append((uid, int(row[0])))
-                self._set_seq(seq)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._seq = seq
-            return seq, found
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                log.warning("Store - write-ahead log not truncated: %s", exc)
+
+    def erasures(self, since_seq: int = 0) -> list[tuple[int, str]]:
+        """(sequence, id hash) of the erasures recorded after `since_seq`."""
+        with self._lock:
+            return [
+                (int(q), str(h))
+                for q, h in self._db.execute(
+                    "SELECT seq, id_hash FROM erasures WHERE seq > ? ORDER BY seq", (since_seq,)
+                )
+            ]
+
+    def record_erasures(self, erasures: Sequence[tuple[int, str]]) -> None:
+        """Record erasures from elsewhere (the live data dir of a restored copy) without
+        applying them: the next `apply_erasures` of what is recorded past `erasures_applied`
+        does."""
+        with self._transaction("erasures not recorded"):
+            have = {(q, h) for q, h in self._db.execute("SELECT seq, id_hash FROM erasures")}
+            self._db.executemany(
+                "INSERT INTO erasures(seq, id_hash) VALUES (?, ?)",
+                [(q, h) for q, h in erasures if (q, h) not in have],
+            )
+
+    def apply_erasures(self, erasures: Sequence[tuple[int, str]]) -> int:
+        """Erase the users that `erasures` (from this store's lineage: a live store whose copy
+        this is) name and that were written before their erasure; record them here. Returns
+        how many rows were erased. The sequence moves past every erasure applied."""
+        latest = {}
+        for q, h in erasures:
+            latest[h] = max(q, latest.get(h, 0))
+        if not latest:
+            return 0
+        doomed = []
+        with self._lock:
+            for iid, uid, seq in self._db.execute("SELECT iid, user_id, seq FROM users"):
+                q = latest.get(self.id_hash(uid))
+                if q is not None and seq < q:
+                    doomed.append(int(iid))
+        top = max(max(latest.values()), self._seq)
+        with self._transaction("erasures not applied"):
+            self._db.executemany("DELETE FROM users WHERE iid=?", [(i,) for i in doomed])
+            have = {(q, h) for q, h in self._db.execute("SELECT seq, id_hash FROM erasures")}
+            self._db.executemany(
+                "INSERT INTO erasures(seq, id_hash) VALUES (?, ?)",
+                [(q, h) for h, q in latest.items() if (q, h) not in have],
+            )
+            self._set_seq(top)
+            self._set_meta_locked("erasures_applied", str(top))
+        self._seq = top
+        self.truncate_wal()
+        return len(doomed)
 
     def rewrite_vectors(
         self,
@@ -171,20 +319,14 @@ class ProfileStore:
     ) -> None:
         """Replace (iid, text_vec, vec) after a re-encode, with the vocabulary it learned, in
         one transaction; the sequence does not move."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO vocab(attribute, value, slot) VALUES (?, ?, ?)", list(new_vocab)
-                )
-                self._db.executemany(
-                    "UPDATE users SET text_vec=?, vec=? WHERE iid=?",
-                    [(tv, v, iid) for iid, tv, v in items],
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("vectors not rewritten"):
+            self._db.executemany(
+                "INSERT INTO vocab(attribute, value, slot) VALUES (?, ?, ?)", list(new_vocab)
+            )
+            self._db.executemany(
+                "UPDATE users SET text_vec=?, vec=?, vec_crc=? WHERE iid=?",
+                [(tv, v, vec_crc(v, tv), iid) for iid, tv, v in items],
+            )
 
     def _set_seq(self, seq: int) -> None:
         self._db.execute(
@@ -194,12 +336,15 @@ class ProfileStore:
         )
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (key, value),
-            )
+        with self._lock, disk_full_as(f"setting {key!r} not written"):
+            self._set_meta_locked(key, value)
+
+    def _set_meta_locked(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
 
     # ------------------------------------------------------------------ reads
 
@@ -215,8 +360,8 @@ class ProfileStore:
     def get(self, user_id: str) -> StoredRow | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT iid, user_id, seq, texts, attributes, text_vec, vec, own_vec FROM users"
-                " WHERE user_id=?",
+                "SELECT iid, user_id, seq, texts, attributes, text_vec, vec, own_vec, vec_crc"
+                " FROM users WHERE user_id=?",
                 (user_id,),
             ).fetchone()
         return None if row is None else StoredRow(*row)
@@ -251,8 +396,8 @@ class ProfileStore:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT iid, user_id, seq, texts, attributes, text_vec, vec, own_vec FROM users"
-                    " WHERE seq > ? AND iid > ? ORDER BY iid LIMIT ?",
+                    "SELECT iid, user_id, seq, texts, attributes, text_vec, vec, own_vec, vec_crc"
+                    " FROM users WHERE seq > ? AND iid > ? ORDER BY iid LIMIT ?",
                     (since_seq, last, batch),
                 ).fetchall()
             if not rows:
@@ -299,10 +444,17 @@ class ProfileStore:
         """A consistent copy of the database (SQLite online backup)."""
         target = sqlite3.connect(str(dest))
         try:
-            with self._lock:
+            with self._lock, disk_full_as("snapshot not written"):
                 self._db.backup(target)
         finally:
             target.close()
+
+    def quick_check(self) -> str | None:
+        """SQLite's quick_check of the file's structure: None when it is sound, else what it
+        found (first lines)."""
+        with self._lock:
+            rows = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(5)")]
+        return None if rows == ["ok"] else "; ".join(rows)
 
     def close(self) -> None:
         with self._lock:

@@ -125,8 +125,12 @@ class Validator:
                 if isinstance(v, float) and not math.isfinite(v):
                     raise InvalidQuery(where, "values must be finite")
 
-    def query(self, q: LookalikeQuery) -> None:
+    def query(self, q: LookalikeQuery, max_k: int, beyond: str = "") -> None:
+        """A lookalike query for a call that returns at most `max_k` users (`beyond`: what
+        to say to a caller who asks for more)."""
         lim = self.limits
+        if q.k is not None and q.k > max_k:
+            raise InvalidQuery("k", f"must be at most {max_k}{beyond}")
         if not q.seeds:
             raise InvalidQuery("seeds", "at least one seed (user id or text) is required")
         if len(q.seeds) > lim.max_seeds:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,8 @@ class AudienceServer:
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
+                # A port in use is an error, not shared (grpc's default on Linux shares it).
+                ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
@@ -121,6 +124,10 @@ class AudienceServer:
     def engine(self) -> Engine:
         return self.holder.engine
 
+    def cancel_calls(self) -> None:
+        """Cancel every call in flight now (a stop's grace period ends)."""
+        self._server.stop(0)
+
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish, then save and close the engine."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -138,12 +145,28 @@ def _write_port_file(path: Path, port: int) -> None:
 
 
 def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT (it installs handlers for both: a program's main loop)."""
-    stop = threading.Event()
+    """Run until SIGTERM or SIGINT (it installs handlers for both: a program's main loop).
+
+    The first signal drains in-flight calls for `grace_seconds`, then saves and closes; a
+    second one cancels what is still in flight and ends the process within the grace period
+    (an index generation not saved then is replayed from the store at the next start). The
+    handlers only put the signal in a queue: nothing that takes a lock runs inside them."""
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()  # put() is safe in a handler
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: signals.put(signum))
     server = AudienceServer(config)
     server.start()
-    stop.wait()
+    signals.get()
     log.info("Server - shutting down (grace %.0fs)", config.grace_seconds)
-    server.stop()
+    stopping = threading.Thread(target=server.stop, name="shutdown", daemon=True)
+    stopping.start()
+    while stopping.is_alive():
+        try:
+            signals.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        log.warning("Server - second signal: cancelling the calls in flight")
+        server.cancel_calls()
+        stopping.join(config.grace_seconds)
+        return
+    stopping.join()

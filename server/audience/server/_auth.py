@@ -66,8 +66,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def _role_of(self, metadata: tuple) -> str | None:
         for key, value in metadata or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                digest = hash_token(value[len("Bearer ") :].strip())
+            scheme, _, token = value.partition(" ") if isinstance(value, str) else ("", "", "")
+            if key == "authorization" and scheme.lower() == "bearer" and token.strip():
+                digest = hash_token(token.strip())  # the scheme is case-insensitive (RFC 9110)
                 for known, role in self._roles.items():
                     if hmac.compare_digest(known, digest):
                         return role

@@ -16,11 +16,13 @@ import grpc
 from audience.index import (
     AudienceError,
     ConfigError,
+    DataDamaged,
     IndexNotReady,
     InvalidQuery,
     LimitExceeded,
     PreconditionFailed,
     SegmentsNotBuilt,
+    StorageFull,
     UnknownSegment,
     UnknownUser,
 )
@@ -33,9 +35,11 @@ STATUS_OF: dict[type[AudienceError], grpc.StatusCode] = {
     UnknownUser: grpc.StatusCode.NOT_FOUND,
     UnknownSegment: grpc.StatusCode.NOT_FOUND,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     IndexNotReady: grpc.StatusCode.UNAVAILABLE,
     SegmentsNotBuilt: grpc.StatusCode.FAILED_PRECONDITION,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    DataDamaged: grpc.StatusCode.DATA_LOSS,
 }
 
 

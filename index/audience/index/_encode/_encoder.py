@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .._config import EngineConfig
+from .._errors import InvalidQuery
 from .._store import StoredRow, UserRow
 from .._types import Profile, TextItem
 from ._channels import Channels, VocabEntry, Vocabulary
@@ -58,10 +59,18 @@ class EncodedProfiles:
     vectors: np.ndarray  # (n, dim) float32 user vectors
     vocabulary: list[VocabEntry]  # categorical slots first taken here: commit with the rows
 
-    def first_without_signal(self) -> int | None:
-        """The first profile whose vector is all zeros (no text and no declared attribute)."""
+    def require_signal(self, config: EngineConfig) -> EncodedProfiles:
+        """These, or InvalidQuery naming the first profile whose vector is all zeros (no text
+        and no attribute declared in the schema): nothing to store for it."""
         empty = np.flatnonzero(~self.vectors.any(axis=1))
-        return int(empty[0]) if len(empty) else None
+        if len(empty):
+            declared = [a.name for a in config.attributes or ()]
+            raise InvalidQuery(
+                f"profiles[{int(empty[0])}]",
+                f"needs at least one text or an attribute declared in the schema "
+                f"(declared: {declared})",
+            )
+        return self
 
 
 @dataclass(frozen=True)

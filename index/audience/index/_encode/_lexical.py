@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import math
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .._durable import write_durably
+from .._durable import read_sealed_json, seal_json, write_durably
 
 log = logging.getLogger("audience.index")
 
@@ -191,7 +190,7 @@ class LexicalModel:
         manifest = LexicalManifest(
             **{**asdict(self.manifest), "sha256": hashlib.sha256(data).hexdigest()}
         )
-        write_durably(directory / "lexical.json", json.dumps(asdict(manifest)).encode())
+        write_durably(directory / "lexical.json", seal_json(asdict(manifest)))
         self.manifest = manifest
         return manifest
 
@@ -202,7 +201,7 @@ class LexicalModel:
         if not mpath.exists() and not path.exists():
             return None
         try:
-            manifest = LexicalManifest(**json.loads(mpath.read_text()))
+            manifest = LexicalManifest(**read_sealed_json(mpath, legacy_ok=True)[0])
             data = path.read_bytes()
         except (OSError, ValueError, TypeError) as exc:
             raise LexicalModelError(f"lexical model unreadable: {exc}") from exc

@@ -13,15 +13,15 @@ An export is a directory `<cache_dir>/<model_id>-<variant>/` (variant "onnx" or 
                     output sentence_embedding (float32, batch x dim): the transformer, the
                     model's pooling (mean or cls) and L2 normalisation, in one graph
     tokenizer.json  the model's fast (Rust) tokenizer
-    manifest.json   sha256 of model.onnx, source model, variant, max_seq_length, ...,
-                    written last: a directory without it is an unfinished export
+    manifest.json   the sha256 of every file above, source model, variant, max_seq_length,
+                    ..., and its own checksum; written last: a directory without it is an
+                    unfinished export, and one whose files do not match it is made again
 
 Exports are made from the local model directory, never downloaded.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from .._config import DEFAULT_MODEL, ONNX_VARIANTS
-from .._durable import sha256_file
+from .._durable import read_sealed_json, sha256_file
 from .._errors import PreconditionFailed
 
 log = logging.getLogger("audience.index")
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: every file checksummed, the manifest sealed
 # Padded tokens per batch at most (64 titles of 32 tokens, 8 texts of 256): bounds the
 # working memory of a batch of long texts (peak RSS 820 -> 334 MB on 256-token texts).
 MAX_BATCH_TOKENS = 2048
@@ -64,21 +64,25 @@ def check_export(directory: Path, model: str, variant: str) -> str | None:
     if not manifest_path.exists():
         return "missing"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest, sealed = read_sealed_json(manifest_path, legacy_ok=True)
     except (OSError, ValueError) as exc:
         return f"its manifest.json is unreadable ({exc})"
-    if manifest.get("format") != MANIFEST_FORMAT:
-        return f"its manifest format {manifest.get('format')!r} is not {MANIFEST_FORMAT}"
+    if manifest.get("format") != MANIFEST_FORMAT or not sealed:
+        return f"it was made by an older version (manifest format {manifest.get('format')!r})"
     if manifest.get("source_model") != base_model_id(model) or manifest.get("variant") != variant:
         return (
             f"it holds {manifest.get('source_model')!r} as {manifest.get('variant')!r}, "
             f"not {base_model_id(model)!r} as {variant!r}"
         )
+    files = manifest.get("files") or {}
     for name in ("model.onnx", "tokenizer.json"):
+        if name not in files:
+            return f"its manifest lists no checksum of {name}"
+    for name, digest in files.items():
         if not (directory / name).exists():
             return f"{name} is missing"
-    if sha256_file(directory / "model.onnx") != manifest.get("sha256"):
-        return "model.onnx does not match the sha256 in its manifest (corrupted or modified)"
+        if sha256_file(directory / name) != digest:
+            return f"{name} does not match the sha256 in its manifest (corrupted or modified)"
     return None
 
 
@@ -121,7 +125,7 @@ def ensure_export(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_sealed_json(path)[0] if path.exists() else {}
 
 
 def _cores() -> int:

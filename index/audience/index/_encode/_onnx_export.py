@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .._durable import fsync_dir, sha256_file, write_durably
+from .._durable import fsync_dir, seal_json, sha256_file, write_durably
 from .._errors import PreconditionFailed
 from ._embed import resolve_model_path
 from ._onnx import MANIFEST_FORMAT, OnnxEmbedder, base_model_id
@@ -116,7 +116,7 @@ def export_onnx(model: str, out_dir: Path, *, quantize: bool) -> Path:
             started = time.monotonic()
             manifest = _export_into(model, source, tmp, quantize=quantize)
             manifest["seconds"] = round(time.monotonic() - started, 1)
-            write_durably(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+            write_durably(tmp / "manifest.json", seal_json(manifest, indent=2))
             _swap_in(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -235,6 +235,7 @@ def _export_into(model: str, source: Path, tmp: Path, *, quantize: bool) -> dict
         "source_path": str(source),
         "variant": "onnx-int8" if quantize else "onnx",
         "sha256": sha256_file(model_path),
+        "files": {name: sha256_file(tmp / name) for name in ("model.onnx", "tokenizer.json")},
         "bytes": model_path.stat().st_size,
         "dim": int(want.shape[1]),
         "inputs": inputs,

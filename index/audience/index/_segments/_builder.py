@@ -48,6 +48,7 @@ class Population:
     user_id: dict[int, str]  # iid -> user id
     # iids -> {iid: (texts as [[text, weight, timestamp]], attributes)} of those still stored
     texts_and_attributes: Callable[[Sequence[int]], dict[int, tuple[list, dict]]]
+    sequence: int = 0  # the store's sequence when the vectors were read
 
 
 @dataclass
@@ -236,6 +237,7 @@ class SegmentBuilder:
             "describe_s": round(time.perf_counter() - t1, 2),
             "stages": self.stages.names(),
             "build": build_number,
+            "store_sequence": users.sequence,
         }
         version = f"v{build_number:06d}-{time.strftime('%Y%m%dT%H%M%S')}"  # sorts by build
         model = SegmentModel(

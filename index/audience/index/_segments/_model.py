@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from .._durable import write_durably
+from .._durable import read_sealed_json, seal_json, write_durably
 from ._params import SegmentParams
 
 log = logging.getLogger("audience.index")
@@ -121,7 +121,7 @@ class SegmentModel:
             "stats": self.stats,
             "arrays_sha256": hashlib.sha256(data).hexdigest(),
         }
-        write_durably(target / "model.json", json.dumps(doc, ensure_ascii=False).encode())
+        write_durably(target / "model.json", seal_json(doc))
         write_durably(root / "CURRENT", self.version.encode())
         for old in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True)[KEEP_MODELS:]:
             for f in old.iterdir():
@@ -152,7 +152,9 @@ class SegmentModel:
 
     @classmethod
     def _load_version(cls, target: Path) -> SegmentModel:
-        doc = json.loads((target / "model.json").read_text())
+        doc, sealed = read_sealed_json(target / "model.json", legacy_ok=True)
+        if not sealed:  # written before model.json carried its checksum: seal it now
+            write_durably(target / "model.json", seal_json(doc))
         data = (target / "arrays.npz").read_bytes()
         if hashlib.sha256(data).hexdigest() != doc["arrays_sha256"]:
             raise ValueError(f"segment model {target.name} does not match its checksum")
@@ -166,6 +168,27 @@ class SegmentModel:
             stats=doc["stats"],
             **arrays,
         )
+
+
+def withdraw_exemplars(root: Path, erased: Callable[[str, dict], bool]) -> int:
+    """Rewrite every saved model version under `root` without the exemplar ids for which
+    `erased(user_id, model_stats)` is true; returns how many ids were withdrawn. A version
+    that cannot be read is left as it is (loading falls back past it)."""
+    withdrawn = 0
+    for version in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else ():
+        try:
+            doc, _ = read_sealed_json(version / "model.json", legacy_ok=True)
+        except (OSError, ValueError):
+            continue
+        gone = 0
+        for seg in doc.get("segments", []):
+            kept = [u for u in seg.get("exemplar_user_ids", []) if not erased(u, doc["stats"])]
+            gone += len(seg.get("exemplar_user_ids", [])) - len(kept)
+            seg["exemplar_user_ids"] = kept
+        if gone:
+            write_durably(version / "model.json", seal_json(doc))
+            withdrawn += gone
+    return withdrawn
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ match is skipped at load time. FAISS's own format is read, never pickle.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -14,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .._config import INDEX_KINDS
-from .._durable import sha256_file, write_durably
+from .._durable import read_sealed_json, seal_json, sha256_file, write_durably
 from ._base import IndexOptions, VectorIndex
 from ._build import read_index
 
@@ -44,14 +43,18 @@ class Generations:
         for stale in self.dir.glob("*.tmp"):  # left by a crash mid-save
             stale.unlink()
 
-    def manifests(self) -> list[Manifest]:
-        """Readable manifests, newest first."""
+    def manifests(self, warnings: list[str] | None = None) -> list[Manifest]:
+        """Readable manifests, newest first; unreadable ones are skipped, said so in the log
+        and in `warnings`."""
         found = []
         for p in self.dir.glob("gen-*.json"):
             try:
-                found.append(Manifest(**json.loads(p.read_text())))
-            except (ValueError, TypeError) as exc:
-                log.warning("Index - skipping unreadable manifest %s (%s)", p.name, exc)
+                found.append(Manifest(**read_sealed_json(p, legacy_ok=True)[0]))
+            except (OSError, ValueError, TypeError) as exc:
+                note = f"index manifest {p.name} unreadable ({exc}); skipped"
+                log.warning("Index - %s", note)
+                if warnings is not None:
+                    warnings.append(note)
         return sorted(found, key=lambda m: m.generation, reverse=True)
 
     def latest_generation(self) -> int:
@@ -80,7 +83,7 @@ class Generations:
             sha256=digest,
             created=time.time(),
         )
-        write_durably(path.with_suffix(".json"), json.dumps(asdict(manifest)).encode())
+        write_durably(path.with_suffix(".json"), seal_json(asdict(manifest)))
         for old in self.manifests()[self.KEEP :]:
             self._file(old.generation).unlink(missing_ok=True)
             self._file(old.generation).with_suffix(".json").unlink(missing_ok=True)
@@ -98,7 +101,7 @@ class Generations:
 
         Damaged generations are skipped, and said so in the log and in `warnings`.
         """
-        for m in self.manifests():
+        for m in self.manifests(warnings):
             path = self._file(m.generation)
             if m.fingerprint != fingerprint or m.dim != dim or m.kind not in INDEX_KINDS:
                 log.info(

@@ -1,0 +1,124 @@
+"""Erasure that reaches every copy of a user in the data dir.
+
+A delete commits in the store (rows overwritten with zeros, the erasure recorded as a keyed
+hash of the id and the delete's sequence, the write-ahead log truncated), then:
+
+    segments    the user's id is withdrawn from the exemplars of the served model and of every
+                saved model version (model.json rewritten); memberships were dropped with the
+                rows
+    snapshots   every snapshot's store applies the erasure (its rows overwritten likewise)
+
+Those steps run again at every start for erasures a copy has not applied yet (a crash between
+the commit and them, or a store restored from an older copy with `audience restore`), so an
+erasure is never lost half-way. Index generations hold vectors by internal id only (no user
+id); the erased users' vectors are dropped at load and gone from the next generations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._catalog import SEGMENTS_DIR, SNAPSHOT_DIR, STORE_FILE, Catalog
+from ._segments import SegmentModel
+from ._segments._model import withdraw_exemplars
+from ._store import ProfileStore
+
+log = logging.getLogger("audience.index")
+
+Erasure = tuple[int, str]  # (store sequence of the delete, keyed hash of the user id)
+
+
+def withdraw_from_served(model: SegmentModel, user_ids: set[str]) -> bool:
+    """Take the ids out of the served model's exemplars (replacing each list whole, so a
+    reader sees one list or the other); True if any was there. Call under the write lock."""
+    changed = False
+    for seg in model.segments:
+        kept = [u for u in seg.exemplar_user_ids if u not in user_ids]
+        if len(kept) != len(seg.exemplar_user_ids):
+            seg.exemplar_user_ids = kept
+            changed = True
+    return changed
+
+
+def withdraw_from_files(catalog: Catalog, erasures: Sequence[Erasure]) -> int:
+    """Withdraw erased users from the exemplars of every saved segment model built before
+    their erasure (a later model may show a new user of the same id)."""
+    if not erasures:
+        return 0
+    when = {}
+    for seq, digest in erasures:
+        when[digest] = max(seq, when.get(digest, 0))
+    store = catalog.store
+
+    def erased(user_id: str, stats: dict) -> bool:
+        seq = when.get(store.id_hash(user_id))
+        return seq is not None and int(stats.get("store_sequence", 0)) < seq
+
+    return withdraw_exemplars(catalog.config.data_dir / SEGMENTS_DIR, erased)
+
+
+def reach_copies(catalog: Catalog, seq: int, user_ids: set[str]) -> None:
+    """After a delete committed at `seq`: the saved segment models and the snapshots."""
+    withdraw_from_files(catalog, [(seq, catalog.store.id_hash(u)) for u in user_ids])
+    scrub_snapshots(catalog)
+
+
+def scrub_snapshots(catalog: Catalog) -> int:
+    """Apply to every snapshot's store the erasures it has not applied; returns the rows
+    erased. A snapshot that cannot be opened is reported and left for the next start."""
+    root = catalog.config.data_dir / SNAPSHOT_DIR
+    erased = 0
+    for snap in sorted(root.iterdir()) if root.exists() else ():
+        path = snap / STORE_FILE
+        if not path.exists():
+            continue
+        try:
+            copy = ProfileStore(path, erasure_salt=catalog.store.erasure_salt)
+            try:
+                done = int(copy.get_meta("erasures_applied") or 0)
+                todo = catalog.store.erasures(since_seq=done)
+                if todo:
+                    erased += copy.apply_erasures(todo)
+            finally:
+                copy.close()
+        except Exception as exc:  # noqa: BLE001 - a damaged snapshot must not stop the server
+            note = f"snapshot {snap.name}: erasures not applied yet ({exc}); retried at start"
+            log.error("Erasure - %s", note)
+            catalog.warnings.append(note)
+    return erased
+
+
+def apply_at_open(catalog: Catalog) -> None:
+    """At start: the store applies recorded erasures it has not (a restored copy), then the
+    saved segment models and the snapshots catch up."""
+    store = catalog.store
+    applied = int(store.get_meta("erasures_applied") or 0)
+    pending = store.erasures(since_seq=applied)
+    if pending:
+        erased = store.apply_erasures(pending)
+        log.info("Erasure - applied %d recorded erasures (%d users erased)", len(pending), erased)
+    everything = store.erasures()
+    if everything:
+        withdrawn = withdraw_from_files(catalog, everything)
+        if withdrawn:
+            log.info("Erasure - withdrew %d erased users from saved segment models", withdrawn)
+        scrub_snapshots(catalog)
+
+
+def import_erasures(store_path: Path, live_store: Path) -> int:
+    """Copy the erasures recorded in `live_store` (the data dir a backup came from) into the
+    store at `store_path`; they are applied when a server opens it. The two must share their
+    erasure key (be copies of one data dir)."""
+    live = ProfileStore(live_store)
+    target = ProfileStore(store_path, erasure_salt=live.erasure_salt)
+    try:
+        if target.get_meta("erasure_salt") != live.get_meta("erasure_salt"):
+            raise ValueError(f"{live_store} is not the data dir this copy was made from")
+        entries = live.erasures()
+        target.record_erasures(entries)
+        return len(entries)
+    finally:
+        target.close()
+        live.close()
