@@ -17,10 +17,13 @@ id); the erased users' vectors are dropped at load and gone from the next genera
 from __future__ import annotations
 
 import logging
+import shutil
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._catalog import SEGMENTS_DIR, SNAPSHOT_DIR, STORE_FILE, Catalog
+from ._catalog import INDEX_DIR, SEGMENTS_DIR, SNAPSHOT_DIR, STORE_FILE, Catalog
+from ._durable import DataDirLock
 from ._segments import SegmentModel
 from ._segments._model import withdraw_exemplars
 from ._store import ProfileStore
@@ -108,17 +111,51 @@ def apply_at_open(catalog: Catalog) -> None:
 
 
 def import_erasures(store_path: Path, live_store: Path) -> int:
-    """Copy the erasures recorded in `live_store` (the data dir a backup came from) into the
-    store at `store_path`; they are applied when a server opens it. The two must share their
-    erasure key (be copies of one data dir)."""
-    live = ProfileStore(live_store)
-    target = ProfileStore(store_path, erasure_salt=live.erasure_salt)
+    """Copy the erasures recorded in `live_store` (the store of the data dir a backup came
+    from, read-only: its server may be running) into the store at `store_path`; a server
+    opening that store applies them. The two must share their erasure key (be copies of one
+    data dir). Returns how many erasures were copied."""
+    db = sqlite3.connect(f"file:{live_store}?mode=ro", uri=True)
     try:
-        if target.get_meta("erasure_salt") != live.get_meta("erasure_salt"):
+        row = db.execute("SELECT value FROM meta WHERE key='erasure_salt'").fetchone()
+        entries = [(int(q), str(h)) for q, h in db.execute("SELECT seq, id_hash FROM erasures")]
+    except sqlite3.Error as exc:
+        raise ValueError(f"{live_store}: no erasures can be read ({exc})") from exc
+    finally:
+        db.close()
+    salt = None if row is None else str(row[0])
+    target = ProfileStore(store_path, erasure_salt=salt)
+    try:
+        if salt is None or target.erasure_salt != salt:
             raise ValueError(f"{live_store} is not the data dir this copy was made from")
-        entries = live.erasures()
         target.record_erasures(entries)
-        return len(entries)
     finally:
         target.close()
-        live.close()
+    return len(entries)
+
+
+def restore_snapshot(snapshot: Path, data_dir: Path, *, live: Path | None = None) -> int:
+    """Copy a snapshot (`audience snapshot`) into a new data dir, with the erasures recorded
+    since in `live` (default: the data dir the snapshot lies in); the server applies them
+    when it opens the copy. Returns how many erasures came along."""
+    snapshot, data_dir = Path(snapshot), Path(data_dir)
+    generations = sorted(snapshot.glob("gen-*.faiss"))
+    if not (snapshot / STORE_FILE).exists() or not generations:
+        raise ValueError(f"{snapshot} is not a snapshot (no {STORE_FILE} and index generation)")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise ValueError(f"{data_dir} is not empty: restore into a new data dir")
+    if live is None and snapshot.parent.name == SNAPSHOT_DIR:
+        live = snapshot.parent.parent
+    (data_dir / INDEX_DIR).mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(data_dir)
+    try:
+        shutil.copy2(snapshot / STORE_FILE, data_dir / STORE_FILE)
+        for gen in generations:
+            for part in (gen, gen.with_suffix(".json")):
+                shutil.copy2(part, data_dir / INDEX_DIR / part.name)
+        copied = 0
+        if live is not None and (live / STORE_FILE).exists():
+            copied = import_erasures(data_dir / STORE_FILE, live / STORE_FILE)
+        return copied
+    finally:
+        lock.release()

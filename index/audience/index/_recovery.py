@@ -14,6 +14,8 @@ can be served, and say what was repaired.
                 or the snapshots have not applied yet (see _erasure.py)
     catalog     ids, attributes, the newest good index generation brought up to date, the
                 segment model (see Catalog.load)
+    check       the store file's structure (SQLite quick_check), in the background: a finding
+                is logged and listed in warnings (`audience check` checks every row)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from . import _erasure as erasure
 from ._catalog import LEXICAL_DIR, STORE_FILE, Catalog
+from ._check import check_in_background
 from ._config import EngineConfig
 from ._durable import DataDirLock
 from ._encode import (
@@ -96,6 +99,7 @@ def _open(
     store.set_meta("vector_fingerprint", encoder.fingerprint)
     erasure.apply_at_open(catalog)  # a restored copy, or a crash before the copies had them
     catalog.load(encoder.fingerprint, progress)
+    check_in_background(store.path, catalog.warnings)  # the file's structure, while serving
     return Opened(config, catalog, encoder)
 
 

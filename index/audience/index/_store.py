@@ -328,6 +328,19 @@ class ProfileStore:
                 [(tv, v, vec_crc(v, tv), iid) for iid, tv, v in items],
             )
 
+    def repair_vectors(self, items: Sequence[tuple[int, bytes | None, bytes]]) -> int:
+        """Write repaired (iid, text_vec, vec) under a new sequence, so that an index
+        generation saved before takes them at its next load. Returns the sequence."""
+        seq = self._seq + 1
+        with self._transaction("repaired vectors not written"):
+            self._db.executemany(
+                "UPDATE users SET text_vec=?, vec=?, vec_crc=?, seq=? WHERE iid=?",
+                [(tv, v, vec_crc(v, tv), seq, iid) for iid, tv, v in items],
+            )
+            self._set_seq(seq)
+        self._seq = seq
+        return seq
+
     def _set_seq(self, seq: int) -> None:
         self._db.execute(
             "INSERT INTO meta(key, value) VALUES ('seq', ?)"
@@ -390,20 +403,32 @@ class ProfileStore:
                 ).fetchall()
         return rows
 
-    def iter_rows(self, since_seq: int = 0, batch: int = 5000) -> Iterator[list[StoredRow]]:
-        """All users changed after `since_seq`, in iid order, in batches."""
+    def iter_rows(
+        self, since_seq: int = 0, batch: int = 5000, *, own_connection: bool = False
+    ) -> Iterator[list[StoredRow]]:
+        """All users changed after `since_seq`, in iid order, in batches. `own_connection`:
+        read through a read-only connection of its own (a long scan that must not hold the
+        store's lock)."""
+        db, lock = self._db, self._lock
+        if own_connection:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            lock = threading.Lock()
         last = -1
-        while True:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT iid, user_id, seq, texts, attributes, text_vec, vec, own_vec, vec_crc"
-                    " FROM users WHERE seq > ? AND iid > ? ORDER BY iid LIMIT ?",
-                    (since_seq, last, batch),
-                ).fetchall()
-            if not rows:
-                return
-            yield [StoredRow(*r) for r in rows]
-            last = rows[-1][0]
+        try:
+            while True:
+                with lock:
+                    rows = db.execute(
+                        "SELECT iid, user_id, seq, texts, attributes, text_vec, vec, own_vec,"
+                        " vec_crc FROM users WHERE seq > ? AND iid > ? ORDER BY iid LIMIT ?",
+                        (since_seq, last, batch),
+                    ).fetchall()
+                if not rows:
+                    return
+                yield [StoredRow(*r) for r in rows]
+                last = rows[-1][0]
+        finally:
+            if own_connection:
+                db.close()
 
     def iter_vectors(self, batch: int = 20000) -> Iterator[tuple[np.ndarray, list[bytes]]]:
         """(iids, user vector bytes) of every user, in iid order, in batches."""

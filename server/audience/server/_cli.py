@@ -4,6 +4,7 @@
     audience ingest FILE --id-col ID --text-col TEXT [--attr COL ...]
     audience lookalike --seed ID [--seed-text TEXT] [-k 100 | --fraction 0.01] [--filter 'age>=30']
     audience stats | rebuild-index [--reembed] | snapshot
+    audience check --data-dir ./data [--repair] | restore SNAPSHOT --data-dir NEW
 
 Every command but `serve` talks to a running server (--target, default 127.0.0.1:50051, or
 the AUDIENCE_TARGET environment variable). The client and the server load inside the commands
@@ -138,6 +139,42 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     )
     print(f"{'verified' if problem is None else 'exported'} {target / 'model.onnx'}")
     print(f"sha256 {manifest['sha256']}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check every stored user of a data dir (no server may run on it); --repair recomputes
+    damaged vectors from the stored texts."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from audience.index._check import check_data_dir
+
+    config = load_config(
+        args.config,
+        data_dir=args.data_dir,
+        model=args.model,
+        encoder_backend=args.encoder_backend,
+        lexical_weight=args.lexical_weight,
+        lexical_dim=args.lexical_dim,
+    )
+    report = check_data_dir(config.engine, repair=args.repair)
+    for line in report.lines():
+        print(line)
+    print(f"checked in {report.seconds:.1f}s")
+    healthy = report.structure is None and (
+        not report.damaged or (args.repair and not report.unrepairable)
+    )
+    return 0 if healthy else 1
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from audience.index._erasure import restore_snapshot
+
+    copied = restore_snapshot(args.snapshot, args.data_dir, live=args.erasures_from)
+    print(
+        f"restored {args.snapshot} into {args.data_dir}, with {copied} recorded erasures "
+        "(applied when a server opens it)"
+    )
     return 0
 
 
@@ -395,6 +432,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=ONNX_VARIANTS, default="onnx-int8")
     s.add_argument("--force", action="store_true", help="export again even if intact")
     s.set_defaults(func=cmd_export_model)
+
+    s = sub.add_parser(
+        "check", help="check every stored user of a data dir (the server stopped); --repair"
+    )
+    s.add_argument("--data-dir", type=Path, help="data directory (default ./data)")
+    s.add_argument("--config", type=Path, help="the server's TOML file (its [engine] settings)")
+    s.add_argument("--model", help="the server's --model, if it gives one")
+    s.add_argument("--encoder-backend", choices=ENCODER_BACKENDS, help="the server's, if given")
+    s.add_argument("--lexical-weight", type=float, help="the server's, if given")
+    s.add_argument("--lexical-dim", type=int, help="the server's, if given")
+    s.add_argument(
+        "--repair",
+        action="store_true",
+        help="recompute damaged vectors from the stored texts (with the server's settings)",
+    )
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser(
+        "restore", help="copy a snapshot into a new data dir, with the erasures made since"
+    )
+    s.add_argument("snapshot", type=Path, help="a snapshot directory (see `audience snapshot`)")
+    s.add_argument("--data-dir", type=Path, required=True, help="the new data dir (empty)")
+    s.add_argument(
+        "--erasures-from",
+        type=Path,
+        help="the data dir the snapshot came from, whose erasures since must reach the copy "
+        "(default: the one the snapshot lies in)",
+    )
+    s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("ingest", help="load profiles from a CSV/TSV/JSONL/Parquet file")
     client_flags(s)
