@@ -145,6 +145,8 @@ def test_a_full_disk_answers_resource_exhausted_and_the_truth(start_server, smal
                 assert "no space left" in exc.details, exc.details
         assert codes.count("RESOURCE_EXHAUSTED") == 5, codes
         assert set(codes) == {"RESOURCE_EXHAUSTED"}, codes  # never INTERNAL or UNKNOWN
+        warnings = c.stats().warnings  # until a write gets through again
+        assert any("disk is full: writes fail since" in w for w in warnings), warnings
         # Everything else that writes says the same, and reads go on.
         for call in (c.snapshot, c.rebuild_index):
             try:
@@ -169,6 +171,7 @@ def test_a_full_disk_answers_resource_exhausted_and_the_truth(start_server, smal
         present = {uid for uid in ok | failed if _exists(c, uid)}
         assert present == ok  # acknowledged: there; answered with an error: not
         assert c.stats().users == c.stats().indexed == len(ok)
+    again.stop()  # before the disk goes
 
 
 def _exists(client: AudienceClient, user_id: str) -> bool:

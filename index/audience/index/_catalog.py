@@ -374,8 +374,15 @@ class Catalog:
             lexical_model=encoder.lexical_version,
             lexical_documents=lexical.manifest.documents if lexical is not None else 0,
             lexical_weight=encoder.lexical_share,
-            warnings=(*self.warnings, *self.pending.values()),
+            warnings=(*self.warnings, *self.pending.values(), *self._disk_warning()),
         )
+
+    def _disk_warning(self) -> list[str]:
+        since = self.store.full_since
+        if since is None:
+            return []
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        return [f"the data dir's disk is full: writes fail since {stamp} (RESOURCE_EXHAUSTED)"]
 
     def snapshot(self) -> SnapshotResult:
         """Copy the store and the last saved generation under snapshots/ (saved first)."""

@@ -33,6 +33,7 @@ import logging
 import secrets
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ._durable import disk_full_as
+from ._errors import StorageFull
 
 log = logging.getLogger("audience.index")
 
@@ -119,6 +121,7 @@ class ProfileStore:
         store has none yet (a copy made before erasures were keyed)."""
         self.path = Path(path)
         self._lock = threading.Lock()
+        self.full_since: float | None = None  # when writes began to fail on a full disk
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -162,14 +165,20 @@ class ProfileStore:
         """One write transaction under the lock. On an error it is rolled back (if SQLite has
         not ended it already: it does on a full disk) and the first error is raised, as
         StorageFull("`what`: ...") when the disk is full."""
-        with self._lock, disk_full_as(what):
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._lock:
             try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
+                with disk_full_as(what):
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._rollback()
+                        raise
+            except StorageFull:
+                self.full_since = self.full_since or time.time()
                 raise
+            self.full_since = None
 
     def _rollback(self) -> None:
         if not self._db.in_transaction:
