@@ -239,6 +239,10 @@ def test_a_damaged_vector_is_found_and_repaired(start_server, tmp_path: Path, em
             c.get_user("cook-3", include_vector=True)
         assert err.value.code == "DATA_LOSS" and "checksum" in err.value.details
         assert c.get_user("cook-4", include_vector=True).vector  # the others are fine
+        deadline = time.monotonic() + 30  # the start check runs in the background
+        while not any("fail their vector checksums" in w for w in c.stats().warnings):
+            assert time.monotonic() < deadline, c.stats().warnings
+            time.sleep(0.2)
     again.stop()
 
     cli = [sys.executable, "-m", "audience.server", "check", "--data-dir", str(data)]

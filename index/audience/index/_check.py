@@ -1,4 +1,5 @@
-"""Checking a data dir's store, offline (`audience check`) and at start (in the background).
+"""Checking a data dir's store: at start, in the background, every vector against its
+checksum; offline (`audience check`), that and more, with repair.
 
     structure   SQLite's quick_check of the file (pages, b-trees)
     rows        every user: its vectors against their checksum (vec_crc; rows written before
@@ -18,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -120,28 +120,36 @@ def check_store(
     return report
 
 
-def check_in_background(path: Path, warnings: list[str]) -> threading.Thread:
-    """The start check: quick_check of the store file on a connection of its own, in a
-    thread (it reads the whole file: seconds at a million users, more when the file is not
-    in the page cache), so the server serves meanwhile. A finding is logged and listed in
-    `warnings`."""
+def check_in_background(store: ProfileStore, warnings: list[str]) -> threading.Thread:
+    """The start check: every row's vectors against their checksum, through a connection of
+    its own, in a thread, so the server serves meanwhile. At a million users (4.2 GB) it
+    took 6.4 s with the file in the page cache and 14.5 s without; SQLite's quick_check,
+    which sees the file's structure but not a flipped bit in a vector, took 3.5 s and 201 s
+    (it reads the pages out of order). A finding is logged and listed in `warnings`, by iid
+    (`audience check` names the users)."""
 
     def run() -> None:
         t0 = time.perf_counter()
+        damaged: list[int] = []
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-            try:
-                rows = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)")]
-            finally:
-                db.close()
+            for rows in store.iter_rows(batch=5000, own_connection=True):
+                damaged += [r.iid for r in rows if vector_problem(r)]
         except sqlite3.Error as exc:
-            rows = [f"cannot be checked ({exc})"]
-        if rows != ["ok"]:
-            note = f"store check: {'; '.join(rows)}; run `audience check` with the server stopped"
+            note = f"store check stopped: {exc}; run `audience check` with the server stopped"
+            log.error("Store - %s", note)
+            warnings.append(note)
+            return
+        if damaged:
+            shown = ", ".join(map(str, damaged[:5]))
+            note = (
+                f"store check: {len(damaged)} stored users fail their vector checksums "
+                f"(iids {shown}{', ...' if len(damaged) > 5 else ''}); "
+                "run `audience check --repair` with the server stopped"
+            )
             log.error("Store - %s", note)
             warnings.append(note)
         else:
-            log.info("Store - check passed in %.1fs", time.perf_counter() - t0)
+            log.info("Store - every stored vector verified in %.1fs", time.perf_counter() - t0)
 
     thread = threading.Thread(target=run, name="store-check", daemon=True)
     thread.start()

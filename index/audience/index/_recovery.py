@@ -14,8 +14,8 @@ can be served, and say what was repaired.
                 or the snapshots have not applied yet (see _erasure.py)
     catalog     ids, attributes, the newest good index generation brought up to date, the
                 segment model (see Catalog.load)
-    check       the store file's structure (SQLite quick_check), in the background: a finding
-                is logged and listed in warnings (`audience check` checks every row)
+    check       every stored vector against its checksum, in the background: a finding is
+                logged and listed in warnings (`audience check` names and repairs them)
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _open(
     store.set_meta("vector_fingerprint", encoder.fingerprint)
     erasure.apply_at_open(catalog)  # a restored copy, or a crash before the copies had them
     catalog.load(encoder.fingerprint, progress)
-    check_in_background(store.path, catalog.warnings)  # the file's structure, while serving
+    check_in_background(store, catalog.warnings)  # every stored vector, while serving
     return Opened(config, catalog, encoder)
 
 
