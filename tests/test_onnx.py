@@ -128,6 +128,38 @@ def test_corrupted_model_is_exported_again(
     ]  # no temp or old directories left behind
 
 
+def test_tampered_tokenizer_and_manifest_are_caught(
+    onnx_data: Path, tmp_path: Path, want: np.ndarray
+) -> None:
+    """Every file of an export is checksummed: a tokenizer with two vocabulary ids swapped
+    (which would embed texts quietly wrong) is caught and exported again, with a warning; so
+    is a truncated one, and an edited manifest."""
+    models = tmp_path / "data" / "models"
+    target = export_dir(models, MODEL, "onnx")
+    shutil.copytree(export_dir(onnx_data / "models", MODEL, "onnx"), target)
+    tok = json.loads((target / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["bread"], vocab["oven"] = vocab["oven"], vocab["bread"]
+    (target / "tokenizer.json").write_text(json.dumps(tok))
+    assert "tokenizer.json does not match" in (check_export(target, MODEL, "onnx") or "")
+
+    emb = _embedder(tmp_path / "data", "onnx")
+    assert len(emb.warnings) == 1 and "tokenizer.json" in emb.warnings[0]
+    assert check_export(target, MODEL, "onnx") is None
+    assert float(np.min(np.sum(emb.embed(TEXTS) * want, axis=1))) >= 0.9999
+
+    whole = (target / "tokenizer.json").read_bytes()
+    (target / "tokenizer.json").write_bytes(whole[: len(whole) // 2])
+    assert "tokenizer.json does not match" in (check_export(target, MODEL, "onnx") or "")
+    (target / "tokenizer.json").write_bytes(whole)
+    manifest = target / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"max_seq_length": 256', '"max_seq_length": 512'))
+    assert "checksum" in (check_export(target, MODEL, "onnx") or "")
+    manifest.write_text(text)
+    assert check_export(target, MODEL, "onnx") is None
+
+
 def test_export_model_cli_verifies(onnx_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = export_dir(onnx_data / "models", MODEL, "onnx-int8")
     manifest = json.loads((target / "manifest.json").read_text())
