@@ -62,6 +62,7 @@ from ._validate import Validator
 
 log = logging.getLogger("audience.index")
 RETRY_AFTER_S = 30.0  # work after a commit that failed (saving a generation) waits this long
+SAVING = "saving an index generation"
 
 
 class Engine:
@@ -143,10 +144,13 @@ class Engine:
     def _after_write(self) -> None:
         # Every generation is a whole index file, so at scale save once a tenth has changed
         # (the writes since are in the store and replayed at the next start).
-        catalog = self.catalog
-        due = max(self.config.save_every_changes, len(catalog.index) // 10)
-        if catalog.unsaved >= due and time.monotonic() >= self._retry_at:
-            self._after_commit("saving an index generation", self._save_locked)
+        c = self.catalog
+        if time.monotonic() < self._retry_at:
+            return
+        if c.unsaved >= max(self.config.save_every_changes, len(c.index) // 10):
+            self._after_commit(SAVING, self._save_locked)
+        if erasure.ERASING in c.pending:
+            self._after_commit(erasure.ERASING, partial(erasure.reach_copies, c))
 
     def _after_commit(self, what: str, work: Callable[[], object]) -> None:
         """Work after a write committed: its failure (a full disk, say) never turns the write
@@ -182,15 +186,14 @@ class Engine:
         """Erase users from the store, the index and segment membership."""
         self.validate.ids(user_ids, "user_ids")
         with self._writer:
-            seq, found = self.catalog.store.delete(user_ids)
+            _, found = self.catalog.store.delete(user_ids)
             gone = {uid for uid, _ in found}
             with self._rw.write():
                 self.catalog.drop(found)
                 if self.catalog.segments is not None:
                     erasure.withdraw_from_served(self.catalog.segments, gone)
             if found:  # the erasure reaches the saved segment models and the snapshots
-                copies = partial(erasure.reach_copies, self.catalog, seq, gone)
-                self._after_commit("erasing from segment models and snapshots", copies)
+                self._after_commit(erasure.ERASING, partial(erasure.reach_copies, self.catalog))
             self._after_write()
         return DeleteResult(len(found), [u for u in dict.fromkeys(user_ids) if u not in gone])
 

@@ -31,6 +31,7 @@ from ._store import ProfileStore
 log = logging.getLogger("audience.index")
 
 Erasure = tuple[int, str]  # (store sequence of the delete, keyed hash of the user id)
+ERASING = "erasing from segment models and snapshots"  # the name of that work in pending
 
 
 def withdraw_from_served(model: SegmentModel, user_ids: set[str]) -> bool:
@@ -62,17 +63,20 @@ def withdraw_from_files(catalog: Catalog, erasures: Sequence[Erasure]) -> int:
     return withdraw_exemplars(catalog.config.data_dir / SEGMENTS_DIR, erased)
 
 
-def reach_copies(catalog: Catalog, seq: int, user_ids: set[str]) -> None:
-    """After a delete committed at `seq`: the saved segment models and the snapshots."""
-    withdraw_from_files(catalog, [(seq, catalog.store.id_hash(u)) for u in user_ids])
+def reach_copies(catalog: Catalog) -> None:
+    """After a delete: every recorded erasure reaches the saved segment models and the
+    snapshots (those that had it already are not rewritten), so one that failed before (a
+    full disk) is carried along."""
+    withdraw_from_files(catalog, catalog.store.erasures())
     scrub_snapshots(catalog)
 
 
 def scrub_snapshots(catalog: Catalog) -> int:
     """Apply to every snapshot's store the erasures it has not applied; returns the rows
-    erased. A snapshot that cannot be opened is reported and left for the next start."""
+    erased. Every snapshot is tried; if one could not be (a full disk, a damaged file), an
+    OSError naming them is raised at the end, and the caller retries."""
     root = catalog.config.data_dir / SNAPSHOT_DIR
-    erased = 0
+    erased, failed = 0, []
     for snap in sorted(root.iterdir()) if root.exists() else ():
         path = snap / STORE_FILE
         if not path.exists():
@@ -86,10 +90,10 @@ def scrub_snapshots(catalog: Catalog) -> int:
                     erased += copy.apply_erasures(todo)
             finally:
                 copy.close()
-        except Exception as exc:  # noqa: BLE001 - a damaged snapshot must not stop the server
-            note = f"snapshot {snap.name}: erasures not applied yet ({exc}); retried at start"
-            log.error("Erasure - %s", note)
-            catalog.warnings.append(note)
+        except Exception as exc:  # noqa: BLE001 - the others are still tried
+            failed.append(f"{snap.name} ({exc})")
+    if failed:
+        raise OSError(f"erasures not applied to snapshot {', '.join(failed)}")
     return erased
 
 
@@ -107,7 +111,11 @@ def apply_at_open(catalog: Catalog) -> None:
         withdrawn = withdraw_from_files(catalog, everything)
         if withdrawn:
             log.info("Erasure - withdrew %d erased users from saved segment models", withdrawn)
-        scrub_snapshots(catalog)
+        try:
+            scrub_snapshots(catalog)
+        except OSError as exc:  # the server starts; every delete and start tries again
+            log.error("Erasure - %s", exc)
+            catalog.pending[ERASING] = f"{exc}; retried"
 
 
 def import_erasures(store_path: Path, live_store: Path) -> int:
