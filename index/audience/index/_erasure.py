@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 
 from ._catalog import INDEX_DIR, SEGMENTS_DIR, SNAPSHOT_DIR, STORE_FILE, Catalog
@@ -30,7 +29,6 @@ from ._store import ProfileStore
 
 log = logging.getLogger("audience.index")
 
-Erasure = tuple[int, str]  # (store sequence of the delete, keyed hash of the user id)
 ERASING = "erasing from segment models and snapshots"  # the name of that work in pending
 
 
@@ -46,18 +44,14 @@ def withdraw_from_served(model: SegmentModel, user_ids: set[str]) -> bool:
     return changed
 
 
-def withdraw_from_files(catalog: Catalog, erasures: Sequence[Erasure]) -> int:
+def withdraw_from_files(catalog: Catalog) -> int:
     """Withdraw erased users from the exemplars of every saved segment model built before
-    their erasure (a later model may show a new user of the same id)."""
-    if not erasures:
-        return 0
-    when = {}
-    for seq, digest in erasures:
-        when[digest] = max(seq, when.get(digest, 0))
+    their erasure (a later model may show a new user of the same id). Looks up the few
+    exemplar ids among the erasures, not the other way round."""
     store = catalog.store
 
     def erased(user_id: str, stats: dict) -> bool:
-        seq = when.get(store.id_hash(user_id))
+        seq = store.erased_at(user_id)
         return seq is not None and int(stats.get("store_sequence", 0)) < seq
 
     return withdraw_exemplars(catalog.config.data_dir / SEGMENTS_DIR, erased)
@@ -67,7 +61,7 @@ def reach_copies(catalog: Catalog) -> None:
     """After a delete: every recorded erasure reaches the saved segment models and the
     snapshots (those that had it already are not rewritten), so one that failed before (a
     full disk) is carried along."""
-    withdraw_from_files(catalog, catalog.store.erasures())
+    withdraw_from_files(catalog)
     scrub_snapshots(catalog)
 
 
@@ -106,9 +100,8 @@ def apply_at_open(catalog: Catalog) -> None:
     if pending:
         erased = store.apply_erasures(pending)
         log.info("Erasure - applied %d recorded erasures (%d users erased)", len(pending), erased)
-    everything = store.erasures()
-    if everything:
-        withdrawn = withdraw_from_files(catalog, everything)
+    if store.has_erasures():
+        withdrawn = withdraw_from_files(catalog)
         if withdrawn:
             log.info("Erasure - withdrew %d erased users from saved segment models", withdrawn)
         try:

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS vocab (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS erasures (seq INTEGER NOT NULL, id_hash TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS erasures_seq ON erasures(seq);
+CREATE INDEX IF NOT EXISTS erasures_hash ON erasures(id_hash);
 """
 
 
@@ -280,6 +281,18 @@ class ProfileStore:
                     "SELECT seq, id_hash FROM erasures WHERE seq > ? ORDER BY seq", (since_seq,)
                 )
             ]
+
+    def has_erasures(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM erasures LIMIT 1").fetchone() is not None
+
+    def erased_at(self, user_id: str) -> int | None:
+        """The sequence of the latest erasure of this id, or None if it was never erased."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max(seq) FROM erasures WHERE id_hash=?", (self.id_hash(user_id),)
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def record_erasures(self, erasures: Sequence[tuple[int, str]]) -> None:
         """Record erasures from elsewhere (the live data dir of a restored copy) without
