@@ -379,7 +379,9 @@ def _scored_user(user_id: str, score: float) -> ScoredUser:
 
 
 def lookalike_result(msg: pb.LookalikeResponse) -> LookalikeResult:
-    return LookalikeResult(users=scored_users(msg), eligible=msg.eligible)
+    return LookalikeResult(
+        users=scored_users(msg), eligible=msg.eligible, warnings=tuple(msg.warnings)
+    )
 
 
 def delete_result(msg: pb.DeleteUsersResponse) -> DeleteResult:
@@ -393,7 +395,7 @@ def user_record(msg: pb.GetUserResponse) -> UserRecord:
 
 
 def reach_estimate(msg: pb.EstimateReachResponse) -> ReachEstimate:
-    return ReachEstimate(reach=msg.reach, total=msg.total)
+    return ReachEstimate(reach=msg.reach, total=msg.total, warnings=tuple(msg.warnings))
 
 
 def stats(msg: pb.GetStatsResponse) -> Stats:

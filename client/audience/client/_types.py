@@ -262,10 +262,15 @@ class ScoredUser:
 
 @dataclass(frozen=True)
 class LookalikeResult:
-    """Users best first, and how many users were eligible (passed filters, not excluded)."""
+    """Users best first, and how many users were eligible (passed filters, not excluded).
+
+    warnings: what in the query probably did not mean what was meant (a filter value no
+    stored user has, with the values there are); the answer is still what was asked for.
+    """
 
     users: list[ScoredUser]
     eligible: int
+    warnings: tuple[str, ...] = ()
 
     def __iter__(self) -> Iterator[ScoredUser]:
         return iter(self.users)
@@ -310,10 +315,12 @@ class UserRecord:
 
 @dataclass(frozen=True)
 class ReachEstimate:
-    """Users passing the filters (less exclusions), and all users."""
+    """Users passing the filters (less exclusions), and all users; warnings as in
+    :class:`LookalikeResult`."""
 
     reach: int
     total: int
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

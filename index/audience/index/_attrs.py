@@ -7,12 +7,16 @@ Numbers (and flags, as 1/0) live in a float column (NaN = missing); texts in a c
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ._errors import InvalidQuery
 from ._types import AttrValue, Filter, category_key
+
+_LOOKS_LIKE_RANGE = re.compile(r"^\s*\d+(?:\.\d+)?\s*-\s*\d+(?:\.\d+)?\s*$")
 
 
 class _Column:
@@ -75,8 +79,10 @@ class AttributeTable:
     def count(self) -> int:
         return int(self.alive.sum())
 
-    def mask(self, filters: Sequence[Filter]) -> np.ndarray:
-        """Bool mask over iids of living users that pass every filter."""
+    def mask(self, filters: Sequence[Filter], warnings: list[str] | None = None) -> np.ndarray:
+        """Bool mask over iids of living users that pass every filter. A value that no stored
+        user has is said in `warnings` (with the values there are); text compared with an
+        attribute that holds only numbers is an InvalidQuery (naming the range syntax)."""
         mask = self.alive.copy()
         for i, f in enumerate(filters):
             col = self._columns.get(f.attribute)
@@ -84,12 +90,15 @@ class AttributeTable:
                 raise InvalidQuery(
                     f"filters[{i}].attribute", f"no stored user has attribute {f.attribute!r}"
                 )
-            if f.equals is not None:
-                hit = col.equals(f.equals)
-            elif f.any_of is not None:
+            if f.equals is not None or f.any_of is not None:
+                field = f"filters[{i}].{'equals' if f.equals is not None else 'any_of'}"
                 hit = np.zeros(len(mask), dtype=bool)
-                for value in f.any_of:
-                    hit |= col.equals(value)
+                for value in [f.equals] if f.equals is not None else list(f.any_of or ()):
+                    self._check_kind(col, f.attribute, value, field)
+                    one = col.equals(value)
+                    if warnings is not None and not one[self.alive].any():
+                        warnings.append(self._unknown_value(col, f.attribute, value, field))
+                    hit |= one
             else:
                 x = col.numbers
                 hit = ~np.isnan(x)
@@ -104,3 +113,29 @@ class AttributeTable:
                         hit &= x < f.lt
             mask &= ~hit if f.negate else hit
         return mask
+
+    @staticmethod
+    def _check_kind(col: _Column, name: str, value: AttrValue, field: str) -> None:
+        if isinstance(value, str) and not col.lookup:  # only numbers were ever stored
+            hint = ""
+            if _LOOKS_LIKE_RANGE.match(value):
+                lo, hi = (part.strip() for part in value.split("-", 1))
+                hint = f"; for a range write {name}={lo}..{hi} (or {name}>={lo} and {name}<={hi})"
+            raise InvalidQuery(field, f"{name} holds numbers, not text like {value!r}{hint}")
+
+    def _unknown_value(self, col: _Column, name: str, value: AttrValue, field: str) -> str:
+        """The warning for a value no stored user has: the values (or the range) there are."""
+        if isinstance(value, str):
+            known = sorted(col.lookup)
+            close = difflib.get_close_matches(category_key(value), known, n=3, cutoff=0.6)
+            shown = close or known[:8]
+            more = "" if close or len(known) <= 8 else f" and {len(known) - 8} more"
+            label = "closest" if close else "known"
+            listed = ", ".join(repr(v) for v in shown)
+            return f"{field}: no stored user has {name} {value!r} ({label}: {listed}{more})"
+        values = col.numbers[self.alive]
+        values = values[~np.isnan(values)]
+        if not len(values):
+            return f"{field}: no stored user has a number for {name}"
+        lo, hi = float(values.min()), float(values.max())
+        return f"{field}: no stored user has {name} {value:g} (values {lo:g}..{hi:g})"

@@ -257,26 +257,25 @@ class Engine:
         self.validate.filters(filters)
         self.validate.ids(exclude_user_ids, "exclude_user_ids")
         with self._rw.read():
-            c = self.catalog
-            mask = c.attrs.mask(filters)
+            c, warnings = self.catalog, []
+            mask = c.attrs.mask(filters, warnings)
             c.restrict_to_segments(mask, segment_ids, exclude_segment_ids)
             c.clear(mask, exclude_user_ids)
-            return ReachEstimate(int(mask.sum()), len(c.iid_of))
+            return ReachEstimate(int(mask.sum()), len(c.iid_of), tuple(warnings))
 
     def find_lookalikes(self, query: LookalikeQuery) -> LookalikeResult:
         limit = self.config.limits.max_k
         self.validate.query(query, limit, "; use StreamLookalikes for larger audiences")
         with self._rw.read():
-            users, eligible = self._scorer.find(query, limit)
-        return LookalikeResult(users, eligible)
+            return self._scorer.find(query, limit)
 
     def stream_lookalikes(self, query: LookalikeQuery, chunk: int = 1000) -> LookalikeStream:
         """The audience in chunks, best first, for sizes up to limits.max_stream_k."""
         limit = self.config.limits.max_stream_k
         self.validate.query(query, limit)
         with self._rw.read():
-            users, eligible = self._scorer.find(query, limit)
-        return LookalikeStream(eligible, users.chunks(chunk))
+            found = self._scorer.find(query, limit)
+        return LookalikeStream(found.eligible, found.users.chunks(chunk), found.warnings)
 
     # ------------------------------------------------------------ segments
 

@@ -29,7 +29,7 @@ import numpy as np
 from ._catalog import Catalog
 from ._encode import ProfileEncoder
 from ._errors import InvalidQuery, LimitExceeded
-from ._types import LookalikeQuery, ScoredUsers
+from ._types import LookalikeQuery, LookalikeResult, ScoredUsers
 
 # A query excluding at most this many users (and no filter) drops them from a longer result
 # instead of searching with a bitmap of all users.
@@ -59,6 +59,7 @@ class Eligibility:
     dropped: frozenset[int]
     count: int  # eligible users
     removed: int  # eligible users excluded (post-filtering fetches this many more)
+    warnings: tuple[str, ...] = ()  # filter values no stored user has
 
 
 class Search:
@@ -145,18 +146,19 @@ class LookalikeScorer:
         self.encoder = encoder
         self.strategy = strategy or Centroid()
 
-    def find(self, query: LookalikeQuery, k_limit: int) -> tuple[ScoredUsers, int]:
-        """(the audience, best first; how many users were eligible). A `fraction` that asks
+    def find(self, query: LookalikeQuery, k_limit: int) -> LookalikeResult:
+        """The audience, best first, and how many users were eligible. A `fraction` that asks
         for more than `k_limit` users is RESOURCE_EXHAUSTED."""
         seeds, seed_ids = self.seeds(query)
         prepared = self.strategy.prepare(seeds)
         eligible = self.eligibility(query, seed_ids)
         k = self.audience_size(query, eligible.count, k_limit)
         if k == 0:
-            return ScoredUsers([], []), eligible.count
+            return LookalikeResult(ScoredUsers([], []), eligible.count, eligible.warnings)
         search = Search(self.catalog, eligible, effort=query.search_effort, exact=query.exact)
         scores, ids = self.strategy.rank(prepared, search, k)
-        return self.audience(scores, ids, eligible, query.min_score, k), eligible.count
+        users = self.audience(scores, ids, eligible, query.min_score, k)
+        return LookalikeResult(users, eligible.count, eligible.warnings)
 
     def seeds(self, query: LookalikeQuery) -> tuple[SeedSet, list[str]]:
         """The seed and negative vectors; UnknownUser names ids that are not stored."""
@@ -196,10 +198,11 @@ class LookalikeScorer:
             iid_of = catalog.iid_of
             dropped = frozenset(iid_of[u] for u in excluded if u in iid_of)
             return Eligibility(None, dropped, len(iid_of) - len(dropped), len(dropped))
-        mask = catalog.attrs.mask(query.filters)
+        warnings: list[str] = []
+        mask = catalog.attrs.mask(query.filters, warnings)
         catalog.restrict_to_segments(mask, query.segment_ids, query.exclude_segment_ids)
         removed = catalog.clear(mask, excluded)
-        return Eligibility(mask, frozenset(), int(mask.sum()), removed)
+        return Eligibility(mask, frozenset(), int(mask.sum()), removed, tuple(warnings))
 
     @staticmethod
     def audience_size(query: LookalikeQuery, eligible: int, k_limit: int) -> int:

@@ -129,12 +129,14 @@ class ScoredUsers(Sequence[ScoredUser]):
 class LookalikeResult:
     users: ScoredUsers
     eligible: int  # users that passed filters, segments and exclusions
+    warnings: tuple[str, ...] = ()  # e.g. a filter value no stored user has
 
 
 @dataclass(frozen=True)
 class LookalikeStream:
     eligible: int
     chunks: Iterator[ScoredUsers]  # best first
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class DeleteResult:
 class ReachEstimate:
     reach: int  # users that pass the filters, less exclusions
     total: int  # users stored
+    warnings: tuple[str, ...] = ()  # e.g. a filter value no stored user has
 
 
 @dataclass(frozen=True)

@@ -111,16 +111,19 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
     ) -> pb.LookalikeResponse:
         result = self._holder.engine.find_lookalikes(query_from_pb(request))
-        return with_scored(pb.LookalikeResponse(eligible=result.eligible), result.users)
+        response = pb.LookalikeResponse(eligible=result.eligible, warnings=result.warnings)
+        return with_scored(response, result.users)
 
     def StreamLookalikes(
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LookalikeChunk]:
         stream = self._holder.engine.stream_lookalikes(query_from_pb(request), STREAM_CHUNK)
+        warnings = stream.warnings  # on the first chunk only
         for chunk in stream.chunks:
             if not context.is_active():  # the caller went away: stop sending
                 return
-            yield with_scored(pb.LookalikeChunk(eligible=stream.eligible), chunk)
+            yield with_scored(pb.LookalikeChunk(eligible=stream.eligible, warnings=warnings), chunk)
+            warnings = ()
 
     def EstimateReach(
         self, request: pb.EstimateReachRequest, context: grpc.ServicerContext
@@ -131,7 +134,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
             list(request.segment_ids),
             list(request.exclude_segment_ids),
         )
-        return pb.EstimateReachResponse(reach=reach.reach, total=reach.total)
+        return pb.EstimateReachResponse(
+            reach=reach.reach, total=reach.total, warnings=reach.warnings
+        )
 
 
 class SegmentsServicer(pb_grpc.SegmentsServicer):
