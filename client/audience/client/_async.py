@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence, Sized
 from typing import Any, TypeVar
 
 import grpc
@@ -207,13 +207,15 @@ class AsyncAudienceClient:
 
         Each batch is all-or-nothing and durable when acknowledged; batches are retried on
         UNAVAILABLE (an upsert is idempotent). If a batch fails, the batches before it stay
-        written. progress: True for a bar (tqdm if installed, else stderr lines), or a
-        callable given the number of users written so far after each batch.
+        written. progress: True for a bar (tqdm if installed, else stderr lines; with a total
+        and the time left when ``profiles`` has a length), or a callable given the number of
+        users written so far after each batch.
         timeout: deadline of each batch's request, seconds.
         """
         batcher = cv.Batcher(batch_size)
         cv.check_profiles(profiles)
-        reporter = Progress(progress)
+        expected = len(profiles) if isinstance(profiles, Sized) else None
+        reporter = Progress(progress, expected=expected)
         totals = cv.UpsertTotals()
         try:
             async for batch in async_batches(batcher, profiles):

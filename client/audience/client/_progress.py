@@ -17,12 +17,16 @@ _LINE_EVERY = 5.0  # seconds between two stderr lines without tqdm
 class Progress:
     """Reports ``update(total)`` calls; ``close()`` ends the bar or prints the last line."""
 
-    def __init__(self, progress: ProgressArg, *, desc: str = "upsert") -> None:
+    def __init__(
+        self, progress: ProgressArg, *, desc: str = "upsert", expected: int | None = None
+    ) -> None:
+        """expected: how many users there will be, when known (a total and an ETA)."""
         if not (isinstance(progress, bool) or callable(progress)):
             raise InvalidArgument("progress must be a bool or a callable taking an int")
         self._callback = progress if callable(progress) else None
         self._enabled = progress is True
         self._desc = desc
+        self._expected = expected
         self._bar: Any = None
         self._shown = 0
         self._started = self._last_line = time.monotonic()
@@ -32,7 +36,7 @@ class Progress:
             except ImportError:
                 pass
             else:
-                self._bar = tqdm(desc=desc, unit="users")
+                self._bar = tqdm(desc=desc, unit="users", total=expected)
 
     def update(self, total: int) -> None:
         """``total`` users written so far."""
@@ -53,5 +57,12 @@ class Progress:
     def _line(self, total: int) -> None:
         now = time.monotonic()
         rate = total / max(now - self._started, 1e-9)
-        print(f"{self._desc}: {total} users ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+        line = f"{self._desc}: {total:,} users ({rate:,.0f}/s)"
+        if self._expected and rate > 0 and total < self._expected:
+            left = (self._expected - total) / rate
+            line = (
+                f"{self._desc}: {total:,} of {self._expected:,} users "
+                f"({rate:,.0f}/s, {left:,.0f} s left)"
+            )
+        print(line, file=sys.stderr, flush=True)
         self._last_line = now

@@ -14,14 +14,10 @@ that use them: `serve` applies its process settings (_process.py) before grpc lo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from audience.index import (
     ENCODER_BACKENDS,
@@ -30,12 +26,25 @@ from audience.index import (
     SEGMENT_REDUCERS,
 )
 
-from ._config import DEFAULT_PORT, ROLES, hash_token, load_config
-
-if TYPE_CHECKING:
-    from audience.client import AudienceClient
-
-log = logging.getLogger("audience.server")
+from ._cli_commands import (
+    cmd_check,
+    cmd_export_model,
+    cmd_hash_token,
+    cmd_ingest,
+    cmd_lookalike,
+    cmd_rebuild,
+    cmd_restore,
+    cmd_segments_build,
+    cmd_segments_list,
+    cmd_segments_report,
+    cmd_segments_show,
+    cmd_serve,
+    cmd_snapshot,
+    cmd_stats,
+    cmd_users_show,
+    cmd_wait,
+)
+from ._config import DEFAULT_PORT
 
 
 def _setup_logging(level: str) -> None:
@@ -47,288 +56,28 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _client(args: argparse.Namespace) -> AudienceClient:
-    from audience.client import AudienceClient
+EXAMPLES = """\
+examples:
+  audience serve --data-dir ./data                  run the server (in its own terminal)
+  audience wait                                      until it serves (a first start: ~20 s)
+  audience ingest users.csv --id-col id --text-col text --attr age:number
+  audience lookalike --seed u1 -k 20 --filter "age=20..29" --show age,gender
+  audience users show u1
+  audience segments build && audience segments list
 
-    def read(path: Path | None) -> bytes | None:
-        return path.read_bytes() if path else None
-
-    return AudienceClient(
-        args.target,
-        timeout=args.timeout,
-        token=args.token,
-        root_certificates=read(args.tls_ca),
-        certificate_chain=read(args.tls_cert),
-        private_key=read(args.tls_key),
-    )
-
-
-# ---------------------------------------------------------------- commands
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from . import _process
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from disk, never from a hub
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    config = load_config(
-        args.config,
-        data_dir=args.data_dir,
-        host=args.host,
-        port=args.port,
-        port_file=args.port_file,
-        model=args.model,
-        encoder_backend=args.encoder_backend,
-        index_kind=args.index_kind,
-        ann_threshold=args.ann_threshold,
-        hnsw_ef_search=args.ef_search,
-        attributes=args.attribute or None,
-        attribute_weight=args.attribute_weight,
-        recency_half_life_days=args.recency_half_life_days,
-        lexical_weight=args.lexical_weight,
-        lexical_dim=args.lexical_dim,
-        max_workers=args.max_workers,
-        tokens=_tokens(args.token, args.tokens_file),
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        huge_pages=args.huge_pages,
-        grpc_poll_io=args.grpc_poll_io,
-    )
-    _process.apply(_process.ProcessSettings(config.huge_pages, config.grpc_poll_io))
-    from ._app import serve  # grpc, faiss and the model load from here on
-
-    serve(config)
-    return 0
-
-
-def _tokens(
-    flags: list[str] | None, tokens_file: Path | None
-) -> tuple[tuple[str, str], ...] | None:
-    """--token ROLE:TOKEN (hashed here) and --tokens-file (JSON: [{"sha256", "role"}])."""
-    out = []
-    for flag in flags or ():
-        role, sep, token = flag.partition(":")
-        if not sep or role not in ROLES or not token:
-            raise ValueError(f"--token wants ROLE:TOKEN with ROLE one of {ROLES}")
-        out.append((hash_token(token), role))
-    if tokens_file:
-        out += [(t["sha256"], t["role"]) for t in json.loads(Path(tokens_file).read_text())]
-    return tuple(out) or None
-
-
-def cmd_hash_token(args: argparse.Namespace) -> int:
-    print(hash_token(args.token))
-    return 0
-
-
-def cmd_export_model(args: argparse.Namespace) -> int:
-    """Export the model for an ONNX backend into the data dir, or verify the export there."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from audience.index import DEFAULT_MODEL
-    from audience.index._encode._onnx import ensure_export, export_dir
-    from audience.index._encode._onnx_export import QuantizerNoise, export_onnx
-
-    for handler in logging.getLogger().handlers:  # the quantizer logs a line per tensor
-        handler.addFilter(QuantizerNoise())
-    model = args.model or DEFAULT_MODEL
-    target = export_dir(Path(args.data_dir) / "models", model, args.backend)
-    problem, manifest = ensure_export(
-        model, args.backend, target, force=args.force, export=export_onnx
-    )
-    print(f"{'verified' if problem is None else 'exported'} {target / 'model.onnx'}")
-    print(f"sha256 {manifest['sha256']}")
-    return 0
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    """Check every stored user of a data dir (no server may run on it); --repair recomputes
-    damaged vectors from the stored texts."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from audience.index._check import check_data_dir
-
-    config = load_config(
-        args.config,
-        data_dir=args.data_dir,
-        model=args.model,
-        encoder_backend=args.encoder_backend,
-        lexical_weight=args.lexical_weight,
-        lexical_dim=args.lexical_dim,
-    )
-    report = check_data_dir(config.engine, repair=args.repair)
-    for line in report.lines():
-        print(line)
-    print(f"checked in {report.seconds:.1f}s")
-    healthy = report.structure is None and (
-        not report.damaged or (args.repair and not report.unrepairable)
-    )
-    return 0 if healthy else 1
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    from audience.index._erasure import restore_snapshot
-
-    copied = restore_snapshot(args.snapshot, args.data_dir, live=args.erasures_from)
-    print(
-        f"restored {args.snapshot} into {args.data_dir}, with {copied} recorded erasures "
-        "(applied when a server opens it)"
-    )
-    return 0
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from ._ingest import ColumnMap, group_profiles, read_rows
-
-    cols = ColumnMap(
-        id_col=args.id_col,
-        text_cols=tuple(args.text_col or ()),
-        attr_cols=tuple(ColumnMap.parse_attr(a) for a in args.attr or ()),
-        time_col=args.time_col,
-        time_format=args.time_format,
-        weight_col=args.weight_col,
-    )
-    t0 = time.perf_counter()
-    rows = read_rows(Path(args.file), args.format, args.delimiter)
-    profiles, report = group_profiles(rows, cols, max_texts_per_user=args.max_texts_per_user)
-    print(
-        f"read {report.rows} rows -> {report.users} users, {report.texts} texts "
-        f"({report.skipped_rows} rows without an id, {report.unparsed_times} unparsed times, "
-        f"{report.dropped_texts} texts over --max-texts-per-user) "
-        f"in {time.perf_counter() - t0:.1f}s",
-        file=sys.stderr,
-    )
-    if args.limit_users:
-        profiles = profiles[: args.limit_users]
-    t1 = time.perf_counter()
-    with _client(args) as client:
-        client.wait_ready(timeout=args.wait)
-        result = client.upsert_users(
-            profiles, batch_size=args.batch_size, progress=not args.no_progress
-        )
-    seconds = time.perf_counter() - t1
-    print(
-        f"upserted {result.upserted} users in {seconds:.1f}s "
-        f"({result.upserted / max(seconds, 1e-9):.1f} users/s), sequence {result.sequence}"
-    )
-    return 0
-
-
-def cmd_lookalike(args: argparse.Namespace) -> int:
-    from audience.client import Filter
-
-    if not args.seed and not args.seed_text:
-        raise SystemExit("lookalike: give at least one --seed USER_ID or --seed-text TEXT")
-    with _client(args) as client:
-        result = client.find_lookalikes(
-            seed_ids=args.seed or (),
-            seed_texts=args.seed_text or (),
-            k=args.k if args.fraction is None else None,
-            fraction=args.fraction,
-            filters=[Filter.parse(f) for f in args.filter or ()],
-            negative_ids=args.negative or (),
-            exclude_ids=args.exclude or (),
-            include_seeds=args.include_seeds,
-            min_score=args.min_score,
-            segment_ids=args.segment or (),
-            exclude_segment_ids=args.exclude_segment or (),
-            search_effort=args.search_effort,
-            exact=args.exact,
-        )
-    if args.json:
-        print(
-            json.dumps(
-                {"eligible": result.eligible, "users": [asdict(u) for u in result.users]},
-                ensure_ascii=False,
-            )
-        )
-    else:
-        print(f"{len(result.users)} of {result.eligible} eligible users")
-        for rank, u in enumerate(result.users, 1):
-            print(f"{rank:>5}  {u.score:.4f}  {u.user_id}")
-    return 0
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        stats = client.stats()
-    if args.json:
-        print(json.dumps(asdict(stats)))
-    else:
-        for key, value in asdict(stats).items():
-            print(f"{key:>12}: {value}")
-    return 0
-
-
-def cmd_rebuild(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        done = client.rebuild_index(reembed=args.reembed)
-    print(f"rebuilt: {done.users} users, generation {done.generation}, {done.seconds:.1f}s")
-    return 0
-
-
-def cmd_snapshot(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        done = client.snapshot()
-    print(f"snapshot of generation {done.generation} at {done.path}")
-    return 0
-
-
-def cmd_segments_build(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        done = client.build_segments(
-            target_segments=args.target_segments,
-            reducer=args.reducer or "",
-            min_cluster_size=args.min_cluster_size or 0,
-            sample_size=args.sample_size or 0,
-        )
-    print(
-        f"segments {done.model_version}: {done.segments} segments over {done.users} users, "
-        f"{100 * done.outlier_share:.1f}% outliers, {done.seconds:.1f}s"
-    )
-    return 0
-
-
-def cmd_segments_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        segments = client.list_segments()
-    if args.json:
-        print(json.dumps([asdict(s) for s in segments], ensure_ascii=False))
-        return 0
-    for s in segments:
-        print(
-            f"{s.segment_id:>10}  {s.size:>8}  {100 * s.share:5.1f}%  {s.status:<7} "
-            f"{', '.join(s.keywords[:8])}"
-        )
-    return 0
-
-
-def cmd_segments_show(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        segment = client.get_segment(args.segment_id)
-    print(json.dumps(asdict(segment), ensure_ascii=False, indent=2))
-    return 0
-
-
-def cmd_segments_report(args: argparse.Namespace) -> int:
-    from audience.index import SegmentModel
-
-    from ._report import write_report
-
-    model = SegmentModel.load(Path(args.data_dir) / "segments")
-    if model is None:
-        raise ValueError(f"no segments built in {args.data_dir}; run `audience segments build`")
-    page = write_report(model, Path(args.out))
-    print(f"wrote {page}")
-    return 0
-
-
-# ---------------------------------------------------------------- parser
+Every command but serve, check, restore, export-model and hash-token talks to a running
+server: --target HOST:PORT, or the AUDIENCE_TARGET environment variable (default
+127.0.0.1:50051); a token with --token or AUDIENCE_TOKEN. Add --json for scripts.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="audience", description="Audience admin CLI.")
+    p = argparse.ArgumentParser(
+        prog="audience",
+        description="Audience admin CLI.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--log-level", default="INFO")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -507,8 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--exact", action="store_true", help="exhaustive search on an ANN index")
     s.add_argument("--min-score", type=float)
+    s.add_argument(
+        "--show", metavar="ATTR,...", help="also print these attributes of each user: age,gender"
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_lookalike)
+
+    s = sub.add_parser("users", help="look at stored users")
+    usersub = s.add_subparsers(dest="users_command", required=True)
+    s = usersub.add_parser("show", help="one user: attributes, segment, texts")
+    client_flags(s)
+    s.add_argument("user_id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_users_show)
+
+    s = sub.add_parser("wait", help="wait until the server answers SERVING")
+    client_flags(s)
+    s.add_argument("--wait", type=float, default=180.0, help="seconds to wait at most")
+    s.set_defaults(func=cmd_wait)
 
     s = sub.add_parser("stats", help="counts and settings of the running server")
     client_flags(s)
@@ -540,10 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = segsub.add_parser("list", help="the current segments")
     client_flags(s)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--ids", action="store_true", help="only the segment ids, one per line")
     s.set_defaults(func=cmd_segments_list)
-    s = segsub.add_parser("show", help="one segment in full (JSON)")
+    s = segsub.add_parser("show", help="one segment: size, keywords, attributes, exemplars")
     client_flags(s)
     s.add_argument("segment_id")
+    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_segments_show)
     s = segsub.add_parser("report", help="HTML page + PNGs of the current segments")
     s.add_argument("--data-dir", default="./data", help="the server's data dir (read only)")
@@ -557,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand, with its usage (not the top level's)
+        _subparser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
@@ -569,6 +339,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The parser of the (sub)command that `args` ran."""
+    for name in ("command", "segments_command", "users_command"):
+        chosen = getattr(args, name, None)
+        if chosen is None:
+            continue
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or chosen not in actions[0].choices:
+            break
+        parser = actions[0].choices[chosen]
+    return parser
 
 
 def _error_message(exc: Exception) -> str | None:

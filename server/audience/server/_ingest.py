@@ -49,8 +49,32 @@ class IngestReport:
     texts: int = 0
     skipped_rows: int = 0  # no user id
     unparsed_times: int = 0
+    time_examples: list[str] = field(default_factory=list)  # a few values that did not parse
+    empty_texts: int = 0  # text cells with nothing in them
     dropped_texts: int = 0  # over --max-texts-per-user
     notes: list[str] = field(default_factory=list)
+
+    def lines(self, time_format: str | None) -> list[str]:
+        """What was read, and what was skipped and why, for the person running the ingest."""
+        out = [f"read {self.rows:,} rows -> {self.users:,} users, {self.texts:,} texts"]
+        skipped = [
+            (self.skipped_rows, "rows without an id"),
+            (self.empty_texts, "empty texts"),
+            (self.dropped_texts, "texts over --max-texts-per-user (the oldest)"),
+        ]
+        if any(n for n, _ in skipped):
+            out.append("skipped: " + "; ".join(f"{n:,} {what}" for n, what in skipped if n))
+        if self.unparsed_times:
+            examples = ", ".join(repr(e) for e in self.time_examples)
+            expected = (
+                f"--time-format {time_format!r}" if time_format else "Unix seconds or ISO 8601"
+            )
+            out.append(
+                f"unparsed times: {self.unparsed_times:,} texts (e.g. {examples}) did not read as "
+                f"{expected}; they are kept without a time (no recency weighting). Month names "
+                "are read in English only: see the README, 'Dates in other languages'."
+            )
+        return out
 
 
 def detect_format(path: Path) -> str:
@@ -168,6 +192,9 @@ def group_profiles(
             parsed = _timestamp(row.get(cols.time_col), cols.time_format)
             if parsed is None or parsed < 0:
                 report.unparsed_times += 1
+                raw = str(row.get(cols.time_col))
+                if len(report.time_examples) < 3 and raw not in report.time_examples:
+                    report.time_examples.append(raw)
             else:
                 ts = parsed
         weight = None
@@ -178,6 +205,8 @@ def group_profiles(
             for t in value if isinstance(value, list) else [value]:
                 if t is not None and str(t).strip():
                     user_texts.append(Text(str(t), weight=weight, timestamp=ts))
+                else:
+                    report.empty_texts += 1
         user_attrs = attrs.setdefault(uid, {})
         for col, kind in cols.attr_cols:
             v = _attr(row.get(col), kind)

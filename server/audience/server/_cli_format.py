@@ -1,0 +1,155 @@
+"""What the `audience` CLI prints for people (every command also has `--json` for scripts):
+aligned fields, lists joined, floats rounded, long texts cut."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+TEXT_CHARS = 100  # a stored text is shown up to this many characters
+TOP_VALUES = 3  # categorical values shown per attribute in a segment card
+
+
+def number(x: Any) -> str:
+    """A number for people: integers as such, others to 3 significant digits."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if float(x).is_integer() and abs(x) < 1e15:
+        return f"{int(x):,}"
+    return f"{x:.3g}"
+
+
+def percent(share: float) -> str:
+    return f"{100 * share:.1f}%"
+
+
+def cut(text: str, n: int = TEXT_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def fields(pairs: Iterable[tuple[str, Any]]) -> list[str]:
+    """`key: value` lines with the keys aligned; sequences joined, empty ones as "none"."""
+    pairs = list(pairs)
+    width = max((len(k) for k, _ in pairs), default=0)
+    out = []
+    for key, value in pairs:
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value)) if value else "none"
+        elif isinstance(value, float):
+            value = number(value)
+        out.append(f"{key + ':':<{width + 1}} {value}")
+    return out
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """Columns padded to their widest cell; the last column is not padded."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    lines = []
+    for r in [list(header), *rows]:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths[:-1])] + [r[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def stats(s: Any) -> list[str]:
+    return fields(
+        [
+            ("users", number(s.users)),
+            ("indexed", number(s.indexed)),
+            ("index", s.index_type),
+            ("generation", s.generation),
+            ("sequence", s.sequence),
+            ("model", s.model),
+            ("dimension", s.dimension),
+            ("lexical model", s.lexical_model),
+            ("lexical documents", number(s.lexical_documents)),
+            ("lexical weight", number(round(s.lexical_weight, 3))),
+            ("attributes", list(s.attributes)),
+            ("data dir", s.data_dir),
+            ("warnings", list(s.warnings)),
+        ]
+    )
+
+
+def segment_rows(segments: Sequence[Any]) -> list[str]:
+    return table(
+        ["segment", "users", "share", "status", "keywords"],
+        [
+            (s.segment_id, number(s.size), percent(s.share), s.status, ", ".join(s.keywords[:8]))
+            for s in segments
+        ],
+    )
+
+
+def segment_card(s: Any) -> list[str]:
+    """One segment for people: size, keywords, the attributes that set it apart, exemplars."""
+    out = [
+        f"{s.segment_id}: {number(s.size)} users ({percent(s.share)}), {s.status}"
+        + (f" from {', '.join(s.parents)}" if s.parents and s.status != "kept" else ""),
+        f"  keywords:  {', '.join(s.keywords) or '(withheld or none)'}",
+        f"  cohesion {number(round(s.cohesion, 2))}, persistence {number(round(s.persistence, 2))}"
+        " (how tight and how stable the segment is, 0..1)",
+    ]
+    profile = s.attribute_profile or {}
+    if profile.get("withheld"):
+        out.append(f"  attributes: withheld ({profile.get('reason', 'small segment')})")
+    else:
+        lines = [_attribute_line(name, entry) for name, entry in profile.items()]
+        scored = sorted((line for line in lines if line), key=lambda x: -x[0])
+        if scored:
+            out.append("  attributes, most distinctive first:")
+            out += [f"    {text}" for _, text in scored]
+    out.append(f"  exemplars: {', '.join(s.exemplar_user_ids) or 'none'}")
+    return out
+
+
+def _attribute_line(name: str, entry: dict) -> tuple[float, str] | None:
+    """(how much it sets the segment apart, the line) for one attribute's profile."""
+    if entry.get("withheld") or not entry.get("count"):
+        return None
+    if entry.get("type") == "numeric":
+        med, pop = entry.get("median"), entry.get("population_median")
+        if med is None:
+            return None
+        spread = (entry.get("q3") or med) - (entry.get("q1") or med) or 1.0
+        gap = abs(med - pop) / spread if pop is not None else 0.0
+        return gap, (
+            f"{name}: median {number(med)} (everyone: {number(pop)}), "
+            f"middle half {number(entry.get('q1'))}..{number(entry.get('q3'))}"
+        )
+    values = entry.get("values") or []
+    if not values:
+        return None
+    shown = ", ".join(
+        f"{v['value']} {percent(v['share'])} (x{number(round(v['lift'], 2))})"
+        for v in values[:TOP_VALUES]
+    )
+    top_lift = max(abs(math.log(max(v["lift"], 1e-9))) for v in values[:TOP_VALUES])
+    return top_lift, f"{name}: {shown}"
+
+
+def user(record: Any, memberships: Sequence[Any]) -> list[str]:
+    p = record.profile
+    out = fields(
+        [
+            ("user", p.user_id),
+            ("attributes", [f"{k}={number(v)}" for k, v in sorted(p.attributes.items())]),
+            (
+                "segment",
+                ", ".join(
+                    m.segment_id if not m.outlier else "outlier (no segment)" for m in memberships
+                )
+                or "(no segments built)",
+            ),
+            ("texts", len(p.texts)),
+        ]
+    )
+    out += [f"  {i}. {cut(t.text)}" for i, t in enumerate(p.texts[:10], 1)]
+    if len(p.texts) > 10:
+        out.append(f"  ... and {len(p.texts) - 10} more")
+    return out
