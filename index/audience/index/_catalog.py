@@ -111,7 +111,10 @@ class Catalog:
             raise found["error"]  # type: ignore[misc]
         loaded = found.get("loaded")
         if loaded is None:
-            log.info("Index - no usable generation; building from the store")
+            if total or self.generations.manifests():
+                log.info("Index - no usable generation; building from the store")
+            else:
+                log.info("Index - a new data dir: starting with an empty index")
             self.index = self.build_index(progress)
             self.generation = self.generations.latest_generation()
             self.unsaved = total
