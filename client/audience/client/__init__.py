@@ -38,6 +38,7 @@ from ._sync import AudienceClient
 from ._types import (
     DeleteResult,
     Filter,
+    Job,
     LookalikeQuery,
     LookalikeResult,
     Profile,
@@ -65,6 +66,7 @@ __all__ = [
     "FailedPrecondition",
     "Filter",
     "InvalidArgument",
+    "Job",
     "LookalikeQuery",
     "LookalikeResult",
     "NotFound",

@@ -17,6 +17,7 @@ from ._types import (
     AttributeScalar,
     DeleteResult,
     Filter,
+    Job,
     LookalikeQuery,
     LookalikeResult,
     Profile,
@@ -449,6 +450,35 @@ def user_segments(msg: Any) -> list[UserSegment]:
         UserSegment(m.user_id, m.segment_id, strength=m.strength, outlier=m.outlier)
         for m in msg.memberships
     ]
+
+
+def job(msg: pb.Job) -> Job:
+    kind = msg.WhichOneof("result")
+    result: RebuildResult | SegmentBuild | None = None
+    if kind == "rebuild_index":
+        result = rebuild_result(msg.rebuild_index)
+    elif kind == "build_segments":
+        result = segment_build(msg.build_segments)
+    return Job(
+        job_id=msg.job_id,
+        kind=msg.kind,
+        state=pb.Job.State.Name(msg.state),
+        done=msg.done,
+        stage=msg.stage,
+        stage_done=msg.stage_done,
+        stage_total=msg.stage_total,
+        created_at=msg.created_at,
+        updated_at=msg.updated_at,
+        finished_at=msg.finished_at,
+        cancel_requested=msg.cancel_requested,
+        result=result,
+        error=msg.error,
+        error_code=msg.error_code,
+    )
+
+
+def job_request(job_id: str) -> str:
+    return string("job_id", job_id)
 
 
 def segment_build(msg: pb.BuildSegmentsResponse) -> SegmentBuild:

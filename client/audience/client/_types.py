@@ -398,3 +398,30 @@ class SegmentBuild:
     seconds: float
     outlier_share: float = 0.0  # share of users left as outliers
     users: int = 0  # users segmented
+
+
+@dataclass(frozen=True)
+class Job:
+    """A long job on the server (rebuild-index, build-segments): started by a ``start_*``
+    call, watched with ``get_job`` / ``wait_job``, stopped with ``cancel_job``.
+
+    state: "RUNNING", "SUCCEEDED", "FAILED" or "CANCELLED"; done once it is not RUNNING.
+    stage, stage_done, stage_total: what it is doing and how far into it.
+    result: the RebuildResult or SegmentBuild of a job that succeeded, else None.
+    error, error_code: why it failed or was cancelled, and the gRPC status name.
+    """
+
+    job_id: str
+    kind: str
+    state: str
+    done: bool
+    stage: str = ""
+    stage_done: int = 0
+    stage_total: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float = 0.0
+    cancel_requested: bool = False
+    result: RebuildResult | SegmentBuild | None = None
+    error: str = ""
+    error_code: str = ""

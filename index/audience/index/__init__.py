@@ -26,6 +26,7 @@ _EXPORTS = {
     "EngineConfig": "._config",
     "Limits": "._config",
     "AudienceError": "._errors",
+    "Cancelled": "._errors",
     "ConfigError": "._errors",
     "DataDamaged": "._errors",
     "IndexNotReady": "._errors",
@@ -35,6 +36,7 @@ _EXPORTS = {
     "SegmentsNotBuilt": "._errors",
     "StorageFull": "._errors",
     "UnknownSegment": "._errors",
+    "UnknownJob": "._errors",
     "UnknownUser": "._errors",
     "AttrValue": "._types",
     "DeleteResult": "._types",
@@ -56,6 +58,8 @@ _EXPORTS = {
     "TextItem": "._types",
     "UpsertResult": "._types",
     "Engine": "._engine",
+    "Job": "._jobs",
+    "JobRunner": "._jobs",
     "Catalog": "._catalog",
     "Validator": "._validate",
     "EncodedProfiles": "._encode",
@@ -132,6 +136,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from ._engine import Engine
     from ._errors import (
         AudienceError,
+        Cancelled,
         ConfigError,
         DataDamaged,
         IndexNotReady,
@@ -140,9 +145,11 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         PreconditionFailed,
         SegmentsNotBuilt,
         StorageFull,
+        UnknownJob,
         UnknownSegment,
         UnknownUser,
     )
+    from ._jobs import Job, JobRunner
     from ._lookalike import Centroid, LookalikeScorer, Search, SeedSet, SeedStrategy
     from ._segments import (
         Clusterer,

@@ -23,14 +23,15 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 from . import _erasure as erasure
-from ._catalog import LEXICAL_DIR, SEGMENTS_DIR, Catalog, membership
+from ._catalog import SEGMENTS_DIR, Catalog, membership
 from ._config import EngineConfig
 from ._durable import disk_full_as
 from ._encode import ProfileEncoder, TextEmbedder, text_items
 from ._errors import DataDamaged, PreconditionFailed, UnknownSegment, UnknownUser
+from ._jobs import JobRunner, uncancellable
 from ._lookalike import LookalikeScorer, SeedStrategy
 from ._recovery import open_data_dir
-from ._refit import fit_lexical, reencode_store
+from ._refit import reencode_store, with_refitted_lexical
 from ._rwlock import RWLock
 from ._segments import (
     Population,
@@ -63,6 +64,7 @@ from ._validate import Validator
 log = logging.getLogger("audience.index")
 RETRY_AFTER_S = 30.0  # work after a commit that failed (saving a generation) waits this long
 SAVING = "saving an index generation"
+JOBS_DIR = "jobs"
 
 
 class Engine:
@@ -86,6 +88,7 @@ class Engine:
         self._build_lock = threading.Lock()
         self._closed = False
         self._retry_at = 0.0  # monotonic time before which failed post-commit work waits
+        self.jobs = JobRunner(config.data_dir / JOBS_DIR)  # long jobs run by the server
 
     @classmethod
     def open(
@@ -137,6 +140,7 @@ class Engine:
     def close(self) -> None:
         if self._closed:
             return
+        self.jobs.close()  # cancelled; what they would have replaced is still served
         self._after_commit("saving the index at close", self.save)
         self._closed = True
         self.catalog.close()
@@ -207,18 +211,14 @@ class Engine:
         catalog = self.catalog
         with self._writer:
             log.info("Rebuild - Start (reembed=%s)", reembed)
-            enc = self.encoder
-            if self.config.lexical_dim and catalog.store.count():
-                lexical = fit_lexical(
-                    catalog.store, self.config, self.config.data_dir / LEXICAL_DIR, progress
-                )
-                enc = enc.with_lexical(lexical or enc.lexical)
-            with disk_full_as("index not rebuilt; the previous one is still served"):
+            # a cancel stops it until here: the stored vectors must not be left mixed
+            enc = with_refitted_lexical(self.encoder, catalog.store, self.config, progress)
+            with uncancellable(), disk_full_as("index not rebuilt; the previous one is served"):
                 reencode_store(catalog.store, enc, reembed=reembed, progress=progress)
                 index = catalog.build_index(progress)
-            with self._rw.write():
-                catalog.index = index
-                self._swap_encoder(enc)
+                with self._rw.write():
+                    catalog.index = index
+                    self._swap_encoder(enc)
             catalog.unsaved = max(1, len(index))
             generation = self._save_locked()
             seconds = time.perf_counter() - t0
@@ -345,4 +345,3 @@ class Engine:
         with self._rw.read():
             members = self.catalog.segment_members(seg.label)
         return members.chunks(chunk)
-

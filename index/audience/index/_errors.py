@@ -84,3 +84,13 @@ class PreconditionFailed(AudienceError):
 class DataDamaged(AudienceError):
     """Stored data does not match its checksum (bit rot, a tampered file) and could not be
     recovered on the spot; `audience check` finds and repairs it."""
+
+
+class Cancelled(AudienceError):
+    """A long job was cancelled (CancelJob, or the server stopping); what was served before
+    it is still served."""
+
+
+class UnknownJob(AudienceError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._catalog import LEXICAL_DIR
 from ._config import EngineConfig
 from ._encode import LexicalModel, ProfileEncoder, text_items
 from ._store import ProfileStore
@@ -41,6 +42,20 @@ def fit_lexical(
         return None
     model.save(directory)
     return model
+
+
+def with_refitted_lexical(
+    encoder: ProfileEncoder,
+    store: ProfileStore,
+    config: EngineConfig,
+    progress: Progress | None = None,
+) -> ProfileEncoder:
+    """`encoder` with its lexical model fitted again on the stored texts (saved in the data
+    dir), or `encoder` itself when there is no lexical channel or nothing to fit it on."""
+    if not config.lexical_dim or not store.count():
+        return encoder
+    lexical = fit_lexical(store, config, config.data_dir / LEXICAL_DIR, progress)
+    return encoder.with_lexical(lexical or encoder.lexical)
 
 
 def reencode_store(

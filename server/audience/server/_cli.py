@@ -3,7 +3,8 @@
     audience serve --data-dir ./data [--attribute age:numeric:13:90 ...]
     audience ingest FILE --id-col ID --text-col TEXT [--attr COL ...]
     audience lookalike --seed ID [--seed-text TEXT] [-k 100 | --fraction 0.01] [--filter 'age>=30']
-    audience stats | rebuild-index [--reembed] | snapshot
+    audience stats | rebuild-index [--reembed] [--detach] | snapshot
+    audience segments build [--detach] | jobs list | jobs watch JOB | jobs cancel JOB
     audience check --data-dir ./data [--repair] | restore SNAPSHOT --data-dir NEW
 
 Every command but `serve` talks to a running server (--target, default 127.0.0.1:50051, or
@@ -32,9 +33,7 @@ from ._cli_commands import (
     cmd_hash_token,
     cmd_ingest,
     cmd_lookalike,
-    cmd_rebuild,
     cmd_restore,
-    cmd_segments_build,
     cmd_segments_list,
     cmd_segments_report,
     cmd_segments_show,
@@ -43,6 +42,14 @@ from ._cli_commands import (
     cmd_stats,
     cmd_users_show,
     cmd_wait,
+)
+from ._cli_jobs import (
+    cmd_jobs_cancel,
+    cmd_jobs_list,
+    cmd_jobs_show,
+    cmd_jobs_watch,
+    cmd_rebuild,
+    cmd_segments_build,
 )
 from ._config import DEFAULT_PORT
 
@@ -96,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tls-ca", type=Path, help="CA to verify a TLS server (PEM); TLS on")
         sp.add_argument("--tls-cert", type=Path, help="client certificate for mTLS (PEM)")
         sp.add_argument("--tls-key", type=Path, help="client key for mTLS (PEM)")
+
+    def job_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--detach",
+            action="store_true",
+            help="start the job, print its id and return (default: follow it to the end; "
+            "Ctrl-C detaches)",
+        )
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("serve", help="run the gRPC server")
     s.add_argument("--config", type=Path, help="TOML file ([server], [engine], [limits])")
@@ -285,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--reembed", action="store_true", help="embed every text again (after a model change)"
     )
+    job_flags(s)
     s.set_defaults(func=cmd_rebuild)
 
     seg = sub.add_parser("segments", help="build, list, show and report customer segments")
@@ -301,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reducer", choices=SEGMENT_REDUCERS, help="space the clustering sees (umap)")
     s.add_argument("--min-cluster-size", type=int, help="smallest segment (1%% of the sample)")
     s.add_argument("--sample-size", type=int, help="users the clustering is fitted on (20000)")
-    s.set_defaults(func=cmd_segments_build, timeout=None)
+    job_flags(s)
+    s.set_defaults(func=cmd_segments_build)
     s = segsub.add_parser("list", help="the current segments")
     client_flags(s)
     s.add_argument("--json", action="store_true")
@@ -316,6 +334,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default="./data", help="the server's data dir (read only)")
     s.add_argument("--out", required=True, help="folder to write index.html and PNGs into")
     s.set_defaults(func=cmd_segments_report)
+
+    jobs = sub.add_parser("jobs", help="long jobs: list, show, watch (re-attach), cancel")
+    jobsub = jobs.add_subparsers(dest="jobs_command", required=True)
+    s = jobsub.add_parser("list", help="running jobs, then the last finished ones")
+    client_flags(s)
+    s.add_argument("--kind", choices=("rebuild-index", "build-segments"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs_list)
+    s = jobsub.add_parser("show", help="one job: state, stage, result or error")
+    client_flags(s)
+    s.add_argument("job_id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs_show)
+    s = jobsub.add_parser("watch", help="follow a job until it ends (Ctrl-C detaches)")
+    client_flags(s)
+    s.add_argument("job_id")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_jobs_watch)
+    s = jobsub.add_parser("cancel", help="stop a running job; what it replaces stays served")
+    client_flags(s)
+    s.add_argument("job_id")
+    s.add_argument("--wait", action="store_true", help="until it has stopped")
+    s.set_defaults(func=cmd_jobs_cancel)
 
     s = sub.add_parser("snapshot", help="write a consistent copy of store and index")
     client_flags(s)
@@ -343,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """The parser of the (sub)command that `args` ran."""
-    for name in ("command", "segments_command", "users_command"):
+    for name in ("command", "segments_command", "users_command", "jobs_command"):
         chosen = getattr(args, name, None)
         if chosen is None:
             continue

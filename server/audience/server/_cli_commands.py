@@ -247,32 +247,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rebuild(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        done = client.rebuild_index(reembed=args.reembed)
-    print(f"rebuilt: {done.users} users, generation {done.generation}, {done.seconds:.1f}s")
-    return 0
-
-
 def cmd_snapshot(args: argparse.Namespace) -> int:
     with _client(args) as client:
         done = client.snapshot()
     print(f"snapshot of generation {done.generation} at {done.path}")
-    return 0
-
-
-def cmd_segments_build(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        done = client.build_segments(
-            target_segments=args.target_segments,
-            reducer=args.reducer or "",
-            min_cluster_size=args.min_cluster_size or 0,
-            sample_size=args.sample_size or 0,
-        )
-    print(
-        f"segments {done.model_version}: {done.segments} segments over {done.users} users, "
-        f"{100 * done.outlier_share:.1f}% outliers, {done.seconds:.1f}s"
-    )
     return 0
 
 

@@ -4,6 +4,7 @@ aligned fields, lists joined, floats rounded, long texts cut."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -153,3 +154,58 @@ def user(record: Any, memberships: Sequence[Any]) -> list[str]:
     if len(p.texts) > 10:
         out.append(f"  ... and {len(p.texts) - 10} more")
     return out
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _took(job: Any) -> str:
+    end = job.finished_at or time.time()
+    return f"{end - job.created_at:,.1f}s" if job.created_at else "-"
+
+
+def _at(job: Any) -> str:
+    if job.done:
+        return job.error or "-"
+    count = f" {number(job.stage_done)}/{number(job.stage_total)}" if job.stage_total else ""
+    return job.stage + count + (" (cancelling)" if job.cancel_requested else "")
+
+
+def job_rows(jobs: Sequence[Any]) -> list[str]:
+    return table(
+        ["job", "kind", "state", "started", "took", "stage or outcome"],
+        [
+            (j.job_id, j.kind, j.state.lower(), _when(j.created_at), _took(j), cut(_at(j), 70))
+            for j in jobs
+        ],
+    )
+
+
+def job_result(job: Any) -> str:
+    r = job.result
+    if job.kind == "rebuild-index" and r is not None:
+        return f"rebuilt: {r.users} users, generation {r.generation}, {r.seconds:.1f}s"
+    if job.kind == "build-segments" and r is not None:
+        return (
+            f"segments {r.model_version}: {r.segments} segments over {r.users} users, "
+            f"{100 * r.outlier_share:.1f}% outliers, {r.seconds:.1f}s"
+        )
+    return f"{job.job_id} {job.state.lower()}"
+
+
+def job_card(job: Any) -> list[str]:
+    pairs = [
+        ("job", job.job_id),
+        ("kind", job.kind),
+        ("state", job.state.lower() + (" (cancel requested)" if job.cancel_requested else "")),
+        ("started", _when(job.created_at)),
+        ("took" if job.done else "running for", _took(job)),
+    ]
+    if not job.done:
+        pairs.append(("stage", _at(job)))
+    if job.result is not None:
+        pairs.append(("result", job_result(job)))
+    if job.error:
+        pairs.append(("error", f"{job.error_code}: {job.error}"))
+    return fields(pairs)

@@ -16,6 +16,7 @@ from audience.index import (
     AttrValue,
     Filter,
     InvalidQuery,
+    Job,
     LookalikeQuery,
     Membership,
     Profile,
@@ -186,3 +187,33 @@ def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
         min_cluster_size=r.min_cluster_size or None,
         sample_size=r.sample_size or defaults.sample_size,
     )
+
+
+REBUILD_INDEX, BUILD_SEGMENTS = "rebuild-index", "build-segments"  # the kinds of jobs
+_RESULT_FIELD = {REBUILD_INDEX: "rebuild_index", BUILD_SEGMENTS: "build_segments"}
+
+
+def job_to_pb(job: Job) -> pb.Job:
+    from ._errors import CODE_OF_ERROR_TYPE
+
+    msg = pb.Job(
+        job_id=job.job_id,
+        kind=job.kind,
+        state=pb.Job.State.Value(job.state),
+        done=job.finished,
+        stage=job.stage,
+        stage_done=job.done,
+        stage_total=job.total,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        finished_at=job.finished_at,
+        cancel_requested=job.cancel_requested,
+        error=job.error,
+        error_code=CODE_OF_ERROR_TYPE.get(job.error_type, "INTERNAL") if job.error else "",
+    )
+    field = _RESULT_FIELD.get(job.kind)
+    if job.result and field:
+        result = getattr(msg, field)
+        known = result.DESCRIPTOR.fields_by_name
+        result.CopyFrom(type(result)(**{k: v for k, v in job.result.items() if k in known}))
+    return msg

@@ -15,6 +15,7 @@ import grpc
 
 from audience.index import (
     AudienceError,
+    Cancelled,
     ConfigError,
     DataDamaged,
     IndexNotReady,
@@ -23,6 +24,7 @@ from audience.index import (
     PreconditionFailed,
     SegmentsNotBuilt,
     StorageFull,
+    UnknownJob,
     UnknownSegment,
     UnknownUser,
 )
@@ -40,7 +42,11 @@ STATUS_OF: dict[type[AudienceError], grpc.StatusCode] = {
     SegmentsNotBuilt: grpc.StatusCode.FAILED_PRECONDITION,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     DataDamaged: grpc.StatusCode.DATA_LOSS,
+    UnknownJob: grpc.StatusCode.NOT_FOUND,
+    Cancelled: grpc.StatusCode.CANCELLED,
 }
+CODE_OF_ERROR_TYPE = {cls.__name__: code.name for cls, code in STATUS_OF.items()}
+CODE_OF_ERROR_TYPE["Interrupted"] = grpc.StatusCode.ABORTED.name  # a restart ended the job
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -14,10 +14,13 @@ import grpc
 
 from audience.client._proto import audience_pb2 as pb
 from audience.client._proto import audience_pb2_grpc as pb_grpc
-from audience.index import Engine, IndexNotReady
+from audience.index import Engine, IndexNotReady, Progress, RebuildResult, SegmentBuild
 
 from ._convert import (
+    BUILD_SEGMENTS,
+    REBUILD_INDEX,
     filters_from_pb,
+    job_to_pb,
     memberships_to_pb,
     profiles_from_pb,
     query_from_pb,
@@ -44,6 +47,16 @@ class ProgressLog:
         if now - self._last >= self.every or done >= total:
             self._last = now
             log.info("Progress - %s: %d/%d", stage, done, total)
+
+
+def tee(first: Progress, second: Progress) -> Progress:
+    """One progress callback that calls two (the second may raise: a job's cancel)."""
+
+    def both(stage: str, done: int, total: int) -> None:
+        first(stage, done, total)
+        second(stage, done, total)
+
+    return both
 
 
 class EngineHolder:
@@ -186,7 +199,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     def RebuildIndex(
         self, request: pb.RebuildIndexRequest, context: grpc.ServicerContext
     ) -> pb.RebuildIndexResponse:
-        done = self._holder.engine.rebuild_index(reembed=request.reembed, progress=ProgressLog())
+        done = self._holder.engine.jobs.run(*self._rebuild(request))
         return pb.RebuildIndexResponse(
             users=done.users, generation=done.generation, seconds=done.seconds
         )
@@ -194,9 +207,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     def BuildSegments(
         self, request: pb.BuildSegmentsRequest, context: grpc.ServicerContext
     ) -> pb.BuildSegmentsResponse:
-        done = self._holder.engine.build_segments(
-            segment_params_from_pb(request), progress=ProgressLog()
-        )
+        done = self._holder.engine.jobs.run(*self._build_segments(request))
         return pb.BuildSegmentsResponse(
             model_version=done.model_version,
             segments=done.segments,
@@ -204,6 +215,48 @@ class AdminServicer(pb_grpc.AdminServicer):
             outlier_share=done.outlier_share,
             users=done.users,
         )
+
+    def StartRebuildIndex(
+        self, request: pb.RebuildIndexRequest, context: grpc.ServicerContext
+    ) -> pb.Job:
+        return job_to_pb(self._holder.engine.jobs.start(*self._rebuild(request)))
+
+    def StartBuildSegments(
+        self, request: pb.BuildSegmentsRequest, context: grpc.ServicerContext
+    ) -> pb.Job:
+        return job_to_pb(self._holder.engine.jobs.start(*self._build_segments(request)))
+
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        return job_to_pb(self._holder.engine.jobs.get(request.job_id))
+
+    def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
+    ) -> pb.ListJobsResponse:
+        jobs = self._holder.engine.jobs.list(request.kind)
+        return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
+
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        return job_to_pb(self._holder.engine.jobs.cancel(request.job_id))
+
+    def _rebuild(self, request: pb.RebuildIndexRequest) -> tuple:
+        engine, log_progress = self._holder.engine, ProgressLog()
+
+        def work(progress: Progress) -> RebuildResult:
+            return engine.rebuild_index(
+                reembed=request.reembed, progress=tee(log_progress, progress)
+            )
+
+        return REBUILD_INDEX, work, {"reembed": request.reembed}
+
+    def _build_segments(self, request: pb.BuildSegmentsRequest) -> tuple:
+        engine, log_progress = self._holder.engine, ProgressLog()
+        params = segment_params_from_pb(request)  # checked before the job starts
+
+        def work(progress: Progress) -> SegmentBuild:
+            return engine.build_segments(params, progress=tee(log_progress, progress))
+
+        asked = ("reducer", "target_segments", "min_cluster_size", "sample_size")
+        return BUILD_SEGMENTS, work, {k: getattr(params, k) for k in asked}
 
     def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.ServicerContext

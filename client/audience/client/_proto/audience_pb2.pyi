@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -949,7 +950,7 @@ class BuildSegmentsRequest(_message.Message):
     MIN_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     target_segments: _builtins.int
-    """About this many segments, merged along the HDBSCAN hierarchy; 0 = HDBSCAN decides."""
+    """Exactly this many segments (k-means in the reduced space); 0 = HDBSCAN decides."""
     reducer: _builtins.str
     """"umap" (default) or "pca": the space HDBSCAN runs in."""
     min_cluster_size: _builtins.int
@@ -1116,3 +1117,176 @@ class GetStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class Job(_message.Message):
+    """A long job (the shape of google.longrunning.Operation): started by a Start* call that
+    returns at once, watched with GetJob, stopped with CancelJob.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Job._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: Job._State.ValueType  # 0
+        RUNNING: Job._State.ValueType  # 1
+        SUCCEEDED: Job._State.ValueType  # 2
+        FAILED: Job._State.ValueType  # 3
+        CANCELLED: Job._State.ValueType  # 4
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: Job.State.ValueType  # 0
+    RUNNING: Job.State.ValueType  # 1
+    SUCCEEDED: Job.State.ValueType  # 2
+    FAILED: Job.State.ValueType  # 3
+    CANCELLED: Job.State.ValueType  # 4
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    STAGE_DONE_FIELD_NUMBER: _builtins.int
+    STAGE_TOTAL_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    REBUILD_INDEX_FIELD_NUMBER: _builtins.int
+    BUILD_SEGMENTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    kind: _builtins.str
+    """"rebuild-index" or "build-segments"."""
+    state: Global___Job.State.ValueType
+    done: _builtins.bool
+    """True once the state is no longer RUNNING."""
+    stage: _builtins.str
+    """What it is doing now, and how far into that stage ("embed", 5000 of 20000)."""
+    stage_done: _builtins.int
+    stage_total: _builtins.int
+    created_at: _builtins.float
+    """Unix times, seconds."""
+    updated_at: _builtins.float
+    finished_at: _builtins.float
+    cancel_requested: _builtins.bool
+    error: _builtins.str
+    """Why it failed or was cancelled, and the status code the blocking call answers with."""
+    error_code: _builtins.str
+    @_builtins.property
+    def rebuild_index(self) -> Global___RebuildIndexResponse: ...
+    @_builtins.property
+    def build_segments(self) -> Global___BuildSegmentsResponse: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        state: Global___Job.State.ValueType = ...,
+        done: _builtins.bool = ...,
+        stage: _builtins.str = ...,
+        stage_done: _builtins.int = ...,
+        stage_total: _builtins.int = ...,
+        created_at: _builtins.float = ...,
+        updated_at: _builtins.float = ...,
+        finished_at: _builtins.float = ...,
+        cancel_requested: _builtins.bool = ...,
+        rebuild_index: Global___RebuildIndexResponse | None = ...,
+        build_segments: Global___BuildSegmentsResponse | None = ...,
+        error: _builtins.str = ...,
+        error_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_segments", b"build_segments", "rebuild_index", b"rebuild_index", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_segments", b"build_segments", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "done", b"done", "error", b"error", "error_code", b"error_code", "finished_at", b"finished_at", "job_id", b"job_id", "kind", b"kind", "rebuild_index", b"rebuild_index", "result", b"result", "stage", b"stage", "stage_done", b"stage_done", "stage_total", b"stage_total", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["rebuild_index", "build_segments"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class GetJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
+
+@_typing.final
+class ListJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Only jobs of this kind; empty = all."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Running jobs first, then finished ones; newest first."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
+
+@_typing.final
+class CancelJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015

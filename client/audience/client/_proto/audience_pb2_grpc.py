@@ -652,6 +652,31 @@ class AdminStub:
                 request_serializer=audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.SerializeToString,
                 response_deserializer=audience_dot_v1_dot_audience__pb2.BuildSegmentsResponse.FromString,
                 _registered_method=True)
+        self.StartRebuildIndex = channel.unary_unary(
+                '/audience.v1.Admin/StartRebuildIndex',
+                request_serializer=audience_dot_v1_dot_audience__pb2.RebuildIndexRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.Job.FromString,
+                _registered_method=True)
+        self.StartBuildSegments = channel.unary_unary(
+                '/audience.v1.Admin/StartBuildSegments',
+                request_serializer=audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/audience.v1.Admin/GetJob',
+                request_serializer=audience_dot_v1_dot_audience__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/audience.v1.Admin/ListJobs',
+                request_serializer=audience_dot_v1_dot_audience__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/audience.v1.Admin/CancelJob',
+                request_serializer=audience_dot_v1_dot_audience__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.Job.FromString,
+                _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/audience.v1.Admin/Snapshot',
                 request_serializer=audience_dot_v1_dot_audience__pb2.SnapshotRequest.SerializeToString,
@@ -668,7 +693,8 @@ class AdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RebuildIndex(self, request, context):
-        """Rebuild the vector index from the store and swap it in atomically.
+        """Rebuild the vector index from the store and swap it in atomically. Runs as a job (see
+        ListJobs) and answers when it ends; StartRebuildIndex returns at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -676,6 +702,38 @@ class AdminServicer:
 
     def BuildSegments(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRebuildIndex(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartBuildSegments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Ask a running job to stop: it stops at its next checkpoint (seconds) and what it would
+        have replaced stays served. FAILED_PRECONDITION while it rewrites stored data.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -705,6 +763,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.BuildSegments,
                     request_deserializer=audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.FromString,
                     response_serializer=audience_dot_v1_dot_audience__pb2.BuildSegmentsResponse.SerializeToString,
+            ),
+            'StartRebuildIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRebuildIndex,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.RebuildIndexRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.Job.SerializeToString,
+            ),
+            'StartBuildSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartBuildSegments,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.GetJobRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.ListJobsRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.CancelJobRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.Job.SerializeToString,
             ),
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
@@ -771,6 +854,141 @@ class Admin:
             '/audience.v1.Admin/BuildSegments',
             audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.SerializeToString,
             audience_dot_v1_dot_audience__pb2.BuildSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRebuildIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/StartRebuildIndex',
+            audience_dot_v1_dot_audience__pb2.RebuildIndexRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartBuildSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/StartBuildSegments',
+            audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/GetJob',
+            audience_dot_v1_dot_audience__pb2.GetJobRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/ListJobs',
+            audience_dot_v1_dot_audience__pb2.ListJobsRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/CancelJob',
+            audience_dot_v1_dot_audience__pb2.CancelJobRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

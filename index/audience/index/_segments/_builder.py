@@ -37,6 +37,7 @@ log = logging.getLogger("audience.index")
 MIN_USERS = 20
 DESCRIBE_SAMPLE = 30_000
 EXEMPLARS = 5
+CHUNK = 100_000  # users projected / assigned between two progress reports
 
 
 @dataclass(frozen=True)
@@ -106,19 +107,19 @@ class SegmentBuilder:
         _, _, vt = randomized_svd(
             sample - mean, n_components=dims, n_iter=4, random_state=params.seed
         )
-        coords = np.concatenate(
-            [
-                project(used_dims(vectors[s : s + 100_000], params.dims_used), mean, vt)
-                for s in range(0, n, 100_000)
-            ]
-        )
+        parts = []
+        for s in range(0, n, CHUNK):
+            parts.append(project(used_dims(vectors[s : s + CHUNK], params.dims_used), mean, vt))
+            if progress:
+                progress("project", min(s + CHUNK, n), n)
+        coords = np.concatenate(parts)
         fit_coords = coords[fit_index]
         timings["reduce_pca_s"] = time.perf_counter() - t0
         if progress:
             progress("reduce", 1, 3)
 
         t0 = time.perf_counter()
-        space = self.stages.reducer.reduce(FitSample(vectors=sample, pca=fit_coords))
+        space = self.stages.reducer.reduce(FitSample(sample, fit_coords, progress))
         if space is not fit_coords:
             timings["reduce_s"] = time.perf_counter() - t0
         if progress:
@@ -143,8 +144,14 @@ class SegmentBuilder:
         todo = np.ones(n, bool)
         todo[fit_index[clustered]] = False
         idx = np.flatnonzero(todo)
-        voted, share = vote(knn, fit_labels[clustered], coords[idx], params.knn, params.min_vote)
-        labels[idx], strength[idx] = voted, share
+        for s in range(0, len(idx), CHUNK):
+            part = idx[s : s + CHUNK]
+            voted, share = vote(
+                knn, fit_labels[clustered], coords[part], params.knn, params.min_vote
+            )
+            labels[part], strength[part] = voted, share
+            if progress:
+                progress("assign", s + len(part), len(idx))
         timings["assign_s"] = time.perf_counter() - t0
         return Clustering(
             labels,

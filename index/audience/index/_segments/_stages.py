@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .._types import Progress
 from ._describe import SegmentDescription, describe_segments
 from ._params import SegmentParams
 
@@ -28,6 +29,7 @@ class FitSample:
 
     vectors: np.ndarray  # their user vectors (the dimensions the build uses), unit rows
     pca: np.ndarray  # the same users in the model's PCA space, unit rows
+    progress: Progress | None = None  # a long reducer reports here (and may be cancelled)
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,39 @@ class UmapReducer:
             metric="cosine",
             random_state=self.seed,
             low_memory=True,
+            tqdm_kwds=_EpochReport.kwds(sample.progress),
         ).fit_transform(sample.vectors if self.on == "vectors" else sample.pca)
 
     def __repr__(self) -> str:
         return f"umap(of {self.on}, {self.dims} dims, {self.neighbors} neighbours)"
+
+
+class _EpochReport:
+    """The file UMAP's epoch bar writes to: each line ("done total") becomes a progress
+    report, so that a long layout shows how far it is and a job's cancel stops it."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    @classmethod
+    def kwds(cls, progress: Progress | None) -> dict | None:
+        if progress is None:
+            return None
+        return {
+            "disable": False,
+            "file": cls(progress),
+            "bar_format": "{n} {total}\n",
+            "mininterval": 0.5,
+            "desc": "",
+        }
+
+    def write(self, text: str) -> None:
+        parts = text.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            self.progress("reduce: umap epochs", int(parts[0]), int(parts[1]))
+
+    def flush(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------- clusterers
