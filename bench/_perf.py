@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import socket
 import statistics
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -148,6 +150,45 @@ def _concurrent_qps(target: str, queries: list[LookalikeQuery], clients: int) ->
     return len(queries) / (time.perf_counter() - t0)
 
 
+def _metrics_cost(
+    data_dir: Path, serve_flags: list[str], warm: list, queries: list, cycles: int = 2
+) -> dict:
+    """FindLookalikes p50 with Prometheus metrics off and on: the same queries against a
+    server restarted on the same data dir, off / on in turn (`cycles` times each, so that the
+    machine's drift weighs on both). Each metrics-on run is scraped once, and its count of
+    FindLookalikes calls checked."""
+    lat: dict[str, list[float]] = {"off": [], "on": []}
+    for cycle in range(cycles):
+        for mode in ("off", "on"):
+            flags = [*serve_flags]
+            if mode == "on":
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", 0))
+                    metrics_port = sock.getsockname()[1]
+                flags += ["--metrics-port", str(metrics_port)]
+            log(f"  metrics {mode}, run {cycle + 1} of {cycles} ...")
+            with (
+                ServerProcess(data_dir, *flags) as server,
+                AudienceClient(server.target, timeout=600) as client,
+            ):
+                client.wait_ready(timeout=600)
+                _timed_queries(client, warm)
+                lat[mode] += _timed_queries(client, queries)[0]
+                if mode == "on":
+                    url = f"http://127.0.0.1:{metrics_port}/metrics"
+                    with urllib.request.urlopen(url, timeout=30) as page:
+                        text = page.read().decode()
+                    line = next(
+                        x
+                        for x in text.splitlines()
+                        if x.startswith("audience_grpc_server_handling_seconds_count")
+                        and 'grpc_method="FindLookalikes"' in x
+                    )
+                    assert float(line.split()[-1]) == len(warm) + len(queries), line
+    off, on = _pct(lat["off"], 50), _pct(lat["on"], 50)
+    return {"metrics_off_p50_ms": off, "metrics_on_p50_ms": on, "metrics_cost_ratio": on / off}
+
+
 def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     import faiss
 
@@ -251,6 +292,8 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     finally:
         client.close()
         server.stop()
+
+    out.update(_metrics_cost(data_dir, serve_flags, warm, queries))
 
     recalls = []
     truths: list[list[int]] = []
@@ -431,3 +474,11 @@ def _table(out: dict) -> None:
         row("raw float32 vectors, GiB", out["raw_vector_bytes"] / gib, fmt="{:>12.2f}")
         row("ingest + index build, s", out["build_s"])
         row("restart to SERVING, s", out["start_to_serving_s"])
+        if "metrics_on_p50_ms" in out:
+            row(
+                "FindLookalikes p50 ms, metrics on",
+                out["metrics_on_p50_ms"],
+                out["metrics_off_p50_ms"],
+                "{:>12.2f}",
+            )
+            row("FindLookalikes p50 ms, metrics off", out["metrics_off_p50_ms"], fmt="{:>12.2f}")

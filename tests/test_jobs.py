@@ -9,11 +9,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_reliability import _seed_export, _serve, _wait_serving
 from test_segments import population
 
-from audience.client import AudienceClient, Cancelled, FailedPrecondition, NotFound
+from audience.client import AudienceClient, Cancelled, FailedPrecondition, NotFound, Profile
 from audience.server._cli import main
 
 
@@ -42,47 +43,58 @@ def test_a_segment_build_job_reports_progress_and_its_result(populated) -> None:
         client.get_job("job-999999")
 
 
-def test_cancel_stops_a_build_within_seconds_and_keeps_the_model(populated) -> None:
-    _, client = populated
-    first = client.build_segments(min_cluster_size=20)  # blocking: the old behaviour
-    members = {s.segment_id: s.size for s in client.list_segments()}
+def test_cancel_stops_a_build_within_seconds_and_keeps_the_model(start_server) -> None:
+    """A build long enough to cancel: UMAP over 3,000 users, cancelled during its layout
+    (500 epochs that report progress every half second)."""
+    server = start_server(lexical_dim=0)
+    with AudienceClient(f"127.0.0.1:{server.port}", timeout=120) as client:
+        dim = client.stats().dimension
+        rng = np.random.default_rng(0)
+        centres = rng.standard_normal((3, dim)).astype(np.float32)
+        x = centres[np.arange(3000) % 3] + 0.3 * rng.standard_normal((3000, dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        client.upsert_users(Profile(f"u{i}", vector=x[i].tobytes()) for i in range(3000))
+        first = client.build_segments(min_cluster_size=100)  # blocking: the old behaviour
+        members = {s.segment_id: s.size for s in client.list_segments()}
 
-    job = client.start_build_segments(min_cluster_size=15, reducer="umap")
-    with pytest.raises(FailedPrecondition, match=f"already running: {job.job_id}"):
-        client.start_build_segments()  # one build at a time, naming the running one
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    asked = client.cancel_job(job.job_id)
-    assert asked.cancel_requested or asked.done
-    ended = client.wait_job(job.job_id, poll=0.05, timeout=5)
-    took = time.monotonic() - t0
-    assert ended.state == "CANCELLED" and ended.error_code == "CANCELLED", ended
-    assert took < 5.0
-    assert {s.segment_id: s.size for s in client.list_segments()} == members
-    assert client.stats().users == 180
-    segments = client.list_segments()
-    assert all(s.segment_id in members for s in segments)
-    assert first.segments == len(segments)
+        job = client.start_build_segments(reducer="umap", min_cluster_size=100)
+        with pytest.raises(FailedPrecondition, match=f"already running: {job.job_id}"):
+            client.start_build_segments()  # one build at a time, naming the running one
+        deadline = time.monotonic() + 60
+        while client.get_job(job.job_id).stage != "reduce: umap epochs":  # the layout runs
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        asked = client.cancel_job(job.job_id)
+        assert asked.cancel_requested and not asked.done
+        ended = client.wait_job(job.job_id, poll=0.05, timeout=5)
+        took = time.monotonic() - t0
+        assert ended.state == "CANCELLED" and ended.error_code == "CANCELLED", ended
+        assert took < 5.0, took
+        assert {s.segment_id: s.size for s in client.list_segments()} == members
+        assert first.segments == len(members)
 
-    # the blocking call runs as a job too: it can be seen and cancelled from elsewhere
-    outcome: list[BaseException | object] = []
+        # the blocking call runs as a job too: it can be seen and cancelled from elsewhere
+        outcome: list[BaseException | object] = []
 
-    def blocking() -> None:
-        try:
-            outcome.append(client.build_segments(min_cluster_size=15))
-        except Exception as exc:  # noqa: BLE001 - checked below
-            outcome.append(exc)
+        def blocking() -> None:
+            try:
+                outcome.append(client.build_segments(reducer="umap", min_cluster_size=100))
+            except Exception as exc:  # noqa: BLE001 - checked below
+                outcome.append(exc)
 
-    caller = threading.Thread(target=blocking)
-    caller.start()
-    deadline = time.monotonic() + 30
-    while not (running := [j for j in client.list_jobs() if not j.done]):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    client.cancel_job(running[0].job_id)
-    caller.join(30)
-    assert isinstance(outcome[0], Cancelled), outcome
-    assert {s.segment_id: s.size for s in client.list_segments()} == members
+        caller = threading.Thread(target=blocking)
+        caller.start()
+        deadline = time.monotonic() + 30
+        while not (running := [j for j in client.list_jobs() if not j.done]):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        client.cancel_job(running[0].job_id)
+        caller.join(30)
+        assert isinstance(outcome[0], Cancelled), outcome
+        assert {s.segment_id: s.size for s in client.list_segments()} == members
+        # a layout stopped half-way leaves nothing behind (tqdm's lock): the next one runs
+        assert client.build_segments(min_cluster_size=100).segments == first.segments
 
 
 def test_cli_follows_detaches_and_cancels(populated, capsys) -> None:

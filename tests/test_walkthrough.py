@@ -1,10 +1,12 @@
-"""The README's walk-through, run as written: its sections 'Walk-through: bloggers as users'
-and 'Segments', every ```sh block in order, on a slice of the blogs data small enough for CI.
+"""The README's walk-through, run as written: its sections 'Walk-through: bloggers as users',
+'Segments' and 'Operations', every ```sh block in order, on a slice of the blogs data small
+enough for CI.
 
-What the test changes, and nothing else: the server gets a data dir and a port of its own
-(DATA_DIR and PORT for `make run`, AUDIENCE_TARGET for the CLI, the port in the Python
-snippet, `--data-dir ./data` and `--out segments-report` of the report command), and the
-ingest reads 40 bloggers (`--limit-users 40`, the README's own hint) without a progress bar.
+What the test changes, and nothing else: the server gets a data dir and ports of its own
+(DATA_DIR and PORT for `make run`, its metrics port, AUDIENCE_TARGET for the CLI, the port in
+the Python snippet, `--data-dir ./data` and `--out segments-report` of the report command),
+the files the Operations section writes go to a temp dir, and the ingest reads 40 bloggers
+(`--limit-users 40`, the README's own hint) without a progress bar.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOGS = ROOT.parent / "shared" / "data" / "blogs_dev.tsv.gz"
-SECTIONS = ("## Walk-through: bloggers as users", "## Segments")
+SECTIONS = ("## Walk-through: bloggers as users", "## Segments", "## Operations")
 
 
 def readme_blocks() -> list[str]:
@@ -46,7 +48,8 @@ def _free_port() -> int:
 def test_the_readme_walk_through_runs_as_written(tmp_path: Path) -> None:
     server_block, *blocks = readme_blocks()
     assert server_block.strip().startswith("make run SERVE_ARGS=")
-    port, data = _free_port(), tmp_path / "data"
+    port, metrics, data = _free_port(), _free_port(), tmp_path / "data"
+    server_block = server_block.replace("--metrics-port 9464", f"--metrics-port {metrics}")
     env = {
         **os.environ,
         "DATA_DIR": str(data),
@@ -60,6 +63,9 @@ def test_the_readme_walk_through_runs_as_written(tmp_path: Path) -> None:
     script = script.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
     script = script.replace("--data-dir ./data ", f"--data-dir {data} ")
     script = script.replace("--out segments-report", f"--out {tmp_path / 'segments-report'}")
+    script = script.replace("127.0.0.1:9464", f"127.0.0.1:{metrics}")
+    for path in ("/tmp/audience-backup-1", "./data-from-backup", "audience.csv", "segment.parquet"):
+        script = script.replace(path, str(tmp_path / path.rsplit("/", 1)[-1]))
     assert "--limit-users 40" in script and "--no-progress" in script
 
     server = subprocess.Popen(
@@ -97,3 +103,12 @@ def test_the_readme_walk_through_runs_as_written(tmp_path: Path) -> None:
     assert "keywords:" in out and "exemplars:" in out  # segments show
     assert "eligible users" in out and "ReachEstimate(" in out  # the Python snippet
     assert (tmp_path / "segments-report" / "index.html").exists()
+    # Operations: jobs, metrics, backup and restore, export
+    assert re.search(r"job\s+kind\s+state", out)
+    assert re.search(r"job-\d+ (cancelled|had already ended)", out)  # 40 users: a quick build
+    assert re.search(
+        r'audience_grpc_server_handled_total\{grpc_code="OK",grpc_method="FindLookalikes"', out
+    )
+    assert "audience_users 40.0" in out
+    assert "verified and restored" in out
+    assert (tmp_path / "audience.csv").exists() and (tmp_path / "segment.parquet").exists()

@@ -36,6 +36,7 @@ from ._errors import (
 )
 from ._sync import AudienceClient
 from ._types import (
+    BackupResult,
     DeleteResult,
     Filter,
     Job,
@@ -60,6 +61,7 @@ __all__ = [
     "AsyncAudienceClient",
     "AudienceClient",
     "AudienceError",
+    "BackupResult",
     "Cancelled",
     "DeadlineExceeded",
     "DeleteResult",

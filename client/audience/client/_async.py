@@ -33,6 +33,7 @@ from ._progress import Progress, ProgressArg
 from ._proto import audience_pb2 as pb
 from ._proto import health_pb2
 from ._types import (
+    BackupResult,
     DeleteResult,
     Filter,
     Job,
@@ -305,6 +306,7 @@ class AsyncAudienceClient:
         exclude_segment_ids: Sequence[str] = (),
         search_effort: int | None = None,
         exact: bool = False,
+        include_attributes: Sequence[str] = (),
         timeout: Timeout = DEFAULT,
     ) -> LookalikeResult:
         """Users most like the seeds, best first (see :class:`LookalikeQuery` for the fields).
@@ -327,12 +329,13 @@ class AsyncAudienceClient:
             exclude_segment_ids=exclude_segment_ids,
             search_effort=search_effort,
             exact=exact,
+            include_attributes=include_attributes,
         )
         return await self._find(cv.lookalike_request(query), timeout)
 
     async def _find(self, request: pb.LookalikeRequest, timeout: Timeout) -> LookalikeResult:
         response = await self._unary(self._live.lookalike.FindLookalikes, request, timeout)
-        return cv.lookalike_result(response)
+        return cv.lookalike_result(response, bool(request.include_attributes))
 
     def stream_lookalikes(
         self,
@@ -352,6 +355,7 @@ class AsyncAudienceClient:
         exclude_segment_ids: Sequence[str] = (),
         search_effort: int | None = None,
         exact: bool = False,
+        include_attributes: Sequence[str] = (),
         timeout: Timeout = DEFAULT,
     ) -> AsyncIterator[ScoredUser]:
         """The same query for large audiences, streamed best first.
@@ -375,11 +379,11 @@ class AsyncAudienceClient:
             exclude_segment_ids=exclude_segment_ids,
             search_effort=search_effort,
             exact=exact,
+            include_attributes=include_attributes,
         )
         request = cv.lookalike_request(query)
-        return self._server_stream(
-            self._live.lookalike.StreamLookalikes, request, timeout, cv.scored_users
-        )
+        read = cv.scored_users_with_attributes if query.include_attributes else cv.scored_users
+        return self._server_stream(self._live.lookalike.StreamLookalikes, request, timeout, read)
 
     async def find_lookalikes_many(
         self,
@@ -509,6 +513,13 @@ class AsyncAudienceClient:
             polls = None if polls is None else polls - 1
             await asyncio.sleep(poll)
 
+    async def backup(self, out_dir: str, *, timeout: Timeout = None) -> BackupResult:
+        """Write a consistent, checksummed copy of everything the server needs into
+        ``out_dir``, a new or empty directory on the server's machine, outside its data dir
+        (another disk is best). ``audience restore`` verifies and restores it."""
+        request = pb.BackupRequest(out_dir=cv.string("out_dir", out_dir))
+        return cv.backup_result(await self._unary(self._live.admin.Backup, request, timeout))
+
     async def snapshot(self, *, timeout: Timeout = DEFAULT) -> SnapshotResult:
         """Write a consistent copy of the store and the index under the server's data dir."""
         response = await self._unary(self._live.admin.Snapshot, pb.SnapshotRequest(), timeout)
@@ -549,10 +560,14 @@ class AsyncAudienceClient:
         return cv.user_segments(response)
 
     def stream_segment_members(
-        self, segment_id: str, *, timeout: Timeout = DEFAULT
+        self,
+        segment_id: str,
+        *,
+        include_attributes: Sequence[str] = (),
+        timeout: Timeout = DEFAULT,
     ) -> AsyncIterator[ScoredUser]:
-        """Members of a segment, streamed. timeout: deadline of the whole stream, seconds."""
-        request = cv.members_request(segment_id)
-        return self._server_stream(
-            self._live.segments.StreamSegmentMembers, request, timeout, cv.scored_users
-        )
+        """Members of a segment, strongest first, streamed (``score`` is the membership
+        strength), with the stored attributes asked for. timeout: of the whole stream, s."""
+        request = cv.members_request(segment_id, include_attributes)
+        read = cv.scored_users_with_attributes if include_attributes else cv.scored_users
+        return self._server_stream(self._live.segments.StreamSegmentMembers, request, timeout, read)

@@ -15,6 +15,7 @@ from ._errors import InvalidArgument, ServerError
 from ._proto import audience_pb2 as pb
 from ._types import (
     AttributeScalar,
+    BackupResult,
     DeleteResult,
     Filter,
     Job,
@@ -292,6 +293,8 @@ def lookalike_request(query: LookalikeQuery) -> pb.LookalikeRequest:
     if query.search_effort is not None:
         _assign(msg, "search_effort", _int("search_effort", query.search_effort), "search_effort")
     msg.exact = bool(query.exact)
+    if query.include_attributes:
+        msg.include_attributes.extend(strings("include_attributes", query.include_attributes))
     return msg
 
 
@@ -346,8 +349,13 @@ def segment_request(segment_id: str) -> pb.GetSegmentRequest:
     return pb.GetSegmentRequest(segment_id=string("segment_id", segment_id))
 
 
-def members_request(segment_id: str) -> pb.StreamSegmentMembersRequest:
-    return pb.StreamSegmentMembersRequest(segment_id=string("segment_id", segment_id))
+def members_request(
+    segment_id: str, include_attributes: Iterable[str] = ()
+) -> pb.StreamSegmentMembersRequest:
+    return pb.StreamSegmentMembersRequest(
+        segment_id=string("segment_id", segment_id),
+        include_attributes=strings("include_attributes", include_attributes),
+    )
 
 
 def user_segments_request(user_ids: Iterable[str]) -> pb.GetUserSegmentsRequest:
@@ -365,9 +373,20 @@ def scored_users(msg: pb.LookalikeResponse | pb.LookalikeChunk) -> list[ScoredUs
     return [_scored_user(u.user_id, u.score) for u in msg.users]
 
 
+def scored_users_with_attributes(
+    msg: pb.LookalikeResponse | pb.LookalikeChunk,
+) -> list[ScoredUser]:
+    """For a request with include_attributes: each user with the attributes it has."""
+    return [
+        ScoredUser(u.user_id, u.score, {k: attribute_from_pb(v) for k, v in u.attributes.items()})
+        for u in msg.users
+    ]
+
+
 _new = object.__new__
 _set_user_id = ScoredUser.user_id.__set__  # type: ignore[attr-defined]  # slot descriptors
 _set_score = ScoredUser.score.__set__  # type: ignore[attr-defined]
+_set_attributes = ScoredUser.attributes.__set__  # type: ignore[attr-defined]
 
 
 def _scored_user(user_id: str, score: float) -> ScoredUser:
@@ -376,12 +395,15 @@ def _scored_user(user_id: str, score: float) -> ScoredUser:
     user = _new(ScoredUser)
     _set_user_id(user, user_id)
     _set_score(user, score)
+    _set_attributes(user, None)
     return user
 
 
-def lookalike_result(msg: pb.LookalikeResponse) -> LookalikeResult:
+def lookalike_result(msg: pb.LookalikeResponse, with_attributes: bool = False) -> LookalikeResult:
     return LookalikeResult(
-        users=scored_users(msg), eligible=msg.eligible, warnings=tuple(msg.warnings)
+        users=scored_users_with_attributes(msg) if with_attributes else scored_users(msg),
+        eligible=msg.eligible,
+        warnings=tuple(msg.warnings),
     )
 
 
@@ -474,6 +496,17 @@ def job(msg: pb.Job) -> Job:
         result=result,
         error=msg.error,
         error_code=msg.error_code,
+    )
+
+
+def backup_result(msg: pb.BackupResponse) -> BackupResult:
+    return BackupResult(
+        path=msg.path,
+        files=msg.files,
+        bytes=msg.bytes,
+        generation=msg.generation,
+        sequence=msg.sequence,
+        seconds=msg.seconds,
     )
 
 

@@ -206,6 +206,7 @@ class LookalikeQuery:
     segment_ids / exclude_segment_ids: only members of these segments / never members of these.
     search_effort: search depth of an approximate index (efSearch for hnsw, nprobe for
     ivf-pq; None = the server's default). exact: exhaustive search even on an ANN index.
+    include_attributes: stored attributes returned with each user (ScoredUser.attributes).
     """
 
     seed_ids: Sequence[str] = ()
@@ -223,6 +224,7 @@ class LookalikeQuery:
     exclude_segment_ids: Sequence[str] = ()
     search_effort: int | None = None
     exact: bool = False
+    include_attributes: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -254,10 +256,13 @@ class LookalikeQuery:
 
 @dataclass(frozen=True, slots=True)
 class ScoredUser:
-    """A user and its cosine similarity to the query."""
+    """A user and its cosine similarity to the query (a segment member: its strength);
+    attributes: the stored attributes asked for with ``include_attributes`` (None when none
+    were asked for)."""
 
     user_id: str
     score: float
+    attributes: Mapping[str, AttributeScalar] | None = None
 
 
 @dataclass(frozen=True)
@@ -425,3 +430,16 @@ class Job:
     result: RebuildResult | SegmentBuild | None = None
     error: str = ""
     error_code: str = ""
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """Where the backup was written (a path on the server's machine), its files and bytes,
+    the index generation and store sequence it holds, and how long it took (s)."""
+
+    path: str
+    files: int
+    bytes: int
+    generation: int
+    sequence: int
+    seconds: float

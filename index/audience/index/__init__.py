@@ -25,6 +25,8 @@ _EXPORTS = {
     "AttributeSpec": "._config",
     "EngineConfig": "._config",
     "Limits": "._config",
+    "BackupResult": "._backup",
+    "RestoreResult": "._backup",
     "AudienceError": "._errors",
     "Cancelled": "._errors",
     "ConfigError": "._errors",
@@ -111,6 +113,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from ._backup import BackupResult, RestoreResult
     from ._catalog import Catalog
     from ._config import (
         DEFAULT_MODEL,

@@ -25,11 +25,22 @@ import numpy as np
 from ._attrs import AttributeTable
 from ._config import EngineConfig
 from ._durable import DataDirLock
-from ._encode import ProfileEncoder, from_f32
-from ._errors import SegmentsNotBuilt, UnknownSegment, UnknownUser
+from ._encode import ProfileEncoder, from_f32, text_items
+from ._errors import DataDamaged, SegmentsNotBuilt, UnknownSegment, UnknownUser
 from ._segments import SegmentModel
 from ._store import ProfileStore
-from ._types import AttrValue, Membership, Progress, ScoredUsers, SnapshotResult, Stats
+from ._types import (
+    AttrValue,
+    Filter,
+    Membership,
+    Profile,
+    Progress,
+    ReachEstimate,
+    ScoredUsers,
+    SnapshotResult,
+    Stats,
+    StoredUser,
+)
 from ._userids import UserIdTable
 from ._vectors import FlatIndex, Generations, IndexPolicy, Manifest, VectorIndex, build_index
 
@@ -181,9 +192,7 @@ class Catalog:
             self.segment_of.pop(iid, None)
         self.unsaved += len(found)
 
-    def serve_segments(
-        self, model: SegmentModel, membership: dict[int, tuple[int, float]]
-    ) -> None:
+    def serve_segments(self, model: SegmentModel, membership: dict[int, tuple[int, float]]) -> None:
         """Serve this model, with `membership_of(model)` computed beforehand."""
         self.segments = model
         self.segment_of = membership
@@ -257,6 +266,39 @@ class Catalog:
                 "(or call Admin.BuildSegments)"
             )
         return model
+
+    def stored_user(self, user_id: str, include_vector: bool, dim: int) -> StoredUser:
+        row = self.store.get(user_id)
+        if row is None:
+            raise UnknownUser([user_id])
+        if include_vector and not row.intact:
+            raise DataDamaged(f"user_id: the stored vector of {user_id!r} fails its checksum")
+        profile = Profile(row.user_id, tuple(text_items(row)), row.attributes)
+        return StoredUser(profile, row.vec if include_vector else b"", dim)
+
+    def with_attributes(self, users: ScoredUsers, names: Sequence[str]) -> ScoredUsers:
+        """`users` carrying the stored attributes `names` (read from the store: exact values)."""
+        if not names:
+            return users
+        iids = [self.iid_of.get(u, -1) for u in users.user_ids]
+        stored = self.store.attributes_of([i for i in iids if i >= 0])
+        wanted = set(names)
+        attrs = [{k: v for k, v in stored.get(i, {}).items() if k in wanted} for i in iids]
+        return ScoredUsers(users.user_ids, users.scores, attrs)
+
+    def reach(
+        self,
+        filters: Sequence[Filter],
+        exclude_user_ids: Sequence[str],
+        segment_ids: Sequence[str],
+        exclude_segment_ids: Sequence[str],
+    ) -> ReachEstimate:
+        """(under the read lock) How many users pass the filters, segments and exclusions."""
+        warnings: list[str] = []
+        mask = self.attrs.mask(filters, warnings)
+        self.restrict_to_segments(mask, segment_ids, exclude_segment_ids)
+        self.clear(mask, exclude_user_ids)
+        return ReachEstimate(int(mask.sum()), len(self.iid_of), tuple(warnings))
 
     def restrict_to_segments(
         self, mask: np.ndarray, include: Sequence[str], exclude: Sequence[str]
@@ -390,9 +432,7 @@ class Catalog:
     def snapshot(self) -> SnapshotResult:
         """Copy the store and the last saved generation under snapshots/ (saved first)."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = (
-            self.config.data_dir / SNAPSHOT_DIR / f"snapshot-{stamp}-gen{self.generation:08d}"
-        )
+        target = self.config.data_dir / SNAPSHOT_DIR / f"snapshot-{stamp}-gen{self.generation:08d}"
         target.mkdir(parents=True, exist_ok=True)
         self.store.backup(target / STORE_FILE)
         for suffix in (".faiss", ".json"):

@@ -21,14 +21,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 
 from . import _erasure as erasure
+from ._backup import BackupResult, write_backup
 from ._catalog import SEGMENTS_DIR, Catalog, membership
 from ._config import EngineConfig
 from ._durable import disk_full_as
-from ._encode import ProfileEncoder, TextEmbedder, text_items
-from ._errors import DataDamaged, PreconditionFailed, UnknownSegment, UnknownUser
-from ._jobs import JobRunner, uncancellable
+from ._encode import ProfileEncoder, TextEmbedder
+from ._errors import PreconditionFailed, UnknownSegment
+from ._jobs import JOBS_DIR, JobRunner, uncancellable
 from ._lookalike import LookalikeScorer, SeedStrategy
 from ._recovery import open_data_dir
 from ._refit import reencode_store, with_refitted_lexical
@@ -64,7 +66,6 @@ from ._validate import Validator
 log = logging.getLogger("audience.index")
 RETRY_AFTER_S = 30.0  # work after a commit that failed (saving a generation) waits this long
 SAVING = "saving an index generation"
-JOBS_DIR = "jobs"
 
 
 class Engine:
@@ -104,14 +105,9 @@ class Engine:
         t0 = time.perf_counter()
         opened = open_data_dir(config, embedder, progress)
         engine = cls(opened.config, opened.catalog, opened.encoder, strategy)
-        users, seconds = len(opened.catalog.iid_of), time.perf_counter() - t0
-        log.info("Engine - Ready: %d users in %.1fs", users, seconds)
+        n, seconds = len(engine.catalog.iid_of), time.perf_counter() - t0
+        log.info("Engine - Ready: %d users in %.1fs", n, seconds)
         return engine
-
-    @property
-    def warnings(self) -> list[str]:
-        """What opening had to repair (damaged files)."""
-        return self.catalog.warnings
 
     def _swap_encoder(self, encoder: ProfileEncoder) -> None:
         """(under the write lock) Serve with another encoder."""
@@ -225,6 +221,12 @@ class Engine:
             log.info("Rebuild - Completed: %d users in %.1fs", len(index), seconds)
         return RebuildResult(len(index), generation, seconds)
 
+    def backup(self, out: Path, progress: Progress | None = None) -> BackupResult:
+        """A consistent, checksummed copy of what a server needs, in `out` (_backup.py)."""
+        with self._writer, disk_full_as("backup not written"):
+            self._save_locked()
+            return write_backup(self.catalog, self.encoder.fingerprint, out, progress)
+
     def snapshot(self) -> SnapshotResult:
         """A consistent copy of the store and the current index generation under snapshots/."""
         with self._writer, disk_full_as("snapshot not written"):
@@ -235,13 +237,7 @@ class Engine:
 
     def get_user(self, user_id: str, *, include_vector: bool = False) -> StoredUser:
         self.validate.user_id(user_id, "user_id")
-        row = self.catalog.store.get(user_id)
-        if row is None:
-            raise UnknownUser([user_id])
-        if include_vector and not row.intact:
-            raise DataDamaged(f"user_id: the stored vector of {user_id!r} fails its checksum")
-        profile = Profile(row.user_id, tuple(text_items(row)), row.attributes)
-        return StoredUser(profile, row.vec if include_vector else b"", self.encoder.dim)
+        return self.catalog.stored_user(user_id, include_vector, self.encoder.dim)
 
     def stats(self) -> Stats:
         with self._rw.read():
@@ -257,17 +253,15 @@ class Engine:
         self.validate.filters(filters)
         self.validate.ids(exclude_user_ids, "exclude_user_ids")
         with self._rw.read():
-            c, warnings = self.catalog, []
-            mask = c.attrs.mask(filters, warnings)
-            c.restrict_to_segments(mask, segment_ids, exclude_segment_ids)
-            c.clear(mask, exclude_user_ids)
-            return ReachEstimate(int(mask.sum()), len(c.iid_of), tuple(warnings))
+            return self.catalog.reach(filters, exclude_user_ids, segment_ids, exclude_segment_ids)
 
     def find_lookalikes(self, query: LookalikeQuery) -> LookalikeResult:
         limit = self.config.limits.max_k
         self.validate.query(query, limit, "; use StreamLookalikes for larger audiences")
         with self._rw.read():
-            return self._scorer.find(query, limit)
+            found = self._scorer.find(query, limit)
+            users = self.catalog.with_attributes(found.users, query.include_attributes)
+        return LookalikeResult(users, found.eligible, found.warnings)
 
     def stream_lookalikes(self, query: LookalikeQuery, chunk: int = 1000) -> LookalikeStream:
         """The audience in chunks, best first, for sizes up to limits.max_stream_k."""
@@ -275,7 +269,9 @@ class Engine:
         self.validate.query(query, limit)
         with self._rw.read():
             found = self._scorer.find(query, limit)
-        return LookalikeStream(found.eligible, found.users.chunks(chunk), found.warnings)
+        chunks = map(partial(self.catalog.with_attributes, names=query.include_attributes),
+                     found.users.chunks(chunk))  # fmt: skip
+        return LookalikeStream(found.eligible, chunks, found.warnings)
 
     # ------------------------------------------------------------ segments
 
@@ -339,9 +335,12 @@ class Engine:
             for p, lab, st in zip(profiles, labels, strength)
         ]
 
-    def segment_members(self, segment_id: str, chunk: int = 1000) -> Iterator[ScoredUsers]:
-        """Members of a segment, strongest first, in chunks."""
+    def segment_members(
+        self, segment_id: str, chunk: int = 1000, include_attributes: Sequence[str] = ()
+    ) -> Iterator[ScoredUsers]:
+        """Members of a segment, strongest first, in chunks (with these stored attributes)."""
         seg = self.get_segment(segment_id)
         with self._rw.read():
             members = self.catalog.segment_members(seg.label)
-        return members.chunks(chunk)
+        with_attrs = partial(self.catalog.with_attributes, names=include_attributes)
+        return map(with_attrs, members.chunks(chunk))

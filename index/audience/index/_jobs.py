@@ -31,6 +31,7 @@ log = logging.getLogger("audience.index")
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 KEEP = 100  # finished jobs kept in the journal
+JOBS_DIR = "jobs"  # the journal, in the data dir
 
 
 @dataclass(frozen=True)

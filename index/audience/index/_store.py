@@ -408,6 +408,10 @@ class ProfileStore:
             for iid, texts, attrs in self._rows_of("texts, attributes", iids)
         }
 
+    def attributes_of(self, iids: Sequence[int]) -> dict[int, dict]:
+        """iid -> stored attributes, for the stored iids among these."""
+        return {int(iid): json.loads(a) for iid, a in self._rows_of("attributes", iids)}
+
     def vectors(self, iids: Sequence[int]) -> dict[int, bytes]:
         """iid -> stored user vector (float32 bytes) for the stored iids among these."""
         return {int(iid): vec for iid, vec in self._rows_of("vec", iids)}

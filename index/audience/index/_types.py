@@ -83,6 +83,7 @@ class LookalikeQuery:
     exclude_segment_ids: tuple[str, ...] = ()
     search_effort: int = 0  # efSearch / nprobe of an ANN index; 0 = its default
     exact: bool = False  # exhaustive even on an ANN index
+    include_attributes: tuple[str, ...] = ()  # stored attributes returned with each user
 
 
 # ---------------------------------------------------------------- results
@@ -103,6 +104,7 @@ class ScoredUsers(Sequence[ScoredUser]):
 
     user_ids: list[str]
     scores: list[float]
+    attributes: list[dict[str, AttrValue]] | None = None  # per user, when asked for
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -113,7 +115,8 @@ class ScoredUsers(Sequence[ScoredUser]):
     def __getitem__(self, i: slice) -> ScoredUsers: ...
     def __getitem__(self, i: int | slice) -> ScoredUser | ScoredUsers:
         if isinstance(i, slice):
-            return ScoredUsers(self.user_ids[i], self.scores[i])
+            attrs = self.attributes[i] if self.attributes is not None else None
+            return ScoredUsers(self.user_ids[i], self.scores[i], attrs)
         return ScoredUser(self.user_ids[i], self.scores[i])
 
     def __iter__(self) -> Iterator[ScoredUser]:

@@ -51,10 +51,19 @@ class AudienceServer:
         self._embedder = embedder
         self.holder = EngineHolder()
         self.health = health.HealthServicer()
+        interceptors: list[grpc.ServerInterceptor] = []
+        self._registry, self._metrics, self.metrics_port = None, None, 0
+        if config.metrics_port is not None:  # outermost: refused calls are counted too
+            from ._metrics import EngineCollector, MetricsInterceptor, RpcMetrics, registry
+
+            self._registry = registry()
+            self._registry.register(EngineCollector(lambda: self.holder.engine))
+            interceptors.append(MetricsInterceptor(RpcMetrics(self._registry)))
+        if config.tokens:
+            interceptors.append(AuthInterceptor(dict(config.tokens)))
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-            interceptors=([AuthInterceptor(dict(config.tokens))] if config.tokens else [])
-            + [ErrorMappingInterceptor()],
+            interceptors=[*interceptors, ErrorMappingInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -88,6 +97,12 @@ class AudienceServer:
         except RuntimeError as exc:
             raise PreconditionFailed(f"cannot listen on {address}: {exc}") from exc
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._registry is not None and self.config.metrics_port is not None:
+            from ._metrics import MetricsEndpoint
+
+            c = self.config
+            self._metrics = MetricsEndpoint(self._registry, c.metrics_host, c.metrics_port)
+            self.metrics_port = self._metrics.port
         self._server.start()
         log.info(
             "Server - listening on %s:%d (%s, auth %s; NOT_SERVING while loading)",
@@ -135,6 +150,8 @@ class AudienceServer:
         engine = self.holder.take()
         if engine is not None:
             engine.close()
+        if self._metrics is not None:
+            self._metrics.stop()
         log.info("Server - stopped")
 
 

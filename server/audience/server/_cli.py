@@ -5,7 +5,8 @@
     audience lookalike --seed ID [--seed-text TEXT] [-k 100 | --fraction 0.01] [--filter 'age>=30']
     audience stats | rebuild-index [--reembed] [--detach] | snapshot
     audience segments build [--detach] | jobs list | jobs watch JOB | jobs cancel JOB
-    audience check --data-dir ./data [--repair] | restore SNAPSHOT --data-dir NEW
+    audience backup --out DIR
+    audience check --data-dir ./data [--repair] | restore BACKUP --data-dir NEW
 
 Every command but `serve` talks to a running server (--target, default 127.0.0.1:50051, or
 the AUDIENCE_TARGET environment variable). The client and the server load inside the commands
@@ -28,6 +29,7 @@ from audience.index import (
 )
 
 from ._cli_commands import (
+    cmd_backup,
     cmd_check,
     cmd_export_model,
     cmd_hash_token,
@@ -43,6 +45,7 @@ from ._cli_commands import (
     cmd_users_show,
     cmd_wait,
 )
+from ._cli_export import cmd_export_lookalike, cmd_export_segment
 from ._cli_jobs import (
     cmd_jobs_cancel,
     cmd_jobs_list,
@@ -71,6 +74,9 @@ examples:
   audience lookalike --seed u1 -k 20 --filter "age=20..29" --show age,gender
   audience users show u1
   audience segments build && audience segments list
+  audience jobs list                                 long jobs: watch, cancel
+  audience backup --out /mnt/backups/audience-1      then: audience restore DIR --data-dir NEW
+  audience export lookalike --seed u1 -k 100000 --out audience.parquet
 
 Every command but serve, check, restore, export-model and hash-token talks to a running
 server: --target HOST:PORT, or the AUDIENCE_TARGET environment variable (default
@@ -119,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     s.add_argument("--port-file", type=Path, help="write the bound port to this file")
+    s.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (default: off)",
+    )
+    s.add_argument("--metrics-host", help="address of the metrics port (default 127.0.0.1)")
     s.add_argument(
         "--model", help="sentence-transformers model directory (default: packaged all-MiniLM-L6-v2)"
     )
@@ -215,17 +227,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser(
-        "restore", help="copy a snapshot into a new data dir, with the erasures made since"
+        "restore",
+        help="verify a backup (or a snapshot) and copy it into a new data dir, with the "
+        "erasures made since",
     )
-    s.add_argument("snapshot", type=Path, help="a snapshot directory (see `audience snapshot`)")
+    s.add_argument(
+        "snapshot",
+        type=Path,
+        metavar="BACKUP",
+        help="a backup (`audience backup`) or snapshot (`audience snapshot`) directory",
+    )
     s.add_argument("--data-dir", type=Path, required=True, help="the new data dir (empty)")
     s.add_argument(
         "--erasures-from",
         type=Path,
-        help="the data dir the snapshot came from, whose erasures since must reach the copy "
-        "(default: the one the snapshot lies in)",
+        help="the data dir the copy came from, whose erasures since must reach the copy "
+        "(default: the one named in the backup; for a snapshot, the one it lies in)",
     )
     s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser(
+        "backup", help="write a consistent, checksummed copy of everything the server needs"
+    )
+    client_flags(s)
+    s.add_argument(
+        "--out",
+        required=True,
+        help="new or empty directory on the server's machine, outside its data dir (a "
+        "relative path is taken from this command's working directory)",
+    )
+    s.set_defaults(func=cmd_backup)
 
     s = sub.add_parser("ingest", help="load profiles from a CSV/TSV/JSONL/Parquet file")
     client_flags(s)
@@ -249,34 +280,63 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_ingest)
 
+    def lookalike_flags(sp: argparse.ArgumentParser) -> None:
+        client_flags(sp)
+        sp.add_argument("--seed", action="append", help="seed user id; repeatable")
+        sp.add_argument("--seed-text", action="append", help="seed free text; repeatable")
+        sp.add_argument("-k", type=int, default=100, help="audience size (default 100)")
+        sp.add_argument("--fraction", type=float, help="audience size as a share of eligible users")
+        sp.add_argument(
+            "--filter",
+            action="append",
+            help="e.g. 'gender=female', 'age>=30', 'industry in Arts,Education'; repeatable",
+        )
+        sp.add_argument("--negative", action="append", help="user id to steer away from")
+        sp.add_argument("--exclude", action="append", help="user id never to return; repeatable")
+        sp.add_argument("--segment", action="append", help="only members of this segment")
+        sp.add_argument("--exclude-segment", action="append", help="never members of this segment")
+        sp.add_argument("--include-seeds", action="store_true")
+        sp.add_argument(
+            "--search-effort",
+            type=int,
+            help="search depth of an HNSW / IVF-PQ index (efSearch / nprobe)",
+        )
+        sp.add_argument("--exact", action="store_true", help="exhaustive search on an ANN index")
+        sp.add_argument("--min-score", type=float)
+
     s = sub.add_parser("lookalike", help="find users like the seeds")
-    client_flags(s)
-    s.add_argument("--seed", action="append", help="seed user id; repeatable")
-    s.add_argument("--seed-text", action="append", help="seed free text; repeatable")
-    s.add_argument("-k", type=int, default=100, help="audience size (default 100)")
-    s.add_argument("--fraction", type=float, help="audience size as a share of eligible users")
-    s.add_argument(
-        "--filter",
-        action="append",
-        help="e.g. 'gender=female', 'age>=30', 'industry in Arts,Education'; repeatable",
-    )
-    s.add_argument("--negative", action="append", help="user id to steer away from; repeatable")
-    s.add_argument("--exclude", action="append", help="user id never to return; repeatable")
-    s.add_argument("--segment", action="append", help="only members of this segment; repeatable")
-    s.add_argument("--exclude-segment", action="append", help="never members of this segment")
-    s.add_argument("--include-seeds", action="store_true")
-    s.add_argument(
-        "--search-effort",
-        type=int,
-        help="search depth of an HNSW / IVF-PQ index (efSearch / nprobe)",
-    )
-    s.add_argument("--exact", action="store_true", help="exhaustive search on an ANN index")
-    s.add_argument("--min-score", type=float)
+    lookalike_flags(s)
     s.add_argument(
         "--show", metavar="ATTR,...", help="also print these attributes of each user: age,gender"
     )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_lookalike)
+
+    export = sub.add_parser(
+        "export", help="write an audience or a segment to a CSV or Parquet file, streamed"
+    )
+    exportsub = export.add_subparsers(dest="export_command", required=True)
+
+    def export_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--out", type=Path, required=True, help="file to write: .csv, .csv.gz or .parquet"
+        )
+        sp.add_argument(
+            "--attrs", metavar="ATTR,...", help="stored attributes to add as columns: age,gender"
+        )
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = exportsub.add_parser(
+        "lookalike", help="an audience (the lookalike flags), streamed: user_id, score"
+    )
+    lookalike_flags(s)
+    export_flags(s)
+    s.set_defaults(func=cmd_export_lookalike, timeout=None)
+    s = exportsub.add_parser("segment", help="a segment's members: user_id, strength")
+    client_flags(s)
+    s.add_argument("segment_id")
+    export_flags(s)
+    s.set_defaults(func=cmd_export_segment, timeout=None)
 
     s = sub.add_parser("users", help="look at stored users")
     usersub = s.add_subparsers(dest="users_command", required=True)
@@ -384,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """The parser of the (sub)command that `args` ran."""
-    for name in ("command", "segments_command", "users_command", "jobs_command"):
+    commands = ("command", "segments_command", "users_command", "jobs_command", "export_command")
+    for name in commands:
         chosen = getattr(args, name, None)
         if chosen is None:
             continue

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         port_file=args.port_file,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         model=args.model,
         encoder_backend=args.encoder_backend,
         index_kind=args.index_kind,
@@ -143,12 +146,42 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from audience.index._backup import MANIFEST, restore_backup
     from audience.index._erasure import restore_snapshot
 
-    copied = restore_snapshot(args.snapshot, args.data_dir, live=args.erasures_from)
+    if not (args.snapshot / MANIFEST).exists():  # a snapshot (`audience snapshot`)
+        copied = restore_snapshot(args.snapshot, args.data_dir, live=args.erasures_from)
+        print(
+            f"restored {args.snapshot} into {args.data_dir}, with {copied} recorded erasures "
+            "(applied when a server opens it)"
+        )
+        return 0
+    done = restore_backup(args.snapshot, args.data_dir, live=args.erasures_from)
     print(
-        f"restored {args.snapshot} into {args.data_dir}, with {copied} recorded erasures "
-        "(applied when a server opens it)"
+        f"verified and restored {done.files} files ({done.bytes / 1e6:,.1f} MB) into "
+        f"{args.data_dir}"
+    )
+    if done.erasures_from:
+        print(
+            f"{done.erasures} erasures recorded in {done.erasures_from} came along; a server "
+            "opening the copy applies those made after the backup"
+        )
+    else:
+        print(
+            "warning: no erasure record found (the source data dir is gone?): users erased "
+            "since the backup are not known; pass --erasures-from DATA_DIR",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    with _client(args) as client:
+        done = client.backup(str(out if out.is_absolute() else out.absolute()))
+    print(
+        f"backup of generation {done.generation} (sequence {done.sequence}): {done.files} "
+        f"files, {done.bytes / 1e6:,.1f} MB at {done.path} in {done.seconds:.1f}s"
     )
     return 0
 
@@ -186,38 +219,47 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_lookalike(args: argparse.Namespace) -> int:
-    from audience.client import Filter
+def lookalike_query(args: argparse.Namespace, include_attributes: Sequence[str] = ()):
+    """The LookalikeQuery of the lookalike flags (shared by `lookalike` and `export`)."""
+    from audience.client import Filter, LookalikeQuery
 
     if not args.seed and not args.seed_text:
-        raise SystemExit("lookalike: give at least one --seed USER_ID or --seed-text TEXT")
+        raise SystemExit(f"{args.command}: give at least one --seed USER_ID or --seed-text TEXT")
+    return LookalikeQuery(
+        seed_ids=args.seed or (),
+        seed_texts=args.seed_text or (),
+        k=args.k if args.fraction is None else None,
+        fraction=args.fraction,
+        filters=[Filter.parse(f) for f in args.filter or ()],
+        negative_ids=args.negative or (),
+        exclude_ids=args.exclude or (),
+        include_seeds=args.include_seeds,
+        min_score=args.min_score,
+        segment_ids=args.segment or (),
+        exclude_segment_ids=args.exclude_segment or (),
+        search_effort=args.search_effort,
+        exact=args.exact,
+        include_attributes=include_attributes,
+    )
+
+
+def names(spec: str | None) -> list[str]:
+    """`age, gender` -> ["age", "gender"]."""
+    return [a.strip() for a in (spec or "").split(",") if a.strip()]
+
+
+def cmd_lookalike(args: argparse.Namespace) -> int:
+    shown = names(args.show)
+    query = lookalike_query(args, shown)
     with _client(args) as client:
-        result = client.find_lookalikes(
-            seed_ids=args.seed or (),
-            seed_texts=args.seed_text or (),
-            k=args.k if args.fraction is None else None,
-            fraction=args.fraction,
-            filters=[Filter.parse(f) for f in args.filter or ()],
-            negative_ids=args.negative or (),
-            exclude_ids=args.exclude or (),
-            include_seeds=args.include_seeds,
-            min_score=args.min_score,
-            segment_ids=args.segment or (),
-            exclude_segment_ids=args.exclude_segment or (),
-            search_effort=args.search_effort,
-            exact=args.exact,
-        )
-        shown = [a.strip() for a in (args.show or "").split(",") if a.strip()]
-        attrs = (
-            {u.user_id: client.get_user(u.user_id).profile.attributes for u in result.users}
-            if shown
-            else {}
-        )
+        result = client.find_lookalikes(query)
+    attrs = {u.user_id: u.attributes or {} for u in result.users}
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         users = [
-            {**asdict(u), **({"attributes": attrs[u.user_id]} if shown else {})}
+            {"user_id": u.user_id, "score": u.score}
+            | ({"attributes": attrs[u.user_id]} if shown else {})
             for u in result.users
         ]
         doc = {"eligible": result.eligible, "users": users, "warnings": list(result.warnings)}
@@ -233,8 +275,8 @@ def cmd_lookalike(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attribute_cells(attributes: dict, names: list[str]) -> list[str]:
-    return [fmt.number(attributes[a]) if a in attributes else "-" for a in names]
+def _attribute_cells(attributes: dict, shown: list[str]) -> list[str]:
+    return [fmt.number(attributes[a]) if a in attributes else "-" for a in shown]
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

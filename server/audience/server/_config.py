@@ -43,6 +43,9 @@ class ServerConfig:
     huge_pages: bool = True  # `audience serve` runs with transparent huge pages (_process)
     grpc_poll_io: bool = True  # `audience serve` sets grpc's poll-based socket I/O (_process)
     port_file: Path | None = None  # the bound port is written here once serving
+    # Prometheus /metrics over HTTP: off (None), or this port (0 = a free one) on metrics_host.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     # Bearer tokens: (sha256 hex digest, role); empty = auth off (local use only).
     tokens: tuple[tuple[str, str], ...] = ()
     # TLS: server certificate chain and key (PEM files); a client CA turns on mTLS.

@@ -139,6 +139,7 @@ def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
         exclude_segment_ids=tuple(r.exclude_segment_ids),
         search_effort=r.search_effort,
         exact=r.exact,
+        include_attributes=tuple(r.include_attributes),
     )
 
 
@@ -149,6 +150,12 @@ def with_scored(message: M, users: ScoredUsers) -> M:
     """The message with users appended to its `users` field (add() is twice as fast as
     building a list of messages, which counts on the FindLookalikes hot path)."""
     add = message.users.add
+    if users.attributes is not None:
+        for user_id, score, attrs in zip(users.user_ids, users.scores, users.attributes):
+            scored = add(user_id=user_id, score=score)
+            for name, value in attrs.items():
+                scored.attributes[name].CopyFrom(value_to_pb(value))
+        return message
     for user_id, score in zip(users.user_ids, users.scores):
         add(user_id=user_id, score=score)
     return message
@@ -189,7 +196,7 @@ def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
     )
 
 
-REBUILD_INDEX, BUILD_SEGMENTS = "rebuild-index", "build-segments"  # the kinds of jobs
+REBUILD_INDEX, BUILD_SEGMENTS, BACKUP = "rebuild-index", "build-segments", "backup"  # job kinds
 _RESULT_FIELD = {REBUILD_INDEX: "rebuild_index", BUILD_SEGMENTS: "build_segments"}
 
 

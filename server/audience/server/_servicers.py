@@ -9,14 +9,24 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import grpc
 
 from audience.client._proto import audience_pb2 as pb
 from audience.client._proto import audience_pb2_grpc as pb_grpc
-from audience.index import Engine, IndexNotReady, Progress, RebuildResult, SegmentBuild
+from audience.index import (
+    BackupResult,
+    Engine,
+    IndexNotReady,
+    InvalidQuery,
+    Progress,
+    RebuildResult,
+    SegmentBuild,
+)
 
 from ._convert import (
+    BACKUP,
     BUILD_SEGMENTS,
     REBUILD_INDEX,
     filters_from_pb,
@@ -185,7 +195,9 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
     def StreamSegmentMembers(
         self, request: pb.StreamSegmentMembersRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LookalikeChunk]:
-        chunks = self._holder.engine.segment_members(request.segment_id, STREAM_CHUNK)
+        chunks = self._holder.engine.segment_members(
+            request.segment_id, STREAM_CHUNK, tuple(request.include_attributes)
+        )
         for chunk in chunks:
             if not context.is_active():
                 return
@@ -237,6 +249,25 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return job_to_pb(self._holder.engine.jobs.cancel(request.job_id))
+
+    def Backup(self, request: pb.BackupRequest, context: grpc.ServicerContext) -> pb.BackupResponse:
+        engine = self._holder.engine
+        if not request.out_dir:
+            raise InvalidQuery("out_dir", "give a directory on the server's machine")
+        out = Path(request.out_dir)
+
+        def work(progress: Progress) -> BackupResult:
+            return engine.backup(out, progress)
+
+        done = engine.jobs.run(BACKUP, work, {"out_dir": str(out)})
+        return pb.BackupResponse(
+            path=str(done.path),
+            files=done.files,
+            bytes=done.bytes,
+            generation=done.generation,
+            sequence=done.sequence,
+            seconds=done.seconds,
+        )
 
     def _rebuild(self, request: pb.RebuildIndexRequest) -> tuple:
         engine, log_progress = self._holder.engine, ProgressLog()

@@ -145,19 +145,46 @@ Global___Profile: _TypeAlias = Profile  # noqa: Y015
 class ScoredUser(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___AttributeValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___AttributeValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     USER_ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     score: _builtins.float
+    @_builtins.property
+    def attributes(self) -> _containers.MessageMap[_builtins.str, Global___AttributeValue]:
+        """The stored attributes asked for with include_attributes (those the user has)."""
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         score: _builtins.float = ...,
+        attributes: _abc.Mapping[_builtins.str, Global___AttributeValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["score", b"score", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "score", b"score", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -459,6 +486,7 @@ class LookalikeRequest(_message.Message):
     EXCLUDE_SEGMENT_IDS_FIELD_NUMBER: _builtins.int
     SEARCH_EFFORT_FIELD_NUMBER: _builtins.int
     EXACT_FIELD_NUMBER: _builtins.int
+    INCLUDE_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     negative_weight: _builtins.float
     """Strength of the negative users against the seeds; unset means 0.5. Finite, >= 0."""
     include_seeds: _builtins.bool
@@ -491,6 +519,10 @@ class LookalikeRequest(_message.Message):
 
     @_builtins.property
     def exclude_segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def include_attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Stored attributes to return with each user (ScoredUser.attributes)."""
+
     def __init__(
         self,
         *,
@@ -507,10 +539,11 @@ class LookalikeRequest(_message.Message):
         exclude_segment_ids: _abc.Iterable[_builtins.str] | None = ...,
         search_effort: _builtins.int | None = ...,
         exact: _builtins.bool = ...,
+        include_attributes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "_search_effort", b"_search_effort", "fraction", b"fraction", "k", b"k", "min_score", b"min_score", "negative_weight", b"negative_weight", "search_effort", b"search_effort", "size", b"size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "_search_effort", b"_search_effort", "exact", b"exact", "exclude_segment_ids", b"exclude_segment_ids", "exclude_user_ids", b"exclude_user_ids", "filters", b"filters", "fraction", b"fraction", "include_seeds", b"include_seeds", "k", b"k", "min_score", b"min_score", "negative_user_ids", b"negative_user_ids", "negative_weight", b"negative_weight", "search_effort", b"search_effort", "seeds", b"seeds", "segment_ids", b"segment_ids", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "_search_effort", b"_search_effort", "exact", b"exact", "exclude_segment_ids", b"exclude_segment_ids", "exclude_user_ids", b"exclude_user_ids", "filters", b"filters", "fraction", b"fraction", "include_attributes", b"include_attributes", "include_seeds", b"include_seeds", "k", b"k", "min_score", b"min_score", "negative_user_ids", b"negative_user_ids", "negative_weight", b"negative_weight", "search_effort", b"search_effort", "seeds", b"seeds", "segment_ids", b"segment_ids", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
     _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
@@ -878,15 +911,21 @@ class StreamSegmentMembersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     segment_id: _builtins.str
+    @_builtins.property
+    def include_attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Stored attributes to return with each member (ScoredUser.attributes)."""
+
     def __init__(
         self,
         *,
         segment_id: _builtins.str = ...,
+        include_attributes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment_id", b"segment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_attributes", b"include_attributes", "segment_id", b"segment_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1042,6 +1081,62 @@ class SnapshotResponse(_message.Message):
 Global___SnapshotResponse: _TypeAlias = SnapshotResponse  # noqa: Y015
 
 @_typing.final
+class BackupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUT_DIR_FIELD_NUMBER: _builtins.int
+    out_dir: _builtins.str
+    """Directory on the server's machine to write into: new or empty, outside the data dir
+    (another disk is best).
+    """
+    def __init__(
+        self,
+        *,
+        out_dir: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["out_dir", b"out_dir"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupRequest: _TypeAlias = BackupRequest  # noqa: Y015
+
+@_typing.final
+class BackupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    files: _builtins.int
+    bytes: _builtins.int
+    generation: _builtins.int
+    sequence: _builtins.int
+    seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        files: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        generation: _builtins.int = ...,
+        sequence: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "files", b"files", "generation", b"generation", "path", b"path", "seconds", b"seconds", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupResponse: _TypeAlias = BackupResponse  # noqa: Y015
+
+@_typing.final
 class GetStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1162,7 +1257,7 @@ class Job(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     kind: _builtins.str
-    """"rebuild-index" or "build-segments"."""
+    """"rebuild-index", "build-segments" or "backup"."""
     state: Global___Job.State.ValueType
     done: _builtins.bool
     """True once the state is no longer RUNNING."""

@@ -682,6 +682,11 @@ class AdminStub:
                 request_serializer=audience_dot_v1_dot_audience__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=audience_dot_v1_dot_audience__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/audience.v1.Admin/Backup',
+                request_serializer=audience_dot_v1_dot_audience__pb2.BackupRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.BackupResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/audience.v1.Admin/GetStats',
                 request_serializer=audience_dot_v1_dot_audience__pb2.GetStatsRequest.SerializeToString,
@@ -745,6 +750,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Write a consistent, checksummed copy of everything a server needs (store, index
+        generation, lexical model, segment models, encoder export) into out_dir, as a job of
+        kind "backup"; `audience restore` verifies and restores it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -793,6 +807,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=audience_dot_v1_dot_audience__pb2.SnapshotRequest.FromString,
                     response_serializer=audience_dot_v1_dot_audience__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.BackupRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.BackupResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -1016,6 +1035,33 @@ class Admin:
             '/audience.v1.Admin/Snapshot',
             audience_dot_v1_dot_audience__pb2.SnapshotRequest.SerializeToString,
             audience_dot_v1_dot_audience__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/Backup',
+            audience_dot_v1_dot_audience__pb2.BackupRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.BackupResponse.FromString,
             options,
             channel_credentials,
             insecure,

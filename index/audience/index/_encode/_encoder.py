@@ -15,6 +15,8 @@ encodes that take vocabulary slots (writes) with its writer lock.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,21 @@ class Reencoded:
     vocabulary: list[VocabEntry]
 
 
+class EmbedCounter:
+    """Texts embedded and the seconds it took, since the process started (for metrics);
+    shared by an encoder and those made from it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.texts = 0
+        self.seconds = 0.0
+
+    def add(self, texts: int, seconds: float) -> None:
+        with self._lock:
+            self.texts += texts
+            self.seconds += seconds
+
+
 class ProfileEncoder:
     def __init__(
         self,
@@ -86,10 +103,12 @@ class ProfileEncoder:
         embedder: TextEmbedder,
         vocabulary: Vocabulary,
         lexical: LexicalModel | None = None,
+        counter: EmbedCounter | None = None,
     ) -> None:
         self.config = config
         self.embedder = embedder
         self.vocabulary = vocabulary
+        self.counter = counter or EmbedCounter()
         self.channels = Channels(config, embedder, lexical)
         self.text_fingerprint = config.text_fingerprint(embedder.model_id, embedder.dim)
 
@@ -114,7 +133,7 @@ class ProfileEncoder:
 
     def with_lexical(self, lexical: LexicalModel | None) -> ProfileEncoder:
         """The same encoder with another lexical model (the vocabulary is shared)."""
-        return ProfileEncoder(self.config, self.embedder, self.vocabulary, lexical)
+        return ProfileEncoder(self.config, self.embedder, self.vocabulary, lexical, self.counter)
 
     # ------------------------------------------------------------ what it makes
 
@@ -156,7 +175,11 @@ class ProfileEncoder:
     def embed_texts(self, profiles: Sequence[Profile]) -> TextVectors:
         """The pooled text vector of each profile (None for one with a vector of its own or
         without texts). The slow part: call it outside every lock."""
-        return self.channels.text_vectors([p.texts if not p.vector else () for p in profiles])
+        texts = [p.texts if not p.vector else () for p in profiles]
+        t0 = time.perf_counter()
+        vectors = self.channels.text_vectors(texts)
+        self.counter.add(sum(map(len, texts)), time.perf_counter() - t0)
+        return vectors
 
     def encode(
         self, profiles: Sequence[Profile], embedded: TextVectors | None = None

@@ -12,6 +12,7 @@ takes any object with the method of its stage; `default_stages` builds the defau
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -150,11 +151,19 @@ class UmapReducer:
 
 
 class _EpochReport:
-    """The file UMAP's epoch bar writes to: each line ("done total") becomes a progress
-    report, so that a long layout shows how far it is and a job's cancel stops it."""
+    """The file UMAP's epoch bar (tqdm) writes to: each line ("done total") becomes a
+    progress report, so a long layout shows how far it is, and a job's cancel (raised by the
+    report) stops it between two epochs.
+
+    tqdm's `refresh` takes its lock without try/finally, so an exception raised while it
+    writes would leave tqdm's process-wide lock held and hang the next bar. The report
+    releases that lock before letting a cancel through; anywhere else (the bar's close, under
+    a `with`) the cancel is kept for the build's next report. Pinned tqdm; test_jobs cancels
+    a layout and then runs another one."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
+        self.stopped = False
 
     @classmethod
     def kwds(cls, progress: Progress | None) -> dict | None:
@@ -170,8 +179,21 @@ class _EpochReport:
 
     def write(self, text: str) -> None:
         parts = text.split()
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+        if self.stopped or len(parts) != 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+            return
+        try:
             self.progress("reduce: umap epochs", int(parts[0]), int(parts[1]))
+        except Exception:
+            self.stopped = True
+            from tqdm.std import tqdm
+
+            caller = sys._getframe(1)
+            while caller is not None and caller.f_code is not tqdm.refresh.__code__:
+                caller = caller.f_back
+            if caller is None:  # not under refresh's bare acquire: the next report raises
+                return
+            caller.f_locals["self"]._lock.release()
+            raise
 
     def flush(self) -> None:
         pass
