@@ -119,6 +119,8 @@ class StageBar:
     def __call__(self, job: Job) -> None:
         from tqdm.auto import tqdm
 
+        if job.done or job.stage == "starting":  # no bar before the first stage reports
+            return
         if job.stage != self._stage:
             self.close()
             self._stage = job.stage
