@@ -47,7 +47,7 @@ def _export(
     if not args.no_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=expected, unit="users", desc=out.name)
+        bar = tqdm(total=expected, unit="users", desc=out.name, disable=None)  # off in logs
     writer = (
         ParquetRows(partial, score, attrs) if kind == "parquet" else CsvRows(partial, score, attrs)
     )

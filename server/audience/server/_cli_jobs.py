@@ -124,7 +124,11 @@ class StageBar:
         if job.stage != self._stage:
             self.close()
             self._stage = job.stage
-            self._bar = tqdm(desc=f"{job.job_id} {job.stage}", total=job.stage_total or None)
+            self._bar = tqdm(
+                desc=f"{job.job_id} {job.stage}",
+                total=job.stage_total or None,
+                disable=None,  # no bar when stderr is not a terminal (a log, a script)
+            )
         if self._bar is not None:
             if job.stage_total and self._bar.total != job.stage_total:
                 self._bar.total = job.stage_total
