@@ -153,7 +153,12 @@ class JobRunner:
                 raise Cancelled(f"{run.job.job_id} cancelled at stage {stage!r}")
             changed = stage != run.job.stage
             run.job = replace(
-                run.job, stage=stage, done=int(done), total=int(total), updated_at=time.time()
+                run.job,
+                stage=stage,
+                done=int(done),
+                total=int(total),
+                updated_at=time.time(),
+                cancel_requested=run.cancel.is_set(),  # a cancel() meanwhile is not lost
             )
             if changed:
                 self._write(run.job)
