@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "erasures made since",
     )
     s.add_argument(
-        "snapshot",
+        "source",
         type=Path,
         metavar="BACKUP",
         help="a backup (`audience backup`) or snapshot (`audience snapshot`) directory",
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobsub = jobs.add_subparsers(dest="jobs_command", required=True)
     s = jobsub.add_parser("list", help="running jobs, then the last finished ones")
     client_flags(s)
-    s.add_argument("--kind", choices=("rebuild-index", "build-segments"))
+    s.add_argument("--kind", choices=("rebuild-index", "build-segments", "backup"))
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_jobs_list)
     s = jobsub.add_parser("show", help="one job: state, stage, result or error")

@@ -149,14 +149,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from audience.index._backup import MANIFEST, restore_backup
     from audience.index._erasure import restore_snapshot
 
-    if not (args.snapshot / MANIFEST).exists():  # a snapshot (`audience snapshot`)
-        copied = restore_snapshot(args.snapshot, args.data_dir, live=args.erasures_from)
+    if not (args.source / MANIFEST).exists():  # a snapshot (`audience snapshot`)
+        copied = restore_snapshot(args.source, args.data_dir, live=args.erasures_from)
         print(
-            f"restored {args.snapshot} into {args.data_dir}, with {copied} recorded erasures "
+            f"restored {args.source} into {args.data_dir}, with {copied} recorded erasures "
             "(applied when a server opens it)"
         )
         return 0
-    done = restore_backup(args.snapshot, args.data_dir, live=args.erasures_from)
+    done = restore_backup(args.source, args.data_dir, live=args.erasures_from)
     print(
         f"verified and restored {done.files} files ({done.bytes / 1e6:,.1f} MB) into "
         f"{args.data_dir}"

@@ -78,6 +78,13 @@ def _export(
     seconds = time.perf_counter() - t0
     size = out.stat().st_size
     print(f"wrote {written:,} users to {out} ({kind}, {size / 1e6:,.1f} MB) in {seconds:.1f}s")
+    for name, lost in getattr(writer, "dropped", {}).items():
+        if lost:
+            print(
+                f"warning: {lost:,} values of {name} were text in a column typed as numbers "
+                "(from the first rows) and are left empty; export to .csv to keep them",
+                file=sys.stderr,
+            )
     if written == 0:
         print("warning: the audience is empty; the file has the header only", file=sys.stderr)
     return 0
@@ -121,12 +128,14 @@ def _cell(value: Any) -> Any:
 
 class ParquetRows:
     """user_id (string), the score (float32, as served), then each attribute: float64 when
-    the first values seen are numbers, else string."""
+    the first values seen are numbers, else string (text met later in a number column is
+    counted in `dropped` and said)."""
 
     def __init__(self, path: Path, score: str, attrs: Sequence[str]) -> None:
         self._path, self._score, self._attrs = path, score, list(attrs)
         self._writer: Any = None
         self._numeric: dict[str, bool] = {}
+        self.dropped: dict[str, int] = {}  # text values met in a column typed as numbers
 
     def write(self, users: Sequence[Any]) -> None:
         import pyarrow as pa
@@ -153,6 +162,8 @@ class ParquetRows:
             values = [(u.attributes or {}).get(a) for u in users]
             if self._numeric[a]:
                 columns[a] = [v if isinstance(v, (int, float)) else None for v in values]
+                lost = sum(1 for v in values if v is not None and not isinstance(v, (int, float)))
+                self.dropped[a] = self.dropped.get(a, 0) + lost
             else:
                 columns[a] = [None if v is None else str(v) for v in values]
         self._writer.write_table(pa.table(columns, schema=self._writer.schema))

@@ -196,7 +196,8 @@ def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
     )
 
 
-REBUILD_INDEX, BUILD_SEGMENTS, BACKUP = "rebuild-index", "build-segments", "backup"  # job kinds
+REBUILD_INDEX, BUILD_SEGMENTS, BACKUP = "rebuild-index", "build-segments", "backup"
+JOB_KINDS = (REBUILD_INDEX, BUILD_SEGMENTS, BACKUP)
 _RESULT_FIELD = {REBUILD_INDEX: "rebuild_index", BUILD_SEGMENTS: "build_segments"}
 
 

@@ -32,6 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ._convert import JOB_KINDS
+
 log = logging.getLogger("audience.server")
 
 LATENCY_BUCKETS = (
@@ -178,7 +180,7 @@ class EngineCollector(Collector):
             "How far a running job is into its current stage (0..1).",
             labels=["kind", "stage"],
         )
-        kinds: dict[str, int] = {"rebuild-index": 0, "build-segments": 0}
+        kinds = dict.fromkeys(JOB_KINDS, 0)
         for job in engine.jobs.list():
             if job.finished:
                 continue

@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -43,6 +44,7 @@ from ._convert import (
 log = logging.getLogger("audience.server")
 
 STREAM_CHUNK = 1000  # users per LookalikeChunk
+JobSpec = tuple[str, Callable[[Progress], Any], dict[str, Any]]  # JobRunner.start's arguments
 
 
 class ProgressLog:
@@ -269,7 +271,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             seconds=done.seconds,
         )
 
-    def _rebuild(self, request: pb.RebuildIndexRequest) -> tuple:
+    def _rebuild(self, request: pb.RebuildIndexRequest) -> JobSpec:
         engine, log_progress = self._holder.engine, ProgressLog()
 
         def work(progress: Progress) -> RebuildResult:
@@ -279,7 +281,7 @@ class AdminServicer(pb_grpc.AdminServicer):
 
         return REBUILD_INDEX, work, {"reembed": request.reembed}
 
-    def _build_segments(self, request: pb.BuildSegmentsRequest) -> tuple:
+    def _build_segments(self, request: pb.BuildSegmentsRequest) -> JobSpec:
         engine, log_progress = self._holder.engine, ProgressLog()
         params = segment_params_from_pb(request)  # checked before the job starts
 
