@@ -35,10 +35,12 @@ from ._proto import health_pb2
 from ._types import (
     BackupResult,
     DeleteResult,
+    EncoderExport,
     Filter,
     Job,
     LookalikeQuery,
     LookalikeResult,
+    PublishResult,
     ReachEstimate,
     RebuildResult,
     ScoredUser,
@@ -60,7 +62,11 @@ class AsyncAudienceClient:
     """Client of the Audience service for asyncio: methods are coroutines, streams are async
     iterators. One client per event loop; the channel opens on first use.
 
-    target: ``host:port`` of the server.
+    target: ``host:port`` of the server; or several (a list of ``host:port``, or a gRPC name
+        such as ``dns:///audience-read:50051`` that resolves to several), over which reads
+        (lookalikes, segments, GetUser) are spread with gRPC's ``round_robin`` balancing.
+    primary: ``host:port`` where writes and admin calls go (the primary of read replicas);
+        default: ``target``.
     timeout: default deadline of each call in seconds (None: no deadline); every method
         takes ``timeout=`` to override it for that call.
     token: sent as ``authorization: Bearer <token>`` on every call.
@@ -75,8 +81,9 @@ class AsyncAudienceClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
+        primary: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         token: str | None = None,
         retries: int = 3,
@@ -87,7 +94,8 @@ class AsyncAudienceClient:
         certificate_chain: bytes | None = None,
     ) -> None:
         self._options = ClientOptions(
-            target=target,
+            target=target if isinstance(target, str) else tuple(target),
+            primary=primary,
             timeout=timeout,
             token=token,
             retries=retries,
@@ -103,10 +111,11 @@ class AsyncAudienceClient:
 
     @property
     def target(self) -> str:
-        return self._options.target
+        t = self._options.target
+        return t if isinstance(t, str) else ",".join(t)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._options.target!r})"
+        return f"{type(self).__name__}({self.target!r})"
 
     async def __aenter__(self) -> AsyncAudienceClient:
         self._live  # noqa: B018  (open the channel now)
@@ -121,7 +130,8 @@ class AsyncAudienceClient:
             self._closed = True
             stubs, self._stubs = self._stubs, None
         if stubs is not None:
-            await stubs.channel.close()
+            for channel in stubs.channels:
+                await channel.close()
 
     @property
     def _live(self) -> Stubs:
@@ -180,7 +190,7 @@ class AsyncAudienceClient:
 
         timeout: how long to wait, seconds. Raises :class:`Unavailable` when time is up.
         """
-        waiter = ReadyWait(timeout, self._options.target)
+        waiter = ReadyWait(timeout, self.target)
         while True:
             try:
                 response = await self._live.health.Check(
@@ -204,6 +214,7 @@ class AsyncAudienceClient:
         batch_size: int = 256,
         progress: ProgressArg = False,
         timeout: Timeout = DEFAULT,
+        text_fingerprint: str = "",
     ) -> UpsertResult:
         """Insert or replace profiles, ``batch_size`` per request, reading ``profiles`` lazily.
 
@@ -213,6 +224,8 @@ class AsyncAudienceClient:
         and the time left when ``profiles`` has a length), or a callable given the number of
         users written so far after each batch.
         timeout: deadline of each batch's request, seconds.
+        text_fingerprint: with profiles that carry a ``text_vector``: the fingerprint of the
+        encoder that made them (:meth:`get_encoder`); the server refuses any other.
         """
         batcher = cv.Batcher(batch_size)
         cv.check_profiles(profiles)
@@ -221,7 +234,7 @@ class AsyncAudienceClient:
         totals = cv.UpsertTotals()
         try:
             async for batch in async_batches(batcher, profiles):
-                request = cv.upsert_request(batch)
+                request = cv.upsert_request(batch, text_fingerprint)
                 response = await self._unary(self._live.profiles.UpsertUsers, request, timeout)
                 reporter.update(totals.add(response))
         finally:
@@ -284,7 +297,7 @@ class AsyncAudienceClient:
     ) -> UserRecord:
         """A stored profile; with include_vector, also its indexed vector."""
         request = cv.get_user_request(user_id, include_vector)
-        return cv.user_record(await self._unary(self._live.profiles.GetUser, request, timeout))
+        return cv.user_record(await self._unary(self._live.read_profiles.GetUser, request, timeout))
 
     # ------------------------------------------------------------ lookalikes
 
@@ -519,6 +532,20 @@ class AsyncAudienceClient:
         (another disk is best). ``audience restore`` verifies and restores it."""
         request = pb.BackupRequest(out_dir=cv.string("out_dir", out_dir))
         return cv.backup_result(await self._unary(self._live.admin.Backup, request, timeout))
+
+    async def publish(self, *, timeout: Timeout = None) -> PublishResult:
+        """Publish a complete, checksummed generation to the directory the server publishes
+        to (``audience serve --publish-to``); read replicas (``--replica-of``) load it."""
+        response = await self._unary(self._live.admin.Publish, pb.PublishRequest(), timeout)
+        return cv.publish_result(response)
+
+    async def get_encoder(self, *, timeout: Timeout = None) -> EncoderExport:
+        """The server's encoder settings, text fingerprint and export files: what a batch
+        worker needs to embed texts as the server does (see ``Profile.text_vector``)."""
+        messages = self._server_stream(
+            self._live.profiles.GetEncoder, pb.GetEncoderRequest(), timeout, lambda m: [m]
+        )
+        return cv.encoder_export([m async for m in messages])
 
     async def snapshot(self, *, timeout: Timeout = DEFAULT) -> SnapshotResult:
         """Write a consistent copy of the store and the index under the server's data dir."""

@@ -17,13 +17,16 @@ from ._types import (
     AttributeScalar,
     BackupResult,
     DeleteResult,
+    EncoderExport,
     Filter,
     Job,
     LookalikeQuery,
     LookalikeResult,
     Profile,
+    PublishResult,
     ReachEstimate,
     RebuildResult,
+    Replication,
     ScoredUser,
     Seed,
     Segment,
@@ -124,11 +127,14 @@ def text_to_pb(text: Text) -> pb.Text:
 def profile_to_pb(value: ProfileLike) -> pb.Profile:
     profile = coerce_profile(value)
     user_id = string("user_id", profile.user_id)
-    vector = profile.vector
-    if not isinstance(vector, (bytes, bytearray, memoryview)):
-        raise InvalidArgument(f"profile {user_id!r}: vector must be bytes (little-endian float32)")
+    vector, text_vector = profile.vector, profile.text_vector
+    for name, blob in (("vector", vector), ("text_vector", text_vector)):
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(
+                f"profile {user_id!r}: {name} must be bytes (little-endian float32)"
+            )
     try:
-        msg = pb.Profile(user_id=user_id, vector=bytes(vector))
+        msg = pb.Profile(user_id=user_id, vector=bytes(vector), text_vector=bytes(text_vector))
         msg.texts.extend(text_to_pb(t) for t in profile.texts)
         for name, attr in profile.attributes.items():
             msg.attributes[string("attribute name", name)].CopyFrom(attribute_to_pb(name, attr))
@@ -186,8 +192,8 @@ class Batcher:
             yield last
 
 
-def upsert_request(batch: list[pb.Profile]) -> pb.UpsertUsersRequest:
-    return pb.UpsertUsersRequest(profiles=batch)
+def upsert_request(batch: list[pb.Profile], text_fingerprint: str = "") -> pb.UpsertUsersRequest:
+    return pb.UpsertUsersRequest(profiles=batch, text_fingerprint=text_fingerprint)
 
 
 def is_async_iterable(value: Any) -> bool:
@@ -436,7 +442,37 @@ def stats(msg: pb.GetStatsResponse) -> Stats:
         lexical_documents=msg.lexical_documents,
         lexical_weight=msg.lexical_weight,
         warnings=tuple(msg.warnings),
+        replication=replication(msg.replication) if msg.HasField("replication") else None,
     )
+
+
+def replication(msg: pb.Replication) -> Replication:
+    return Replication(
+        role=msg.role,
+        source=msg.source,
+        generation=msg.generation,
+        published_at=msg.published_at,
+        lag_s=msg.lag_s,
+        loaded_at=msg.loaded_at,
+        primary=msg.primary,
+        last_error=msg.last_error,
+    )
+
+
+def publish_result(msg: pb.PublishResponse) -> PublishResult:
+    return PublishResult(msg.generation, msg.path, msg.users, msg.bytes, msg.seconds)
+
+
+def encoder_export(messages: Iterable[pb.GetEncoderResponse]) -> EncoderExport:
+    settings, fingerprint, files = None, "", {}
+    for m in messages:
+        if m.settings_json:
+            settings, fingerprint = json.loads(m.settings_json), m.text_fingerprint
+        if m.path:
+            files[m.path] = files.get(m.path, b"") + m.chunk
+    if settings is None:
+        raise ServerError("the server sent no encoder settings")
+    return EncoderExport(settings, fingerprint, files)
 
 
 def rebuild_result(msg: pb.RebuildIndexResponse) -> RebuildResult:

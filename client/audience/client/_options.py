@@ -35,7 +35,8 @@ class ClientOptions:
     max_message_bytes: largest message sent or received.
     """
 
-    target: str = DEFAULT_TARGET
+    target: str | tuple[str, ...] = DEFAULT_TARGET
+    primary: str | None = None
     timeout: float | None = DEFAULT_TIMEOUT
     token: str | None = field(default=None, repr=False)
     retries: int = 3
@@ -46,8 +47,16 @@ class ClientOptions:
     certificate_chain: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target, str) or not self.target:
-            raise InvalidArgument("target must be a non-empty str such as '127.0.0.1:50051'")
+        if isinstance(self.target, (list, tuple)) and self.target:
+            object.__setattr__(self, "target", tuple(self.target))
+            if not all(isinstance(t, str) and t for t in self.target):
+                raise InvalidArgument("target: every address must be a non-empty str")
+        elif not isinstance(self.target, str) or not self.target:
+            raise InvalidArgument(
+                "target must be a non-empty str such as '127.0.0.1:50051' (or a list of them)"
+            )
+        if self.primary is not None and (not isinstance(self.primary, str) or not self.primary):
+            raise InvalidArgument("primary must be a non-empty str such as '10.0.0.1:50051'")
         if self.timeout is not None and not _is_number(self.timeout):
             raise InvalidArgument("timeout must be a number of seconds or None")
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:

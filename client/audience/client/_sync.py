@@ -34,10 +34,12 @@ from ._proto import health_pb2
 from ._types import (
     BackupResult,
     DeleteResult,
+    EncoderExport,
     Filter,
     Job,
     LookalikeQuery,
     LookalikeResult,
+    PublishResult,
     ReachEstimate,
     RebuildResult,
     ScoredUser,
@@ -59,7 +61,11 @@ class AudienceClient:
     """Client of the Audience service that blocks: safe to share between threads; the channel
     opens on first use.
 
-    target: ``host:port`` of the server.
+    target: ``host:port`` of the server; or several (a list of ``host:port``, or a gRPC name
+        such as ``dns:///audience-read:50051`` that resolves to several), over which reads
+        (lookalikes, segments, GetUser) are spread with gRPC's ``round_robin`` balancing.
+    primary: ``host:port`` where writes and admin calls go (the primary of read replicas);
+        default: ``target``.
     timeout: default deadline of each call in seconds (None: no deadline); every method
         takes ``timeout=`` to override it for that call.
     token: sent as ``authorization: Bearer <token>`` on every call.
@@ -74,8 +80,9 @@ class AudienceClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
+        primary: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         token: str | None = None,
         retries: int = 3,
@@ -86,7 +93,8 @@ class AudienceClient:
         certificate_chain: bytes | None = None,
     ) -> None:
         self._options = ClientOptions(
-            target=target,
+            target=target if isinstance(target, str) else tuple(target),
+            primary=primary,
             timeout=timeout,
             token=token,
             retries=retries,
@@ -102,10 +110,11 @@ class AudienceClient:
 
     @property
     def target(self) -> str:
-        return self._options.target
+        t = self._options.target
+        return t if isinstance(t, str) else ",".join(t)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._options.target!r})"
+        return f"{type(self).__name__}({self.target!r})"
 
     def __enter__(self) -> AudienceClient:
         self._live  # noqa: B018  (open the channel now)
@@ -120,7 +129,8 @@ class AudienceClient:
             self._closed = True
             stubs, self._stubs = self._stubs, None
         if stubs is not None:
-            stubs.channel.close()
+            for channel in stubs.channels:
+                channel.close()
 
     @property
     def _live(self) -> Stubs:
@@ -179,7 +189,7 @@ class AudienceClient:
 
         timeout: how long to wait, seconds. Raises :class:`Unavailable` when time is up.
         """
-        waiter = ReadyWait(timeout, self._options.target)
+        waiter = ReadyWait(timeout, self.target)
         while True:
             try:
                 response = self._live.health.Check(
@@ -203,6 +213,7 @@ class AudienceClient:
         batch_size: int = 256,
         progress: ProgressArg = False,
         timeout: Timeout = DEFAULT,
+        text_fingerprint: str = "",
     ) -> UpsertResult:
         """Insert or replace profiles, ``batch_size`` per request, reading ``profiles`` lazily.
 
@@ -212,6 +223,8 @@ class AudienceClient:
         and the time left when ``profiles`` has a length), or a callable given the number of
         users written so far after each batch.
         timeout: deadline of each batch's request, seconds.
+        text_fingerprint: with profiles that carry a ``text_vector``: the fingerprint of the
+        encoder that made them (:meth:`get_encoder`); the server refuses any other.
         """
         batcher = cv.Batcher(batch_size)
         cv.check_profiles(profiles)
@@ -220,7 +233,7 @@ class AudienceClient:
         totals = cv.UpsertTotals()
         try:
             for batch in batches(batcher, profiles):
-                request = cv.upsert_request(batch)
+                request = cv.upsert_request(batch, text_fingerprint)
                 response = self._unary(self._live.profiles.UpsertUsers, request, timeout)
                 reporter.update(totals.add(response))
         finally:
@@ -283,7 +296,7 @@ class AudienceClient:
     ) -> UserRecord:
         """A stored profile; with include_vector, also its indexed vector."""
         request = cv.get_user_request(user_id, include_vector)
-        return cv.user_record(self._unary(self._live.profiles.GetUser, request, timeout))
+        return cv.user_record(self._unary(self._live.read_profiles.GetUser, request, timeout))
 
     # ------------------------------------------------------------ lookalikes
 
@@ -518,6 +531,20 @@ class AudienceClient:
         (another disk is best). ``audience restore`` verifies and restores it."""
         request = pb.BackupRequest(out_dir=cv.string("out_dir", out_dir))
         return cv.backup_result(self._unary(self._live.admin.Backup, request, timeout))
+
+    def publish(self, *, timeout: Timeout = None) -> PublishResult:
+        """Publish a complete, checksummed generation to the directory the server publishes
+        to (``audience serve --publish-to``); read replicas (``--replica-of``) load it."""
+        response = self._unary(self._live.admin.Publish, pb.PublishRequest(), timeout)
+        return cv.publish_result(response)
+
+    def get_encoder(self, *, timeout: Timeout = None) -> EncoderExport:
+        """The server's encoder settings, text fingerprint and export files: what a batch
+        worker needs to embed texts as the server does (see ``Profile.text_vector``)."""
+        messages = self._server_stream(
+            self._live.profiles.GetEncoder, pb.GetEncoderRequest(), timeout, lambda m: [m]
+        )
+        return cv.encoder_export([m for m in messages])
 
     def snapshot(self, *, timeout: Timeout = DEFAULT) -> SnapshotResult:
         """Write a consistent copy of the store and the index under the server's data dir."""

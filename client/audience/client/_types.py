@@ -72,12 +72,15 @@ class Profile:
 
     Attribute values are numbers, text or flags; numbers come back from the server as float.
     vector: optional precomputed vector, little-endian float32 bytes.
+    text_vector: optional pooled text vector made with the server's own encoder
+    (:meth:`AudienceClient.get_encoder`; ``audience ingest --engine ray`` does this).
     """
 
     user_id: str
     texts: Sequence[str | Text] = ()
     attributes: Mapping[str, AttributeScalar] = field(default_factory=dict)
     vector: bytes = b""
+    text_vector: bytes = b""
 
     def __post_init__(self) -> None:
         _set(self, "texts", tuple(_text(t) for t in as_tuple("texts", self.texts)))
@@ -345,6 +348,44 @@ class Stats:
     lexical_documents: int = 0  # users it was fitted on
     lexical_weight: float = 0.0  # its share of the text channels
     warnings: tuple[str, ...] = ()  # damaged files found at start, and what was used instead
+    replication: Replication | None = None  # primary / replica state; None: neither
+
+
+@dataclass(frozen=True)
+class Replication:
+    """A primary's last published generation, or what a replica serves and how old it is."""
+
+    role: str  # "primary" or "replica"
+    source: str  # the directory generations are published to / loaded from
+    generation: int  # last published (primary) or served (replica); 0 = none yet
+    published_at: float  # Unix seconds
+    lag_s: float = 0.0  # replica: now - published_at of what it serves
+    loaded_at: float = 0.0
+    primary: str = ""  # replica: where writes go
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """The generation published, where (a path on the server's machine), its users and bytes,
+    and how long it took (s)."""
+
+    generation: int
+    path: str
+    users: int
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EncoderExport:
+    """What a batch worker needs to embed texts exactly as the server does: the settings
+    that shape a text vector, their fingerprint, and the export files (path under models/
+    -> bytes)."""
+
+    settings: dict
+    text_fingerprint: str
+    files: dict
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,9 @@ _EXPORTS = {
     "JobRunner": "._jobs",
     "Catalog": "._catalog",
     "Validator": "._validate",
+    "BatchTextEncoder": "._encode",
     "EncodedProfiles": "._encode",
+    "EncoderExport": "._encode",
     "LexicalModel": "._encode",
     "OnnxEmbedder": "._encode",
     "ProfileEncoder": "._encode",
@@ -127,7 +129,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         Limits,
     )
     from ._encode import (
+        BatchTextEncoder,
         EncodedProfiles,
+        EncoderExport,
         LexicalModel,
         OnnxEmbedder,
         ProfileEncoder,

@@ -28,7 +28,7 @@ from ._backup import BackupResult, write_backup
 from ._catalog import SEGMENTS_DIR, Catalog, membership
 from ._config import EngineConfig
 from ._durable import disk_full_as
-from ._encode import ProfileEncoder, TextEmbedder
+from ._encode import EncoderExport, ProfileEncoder, TextEmbedder, export_of
 from ._errors import PreconditionFailed, UnknownSegment
 from ._jobs import JOBS_DIR, JobRunner, uncancellable
 from ._lookalike import LookalikeScorer, SeedStrategy
@@ -166,9 +166,11 @@ class Engine:
 
     # ------------------------------------------------------------ writes
 
-    def upsert(self, profiles: Sequence[Profile]) -> UpsertResult:
-        """Insert or replace profiles; a repeated id: the last one wins."""
+    def upsert(self, profiles: Sequence[Profile], text_fingerprint: str = "") -> UpsertResult:
+        """Insert or replace profiles; a repeated id: the last one wins. Text vectors a batch
+        worker computed are used when `text_fingerprint` is this encoder's."""
         self.validate.profiles(profiles)
+        self.encoder.check_text_vectors(profiles, text_fingerprint)
         batch = list({p.user_id: p for p in profiles}.values())
         embedded = self.encoder.embed_texts(batch)  # the slow part, outside every lock
         with self._writer:
@@ -238,6 +240,10 @@ class Engine:
     def get_user(self, user_id: str, *, include_vector: bool = False) -> StoredUser:
         self.validate.user_id(user_id, "user_id")
         return self.catalog.stored_user(user_id, include_vector, self.encoder.dim)
+
+    def encoder_export(self) -> EncoderExport:
+        """What a batch worker needs to embed texts as this engine does (_encode/_batch.py)."""
+        return export_of(self.encoder)
 
     def stats(self) -> Stats:
         with self._rw.read():

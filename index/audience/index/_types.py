@@ -41,6 +41,8 @@ class Profile:
     # None as a value: a value of no kind (a malformed message); the engine rejects it.
     attributes: dict[str, AttrValue] = field(default_factory=dict)
     vector: bytes = b""  # optional precomputed user vector, little-endian float32
+    # optional pooled text vector from a batch worker (little-endian float32; _encode/_batch)
+    text_vector: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The `audience` admin CLI.
 
     audience serve --data-dir ./data [--attribute age:numeric:13:90 ...]
-    audience ingest FILE --id-col ID --text-col TEXT [--attr COL ...]
+    audience ingest PATH... --id-col ID --text-col TEXT [--attr COL ...] [--engine ray]
     audience lookalike --seed ID [--seed-text TEXT] [-k 100 | --fraction 0.01] [--filter 'age>=30']
     audience stats | rebuild-index [--reembed] [--detach] | snapshot
     audience segments build [--detach] | jobs list | jobs watch JOB | jobs cancel JOB
@@ -258,9 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_backup)
 
-    s = sub.add_parser("ingest", help="load profiles from a CSV/TSV/JSONL/Parquet file")
+    s = sub.add_parser("ingest", help="load profiles from CSV/TSV/JSONL/Parquet files")
     client_flags(s)
-    s.add_argument("file")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders of files")
+    s.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: the server embeds the texts; ray: Ray workers embed them with the "
+        "server's encoder and the server only stores (see the README, 'Scaling out')",
+    )
+    s.add_argument(
+        "--ray-address", help="Ray cluster to use (default: RAY_ADDRESS, else a local Ray)"
+    )
+    s.add_argument("--workers", type=int, help="encoder actors on Ray (default: one per CPU)")
     s.add_argument("--format", default="auto", choices=("auto", "csv", "tsv", "jsonl", "parquet"))
     s.add_argument("--delimiter", help="CSV/TSV delimiter (default , or tab)")
     s.add_argument("--id-col", required=True, help="column with the user id")

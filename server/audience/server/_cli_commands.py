@@ -187,7 +187,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ._ingest import ColumnMap, group_profiles, read_rows
+    from ._ingest import ColumnMap, group_profiles, input_files, read_rows
 
     cols = ColumnMap(
         id_col=args.id_col,
@@ -197,8 +197,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         time_format=args.time_format,
         weight_col=args.weight_col,
     )
+    files = input_files(args.paths)
+    if args.engine == "ray":
+        return _ingest_on_ray(args, cols, files)
     t0 = time.perf_counter()
-    rows = read_rows(Path(args.file), args.format, args.delimiter)
+    rows = (row for path in files for row in read_rows(path, args.format, args.delimiter))
     profiles, report = group_profiles(rows, cols, max_texts_per_user=args.max_texts_per_user)
     for line in report.lines(args.time_format):
         print(line, file=sys.stderr)
@@ -211,12 +214,44 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         result = client.upsert_users(
             profiles, batch_size=args.batch_size, progress=not args.no_progress
         )
-    seconds = time.perf_counter() - t1
+    _print_upserted(result, time.perf_counter() - t1)
+    return 0
+
+
+def _ingest_on_ray(args: argparse.Namespace, cols, files: list[Path]) -> int:
+    from ._ray_ingest import connect, describe_cluster, ray_ingest
+
+    if args.limit_users:
+        raise SystemExit("ingest: --limit-users is for the local engine")
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
+    t0 = time.perf_counter()
+    with _client(args) as client:
+        client.wait_ready(timeout=args.wait)
+        connect(address)
+        print(describe_cluster(), file=sys.stderr)
+        result, report = ray_ingest(
+            client,
+            files,
+            cols,
+            fmt=args.format,
+            delimiter=args.delimiter,
+            max_texts_per_user=args.max_texts_per_user,
+            address=address,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+    for line in report.lines(args.time_format):
+        print(line, file=sys.stderr)
+    _print_upserted(result, time.perf_counter() - t0)
+    return 0
+
+
+def _print_upserted(result, seconds: float) -> None:
     print(
         f"upserted {result.upserted} users in {seconds:.1f}s "
         f"({result.upserted / max(seconds, 1e-9):.1f} users/s), sequence {result.sequence}"
     )
-    return 0
 
 
 def lookalike_query(args: argparse.Namespace, include_attributes: Sequence[str] = ()):

@@ -63,6 +63,7 @@ def profile_from_pb(p: pb.Profile) -> Profile:
         # a value of no kind stays None: the engine rejects it, naming the attribute
         attributes={name: value_from_pb(v) for name, v in p.attributes.items()},
         vector=p.vector,
+        text_vector=p.text_vector,
     )
 
 

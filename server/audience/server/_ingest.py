@@ -159,34 +159,35 @@ def _attr(value: Any, kind: str) -> float | str | bool | None:
     return x if math.isfinite(x) else None
 
 
-def group_profiles(
-    rows: Iterator[dict[str, Any]], cols: ColumnMap, *, max_texts_per_user: int | None = None
-) -> tuple[list[Profile], IngestReport]:
-    report = IngestReport()
-    texts: dict[str, list[Text]] = {}
-    attrs: dict[str, dict[str, float | str | bool]] = {}
-    for row in rows:
+class RowReader:
+    """One file row -> (user id, its texts, its attributes), counting what it skips in
+    `report`. Shared by the local ingest and the Ray workers (_ray_ingest.py), so that a value
+    reads the same in both."""
+
+    def __init__(self, cols: ColumnMap, report: IngestReport) -> None:
+        self.cols, self.report = cols, report
+
+    def check_columns(self, row: dict[str, Any]) -> None:
+        cols = self.cols
+        wanted = (
+            cols.id_col,
+            *cols.text_cols,
+            *(a for a, _ in cols.attr_cols),
+            cols.time_col,
+            cols.weight_col,
+        )
+        missing = [c for c in wanted if c and c not in row]
+        if missing:
+            raise ValueError(f"columns not in the file: {missing}; it has {sorted(row)}")
+
+    def read(self, row: dict[str, Any]) -> tuple[str, list[Text], dict] | None:
+        """(user id, texts, attributes), or None for a row without an id."""
+        cols, report = self.cols, self.report
         report.rows += 1
-        if report.rows == 1:
-            missing = [
-                c
-                for c in (
-                    cols.id_col,
-                    *cols.text_cols,
-                    *(a for a, _ in cols.attr_cols),
-                    cols.time_col,
-                    cols.weight_col,
-                )
-                if c and c not in row
-            ]
-            if missing:
-                raise ValueError(f"columns not in the file: {missing}; it has {sorted(row)}")
         uid = row.get(cols.id_col)
         if uid is None or str(uid).strip() == "":
             report.skipped_rows += 1
-            continue
-        uid = str(uid).strip()
-        user_texts = texts.setdefault(uid, [])
+            return None
         ts = 0
         if cols.time_col:
             parsed = _timestamp(row.get(cols.time_col), cols.time_format)
@@ -200,27 +201,75 @@ def group_profiles(
         weight = None
         if cols.weight_col and row.get(cols.weight_col) not in (None, ""):
             weight = float(row[cols.weight_col])
+        texts = []
         for col in cols.text_cols:
             value = row.get(col)
             for t in value if isinstance(value, list) else [value]:
                 if t is not None and str(t).strip():
-                    user_texts.append(Text(str(t), weight=weight, timestamp=ts))
+                    texts.append(Text(str(t), weight=weight, timestamp=ts))
                 else:
                     report.empty_texts += 1
-        user_attrs = attrs.setdefault(uid, {})
+        attrs = {}
         for col, kind in cols.attr_cols:
             v = _attr(row.get(col), kind)
             if v is not None:
-                user_attrs[col] = v
-    profiles = []
-    for uid, user_texts in texts.items():
-        if max_texts_per_user is not None and len(user_texts) > max_texts_per_user:
-            report.dropped_texts += len(user_texts) - max_texts_per_user
-            # keep the newest texts (file order when there are no timestamps)
-            order = sorted(range(len(user_texts)), key=lambda i: -user_texts[i].timestamp)
-            keep = sorted(order[:max_texts_per_user])
-            user_texts = [user_texts[i] for i in keep]
-        report.texts += len(user_texts)
-        profiles.append(Profile(uid, texts=user_texts, attributes=attrs[uid]))
+                attrs[col] = v
+        return str(uid).strip(), texts, attrs
+
+
+def newest_texts(texts: list[Text], limit: int | None, report: IngestReport) -> list[Text]:
+    """A user's texts within `limit` (the newest; file order when there are no times)."""
+    if limit is not None and len(texts) > limit:
+        report.dropped_texts += len(texts) - limit
+        order = sorted(range(len(texts)), key=lambda i: -texts[i].timestamp)
+        texts = [texts[i] for i in sorted(order[:limit])]
+    report.texts += len(texts)
+    return texts
+
+
+def group_profiles(
+    rows: Iterator[dict[str, Any]], cols: ColumnMap, *, max_texts_per_user: int | None = None
+) -> tuple[list[Profile], IngestReport]:
+    report = IngestReport()
+    reader = RowReader(cols, report)
+    texts: dict[str, list[Text]] = {}
+    attrs: dict[str, dict[str, float | str | bool]] = {}
+    for row in rows:
+        if report.rows == 0:
+            reader.check_columns(row)
+        read = reader.read(row)
+        if read is None:
+            continue
+        uid, user_texts, user_attrs = read
+        texts.setdefault(uid, []).extend(user_texts)
+        attrs.setdefault(uid, {}).update(user_attrs)
+    profiles = [
+        Profile(
+            uid, texts=newest_texts(user_texts, max_texts_per_user, report), attributes=attrs[uid]
+        )
+        for uid, user_texts in texts.items()
+    ]
     report.users = len(profiles)
     return profiles, report
+
+
+def input_files(paths: list[str]) -> list[Path]:
+    """Files named, and the files in folders named (sorted; hidden ones skipped)."""
+    out = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise ValueError(f"{path}: no files in this folder")
+            out += found
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    return out

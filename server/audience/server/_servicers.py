@@ -5,6 +5,7 @@ Errors are not handled here: ErrorMappingInterceptor maps engine errors to statu
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -44,6 +45,7 @@ from ._convert import (
 log = logging.getLogger("audience.server")
 
 STREAM_CHUNK = 1000  # users per LookalikeChunk
+ENCODER_CHUNK = 1 << 20  # bytes of an encoder file per GetEncoderResponse
 JobSpec = tuple[str, Callable[[Progress], Any], dict[str, Any]]  # JobRunner.start's arguments
 
 
@@ -103,7 +105,8 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     def UpsertUsers(
         self, request: pb.UpsertUsersRequest, context: grpc.ServicerContext
     ) -> pb.UpsertUsersResponse:
-        done = self._holder.engine.upsert(profiles_from_pb(request.profiles))
+        engine = self._holder.engine
+        done = engine.upsert(profiles_from_pb(request.profiles), request.text_fingerprint)
         return pb.UpsertUsersResponse(upserted=done.upserted, sequence=done.sequence)
 
     def StreamUpsertUsers(
@@ -111,7 +114,8 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     ) -> pb.UpsertUsersResponse:
         total, seq = 0, 0
         for request in request_iterator:  # each message is committed as it arrives
-            done = self._holder.engine.upsert(profiles_from_pb(request.profiles))
+            profiles = profiles_from_pb(request.profiles)
+            done = self._holder.engine.upsert(profiles, request.text_fingerprint)
             total, seq = total + done.upserted, done.sequence
         return pb.UpsertUsersResponse(upserted=total, sequence=seq)
 
@@ -126,6 +130,19 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     ) -> pb.GetUserResponse:
         user = self._holder.engine.get_user(request.user_id, include_vector=request.include_vector)
         return stored_user_to_pb(user)
+
+
+    def GetEncoder(
+        self, request: pb.GetEncoderRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetEncoderResponse]:
+        export = self._holder.engine.encoder_export()
+        yield pb.GetEncoderResponse(
+            settings_json=json.dumps(export.settings, sort_keys=True),
+            text_fingerprint=export.text_fingerprint,
+        )
+        for path, content in export.files.items():
+            for at in range(0, max(1, len(content)), ENCODER_CHUNK):
+                yield pb.GetEncoderResponse(path=path, chunk=content[at : at + ENCODER_CHUNK])
 
 
 class LookalikeServicer(pb_grpc.LookalikeServicer):

@@ -116,10 +116,16 @@ class Profile(_message.Message):
     TEXTS_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
+    TEXT_VECTOR_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     vector: _builtins.bytes
     """Optional precomputed user vector (little-endian float32); reserved for
     bring-your-own-vector profiles.
+    """
+    text_vector: _builtins.bytes
+    """Optional pooled text vector (little-endian float32) computed by a batch worker with the
+    server's own encoder export (GetEncoder): the server then does no model work for these
+    texts. Needs text_fingerprint on the request, equal to the server's.
     """
     @_builtins.property
     def texts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Text]: ...
@@ -132,10 +138,11 @@ class Profile(_message.Message):
         texts: _abc.Iterable[Global___Text] | None = ...,
         attributes: _abc.Mapping[_builtins.str, Global___AttributeValue] | None = ...,
         vector: _builtins.bytes = ...,
+        text_vector: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "texts", b"texts", "user_id", b"user_id", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "text_vector", b"text_vector", "texts", b"texts", "user_id", b"user_id", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -301,16 +308,22 @@ class UpsertUsersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILES_FIELD_NUMBER: _builtins.int
+    TEXT_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    text_fingerprint: _builtins.str
+    """The text fingerprint (GetEncoderResponse.text_fingerprint) of the encoder that made the
+    profiles' text_vector; refused with FAILED_PRECONDITION when it is not the server's.
+    """
     @_builtins.property
     def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Profile]: ...
     def __init__(
         self,
         *,
         profiles: _abc.Iterable[Global___Profile] | None = ...,
+        text_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles", "text_fingerprint", b"text_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -432,6 +445,57 @@ class GetUserResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUserResponse: _TypeAlias = GetUserResponse  # noqa: Y015
+
+@_typing.final
+class GetEncoderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEncoderRequest: _TypeAlias = GetEncoderRequest  # noqa: Y015
+
+@_typing.final
+class GetEncoderResponse(_message.Message):
+    """The encoder export, in chunks: the first message carries the settings and fingerprint,
+    every message a piece of one file (files in order, each file's pieces in order).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_JSON_FIELD_NUMBER: _builtins.int
+    TEXT_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    settings_json: _builtins.str
+    """JSON: the settings that shape a text vector (model, backend, max_embed_chars,
+    recency_half_life_days, encode_batch_size).
+    """
+    text_fingerprint: _builtins.str
+    path: _builtins.str
+    """Path under the data dir's models/ folder, and a piece of its content."""
+    chunk: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        settings_json: _builtins.str = ...,
+        text_fingerprint: _builtins.str = ...,
+        path: _builtins.str = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "path", b"path", "settings_json", b"settings_json", "text_fingerprint", b"text_fingerprint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEncoderResponse: _TypeAlias = GetEncoderResponse  # noqa: Y015
 
 @_typing.final
 class Seed(_message.Message):
@@ -988,6 +1052,7 @@ class BuildSegmentsRequest(_message.Message):
     REDUCER_FIELD_NUMBER: _builtins.int
     MIN_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     target_segments: _builtins.int
     """Exactly this many segments (k-means in the reduced space); 0 = HDBSCAN decides."""
     reducer: _builtins.str
@@ -996,6 +1061,10 @@ class BuildSegmentsRequest(_message.Message):
     """Smallest segment; 0 = 1% of the users the clustering is fitted on."""
     sample_size: _builtins.int
     """Users the clustering is fitted on (the rest are assigned); 0 = 20,000."""
+    engine: _builtins.str
+    """Where users outside the fit sample are placed: "local" (default, in the server) or
+    "ray" (chunks on Ray workers; the server's --ray-address, else a local Ray).
+    """
     def __init__(
         self,
         *,
@@ -1003,10 +1072,11 @@ class BuildSegmentsRequest(_message.Message):
         reducer: _builtins.str = ...,
         min_cluster_size: _builtins.int = ...,
         sample_size: _builtins.int = ...,
+        engine: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_cluster_size", b"min_cluster_size", "reducer", b"reducer", "sample_size", b"sample_size", "target_segments", b"target_segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "min_cluster_size", b"min_cluster_size", "reducer", b"reducer", "sample_size", b"sample_size", "target_segments", b"target_segments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1168,6 +1238,7 @@ class GetStatsResponse(_message.Message):
     LEXICAL_DOCUMENTS_FIELD_NUMBER: _builtins.int
     LEXICAL_WEIGHT_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    REPLICATION_FIELD_NUMBER: _builtins.int
     users: _builtins.int
     indexed: _builtins.int
     dimension: _builtins.int
@@ -1188,6 +1259,8 @@ class GetStatsResponse(_message.Message):
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What recovery at start had to do: damaged files detected and what was used instead."""
 
+    @_builtins.property
+    def replication(self) -> Global___Replication: ...
     def __init__(
         self,
         *,
@@ -1204,14 +1277,110 @@ class GetStatsResponse(_message.Message):
         lexical_documents: _builtins.int = ...,
         lexical_weight: _builtins.float = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        replication: Global___Replication | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["replication", b"replication"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "data_dir", b"data_dir", "dimension", b"dimension", "generation", b"generation", "index_type", b"index_type", "indexed", b"indexed", "lexical_documents", b"lexical_documents", "lexical_model", b"lexical_model", "lexical_weight", b"lexical_weight", "model", b"model", "sequence", b"sequence", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "data_dir", b"data_dir", "dimension", b"dimension", "generation", b"generation", "index_type", b"index_type", "indexed", b"indexed", "lexical_documents", b"lexical_documents", "lexical_model", b"lexical_model", "lexical_weight", b"lexical_weight", "model", b"model", "replication", b"replication", "sequence", b"sequence", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class Replication(_message.Message):
+    """A primary publishes generations; a replica serves the newest one it has loaded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    LAG_S_FIELD_NUMBER: _builtins.int
+    LOADED_AT_FIELD_NUMBER: _builtins.int
+    PRIMARY_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """"primary" or "replica"."""
+    source: _builtins.str
+    """Where generations are published to (primary) or loaded from (replica); "" = none."""
+    generation: _builtins.int
+    """The generation last published (primary) or served (replica); 0 = none yet."""
+    published_at: _builtins.float
+    """When that generation was published, Unix seconds."""
+    lag_s: _builtins.float
+    """Replica: how old the data it serves is (now - published_at), and when it loaded them."""
+    loaded_at: _builtins.float
+    primary: _builtins.str
+    """Replica: the primary's address for writes (--primary), if given."""
+    last_error: _builtins.str
+    """The last failure to publish or to load a generation ("" = none since the last success)."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        source: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        published_at: _builtins.float = ...,
+        lag_s: _builtins.float = ...,
+        loaded_at: _builtins.float = ...,
+        primary: _builtins.str = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "lag_s", b"lag_s", "last_error", b"last_error", "loaded_at", b"loaded_at", "primary", b"primary", "published_at", b"published_at", "role", b"role", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replication: _TypeAlias = Replication  # noqa: Y015
+
+@_typing.final
+class PublishRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishRequest: _TypeAlias = PublishRequest  # noqa: Y015
+
+@_typing.final
+class PublishResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATION_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    generation: _builtins.int
+    path: _builtins.str
+    users: _builtins.int
+    bytes: _builtins.int
+    seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        generation: _builtins.int = ...,
+        path: _builtins.str = ...,
+        users: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "generation", b"generation", "path", b"path", "seconds", b"seconds", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishResponse: _TypeAlias = PublishResponse  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):

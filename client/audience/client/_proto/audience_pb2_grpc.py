@@ -54,6 +54,11 @@ class ProfilesStub:
                 request_serializer=audience_dot_v1_dot_audience__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=audience_dot_v1_dot_audience__pb2.GetUserResponse.FromString,
                 _registered_method=True)
+        self.GetEncoder = channel.unary_stream(
+                '/audience.v1.Profiles/GetEncoder',
+                request_serializer=audience_dot_v1_dot_audience__pb2.GetEncoderRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.GetEncoderResponse.FromString,
+                _registered_method=True)
 
 
 class ProfilesServicer:
@@ -86,6 +91,14 @@ class ProfilesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEncoder(self, request, context):
+        """What a batch worker needs to embed texts exactly as this server does (`audience ingest
+        --engine ray`): the encoder's settings and its export files. Never fetched from a hub.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfilesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_ProfilesServicer_to_server(servicer, server):
                     servicer.GetUser,
                     request_deserializer=audience_dot_v1_dot_audience__pb2.GetUserRequest.FromString,
                     response_serializer=audience_dot_v1_dot_audience__pb2.GetUserResponse.SerializeToString,
+            ),
+            'GetEncoder': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetEncoder,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.GetEncoderRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.GetEncoderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class Profiles:
             '/audience.v1.Profiles/GetUser',
             audience_dot_v1_dot_audience__pb2.GetUserRequest.SerializeToString,
             audience_dot_v1_dot_audience__pb2.GetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEncoder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/audience.v1.Profiles/GetEncoder',
+            audience_dot_v1_dot_audience__pb2.GetEncoderRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.GetEncoderResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -692,6 +737,11 @@ class AdminStub:
                 request_serializer=audience_dot_v1_dot_audience__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=audience_dot_v1_dot_audience__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Publish = channel.unary_unary(
+                '/audience.v1.Admin/Publish',
+                request_serializer=audience_dot_v1_dot_audience__pb2.PublishRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.PublishResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -765,6 +815,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Publish(self, request, context):
+        """Publish a complete, checksummed generation (a backup) to the --publish-to directory,
+        as a job of kind "publish"; replicas (--replica-of) load it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -817,6 +875,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=audience_dot_v1_dot_audience__pb2.GetStatsRequest.FromString,
                     response_serializer=audience_dot_v1_dot_audience__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Publish': grpc.unary_unary_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.PublishRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.PublishResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1089,6 +1152,33 @@ class Admin:
             '/audience.v1.Admin/GetStats',
             audience_dot_v1_dot_audience__pb2.GetStatsRequest.SerializeToString,
             audience_dot_v1_dot_audience__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Publish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/Publish',
+            audience_dot_v1_dot_audience__pb2.PublishRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.PublishResponse.FromString,
             options,
             channel_credentials,
             insecure,

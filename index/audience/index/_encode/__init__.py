@@ -7,8 +7,10 @@ attributes). A pure step: no store, no server; it runs in batch workers as in th
     _onnx.py         the ONNX Runtime embedder (no torch); export checks
     _onnx_export.py  exporting a model to ONNX (torch, in a child process)
     _lexical.py      the lexical model (TF-IDF + SVD fitted on the stored texts)
+    _batch.py        the encoder export and BatchTextEncoder: text vectors in batch workers
 """
 
+from ._batch import BatchTextEncoder, EncoderExport, export_of
 from ._channels import Vocabulary, VocabularyDraft
 from ._embed import SentenceTransformerEmbedder, TextEmbedder, make_embedder, resolve_model_path
 from ._encoder import EncodedProfiles, ProfileEncoder, Reencoded, f32, from_f32, text_items
@@ -16,6 +18,9 @@ from ._lexical import LexicalModel, LexicalModelError
 from ._onnx import OnnxEmbedder
 
 __all__ = [
+    "BatchTextEncoder",
+    "EncoderExport",
+    "export_of",
     "EncodedProfiles",
     "LexicalModel",
     "LexicalModelError",

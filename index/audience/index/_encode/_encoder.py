@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .._config import EngineConfig
-from .._errors import InvalidQuery
+from .._errors import InvalidQuery, PreconditionFailed
 from .._store import StoredRow, UserRow
 from .._types import Profile, TextItem
 from ._channels import Channels, VocabEntry, Vocabulary
@@ -175,11 +175,37 @@ class ProfileEncoder:
     def embed_texts(self, profiles: Sequence[Profile]) -> TextVectors:
         """The pooled text vector of each profile (None for one with a vector of its own or
         without texts). The slow part: call it outside every lock."""
-        texts = [p.texts if not p.vector else () for p in profiles]
+        texts = [p.texts if not (p.vector or p.text_vector) else () for p in profiles]
         t0 = time.perf_counter()
         vectors = self.channels.text_vectors(texts)
         self.counter.add(sum(map(len, texts)), time.perf_counter() - t0)
+        for i, p in enumerate(profiles):  # embedded by a batch worker (checked by the engine)
+            if p.text_vector and not p.vector:
+                vectors[i] = unit(p.text_vector)
         return vectors
+
+    def check_text_vectors(self, profiles: Sequence[Profile], fingerprint: str) -> None:
+        """InvalidQuery / PreconditionFailed unless every given text vector was made by this
+        encoder's model and settings (`fingerprint`) and fits a profile with texts."""
+        given = [i for i, p in enumerate(profiles) if p.text_vector]
+        if not given:
+            return
+        if fingerprint != self.text_fingerprint:
+            raise PreconditionFailed(
+                f"text vectors made with text fingerprint {fingerprint or '(none given)'}; this "
+                f"server embeds with {self.text_fingerprint}: get its encoder again (GetEncoder) "
+                "and embed again"
+            )
+        dim = self.channels.text_dim
+        for i in given:
+            p, where = profiles[i], f"profiles[{i}].text_vector"
+            if p.vector:
+                raise InvalidQuery(where, "give a user vector or a text vector, not both")
+            if not p.texts:
+                raise InvalidQuery(where, "a text vector needs the texts it was made from")
+            v = np.frombuffer(p.text_vector, dtype="<f4") if len(p.text_vector) == 4 * dim else None
+            if v is None or not np.isfinite(v).all() or not v.any():
+                raise InvalidQuery(where, f"must be {dim} finite float32 values, not all zero")
 
     def encode(
         self, profiles: Sequence[Profile], embedded: TextVectors | None = None
