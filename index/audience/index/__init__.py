@@ -26,6 +26,9 @@ _EXPORTS = {
     "EngineConfig": "._config",
     "Limits": "._config",
     "BackupResult": "._backup",
+    "Published": "._publish",
+    "fetch_generation": "._publish",
+    "read_current": "._publish",
     "RestoreResult": "._backup",
     "AudienceError": "._errors",
     "Cancelled": "._errors",
@@ -67,6 +70,7 @@ _EXPORTS = {
     "BatchTextEncoder": "._encode",
     "EncodedProfiles": "._encode",
     "EncoderExport": "._encode",
+    "export_of": "._encode",
     "LexicalModel": "._encode",
     "OnnxEmbedder": "._encode",
     "ProfileEncoder": "._encode",
@@ -137,6 +141,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         ProfileEncoder,
         SentenceTransformerEmbedder,
         TextEmbedder,
+        export_of,
         make_embedder,
         resolve_model_path,
     )
@@ -158,6 +163,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     )
     from ._jobs import Job, JobRunner
     from ._lookalike import Centroid, LookalikeScorer, Search, SeedSet, SeedStrategy
+    from ._publish import Published, fetch_generation, read_current
     from ._segments import (
         Clusterer,
         CtfidfDescriber,

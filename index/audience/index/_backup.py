@@ -60,10 +60,15 @@ class RestoreResult:
 
 
 def write_backup(
-    catalog: Catalog, fingerprint: str, out: Path, progress: Progress | None = None
+    catalog: Catalog,
+    fingerprint: str,
+    out: Path,
+    progress: Progress | None = None,
+    extra: dict | None = None,
 ) -> BackupResult:
     """(with no write running and the current generation saved) Copy what a server needs
-    into `out`, a new or empty directory; written beside it first, then renamed."""
+    into `out`, a new or empty directory; written beside it first, then renamed. `extra`:
+    more entries for the manifest."""
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidQuery("out_dir", f"{out} exists and is not an empty directory")
@@ -74,13 +79,18 @@ def write_backup(
     shutil.rmtree(partial, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
-        return _write(catalog, fingerprint, out, partial, progress)
+        return _write(catalog, fingerprint, out, partial, progress, extra or {})
     finally:
         shutil.rmtree(partial, ignore_errors=True)  # gone once renamed; a failure's leftovers
 
 
 def _write(
-    catalog: Catalog, fingerprint: str, out: Path, partial: Path, progress: Progress | None
+    catalog: Catalog,
+    fingerprint: str,
+    out: Path,
+    partial: Path,
+    progress: Progress | None,
+    extra: dict,
 ) -> BackupResult:
     t0 = time.perf_counter()
     data = catalog.config.data_dir
@@ -113,6 +123,7 @@ def _write(
         "users": len(catalog.iid_of),
         "encoder_fingerprint": fingerprint,
         "files": files,
+        **extra,
     }
     write_durably(partial / MANIFEST, seal_json(manifest, indent=1))
     if out.exists():

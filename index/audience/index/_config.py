@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,26 @@ class EngineConfig:
             d["values"] = tuple(d.get("values", ()))
             specs.append(AttributeSpec(**d))
         return replace(self, attributes=tuple(specs))
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting but the data dir, as JSON-able values (a published generation
+        carries them, so that a replica serves with exactly the primary's settings)."""
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "data_dir"}
+        doc["attributes"] = None if self.attributes is None else json.loads(self.attributes_json())
+        doc["limits"] = asdict(self.limits)
+        return doc
+
+    @classmethod
+    def from_settings(cls, doc: dict[str, Any], data_dir: Path, **overrides: Any) -> EngineConfig:
+        doc = {**doc, **overrides}
+        attrs = doc.pop("attributes", None)
+        known = {f.name for f in fields(cls)} - {"data_dir", "limits"}
+        config = cls(
+            data_dir=data_dir,
+            limits=Limits(**doc.get("limits", {})),
+            **{k: v for k, v in doc.items() if k in known},
+        )
+        return config if attrs is None else config.with_attributes_json(json.dumps(attrs))
 
     def text_fingerprint(self, model_id: str, text_dim: int) -> str:
         """What changes the stored per-user text vectors; a change means embedding again."""

@@ -6,13 +6,17 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ._errors import StorageFull
+
+log = logging.getLogger("audience.index")
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_MESSAGES = ("No space left on device", "Disk quota exceeded", "database or disk is full")
@@ -149,3 +153,26 @@ class DataDirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class AfterCommit:
+    """Work after a write committed (saving a generation, erasing copies): its failure (a
+    full disk, say) never turns the write into an error. It is logged, listed in `pending`
+    (shown by stats), and tried again after `retry_after` seconds."""
+
+    def __init__(self, pending: dict[str, str], retry_after: float) -> None:
+        self.pending, self.retry_after = pending, retry_after
+        self._retry_at = 0.0  # monotonic time before which failed work waits
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def run(self, what: str, work: Callable[[], object]) -> None:
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - the write is committed; see above
+            self._retry_at = time.monotonic() + self.retry_after
+            log.error("Engine - %s failed (%s); retried later", what, type(exc).__name__)
+            self.pending[what] = f"{what} failed ({exc}); retried later"
+        else:
+            self.pending.pop(what, None)

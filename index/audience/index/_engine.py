@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -27,11 +27,12 @@ from . import _erasure as erasure
 from ._backup import BackupResult, write_backup
 from ._catalog import SEGMENTS_DIR, Catalog, membership
 from ._config import EngineConfig
-from ._durable import disk_full_as
-from ._encode import EncoderExport, ProfileEncoder, TextEmbedder, export_of
+from ._durable import AfterCommit, disk_full_as
+from ._encode import ProfileEncoder, TextEmbedder
 from ._errors import PreconditionFailed, UnknownSegment
 from ._jobs import JOBS_DIR, JobRunner, uncancellable
 from ._lookalike import LookalikeScorer, SeedStrategy
+from ._publish import Published, publish_generation
 from ._recovery import open_data_dir
 from ._refit import reencode_store, with_refitted_lexical
 from ._rwlock import RWLock
@@ -88,7 +89,7 @@ class Engine:
         self._writer = threading.Lock()
         self._build_lock = threading.Lock()
         self._closed = False
-        self._retry_at = 0.0  # monotonic time before which failed post-commit work waits
+        self._later = AfterCommit(catalog.pending, RETRY_AFTER_S)  # work after a commit
         self.jobs = JobRunner(config.data_dir / JOBS_DIR)  # long jobs run by the server
 
     @classmethod
@@ -137,7 +138,7 @@ class Engine:
         if self._closed:
             return
         self.jobs.close()  # cancelled; what they would have replaced is still served
-        self._after_commit("saving the index at close", self.save)
+        self._later.run("saving the index at close", self.save)
         self._closed = True
         self.catalog.close()
 
@@ -145,24 +146,12 @@ class Engine:
         # Every generation is a whole index file, so at scale save once a tenth has changed
         # (the writes since are in the store and replayed at the next start).
         c = self.catalog
-        if time.monotonic() < self._retry_at:
+        if not self._later.due():
             return
         if c.unsaved >= max(self.config.save_every_changes, len(c.index) // 10):
-            self._after_commit(SAVING, self._save_locked)
+            self._later.run(SAVING, self._save_locked)
         if erasure.ERASING in c.pending:
-            self._after_commit(erasure.ERASING, partial(erasure.reach_copies, c))
-
-    def _after_commit(self, what: str, work: Callable[[], object]) -> None:
-        """Work after a write committed: its failure (a full disk, say) never turns the write
-        into an error. It is logged, listed in stats, and tried again after RETRY_AFTER_S."""
-        try:
-            work()
-        except Exception as exc:  # noqa: BLE001 - the write is committed; see above
-            self._retry_at = time.monotonic() + RETRY_AFTER_S
-            log.error("Engine - %s failed (%s); retried later", what, type(exc).__name__)
-            self.catalog.pending[what] = f"{what} failed ({exc}); retried later"
-        else:
-            self.catalog.pending.pop(what, None)
+            self._later.run(erasure.ERASING, partial(erasure.reach_copies, c))
 
     # ------------------------------------------------------------ writes
 
@@ -195,7 +184,7 @@ class Engine:
                 if self.catalog.segments is not None:
                     erasure.withdraw_from_served(self.catalog.segments, gone)
             if found:  # the erasure reaches the saved segment models and the snapshots
-                self._after_commit(erasure.ERASING, partial(erasure.reach_copies, self.catalog))
+                self._later.run(erasure.ERASING, partial(erasure.reach_copies, self.catalog))
             self._after_write()
         return DeleteResult(len(found), [u for u in dict.fromkeys(user_ids) if u not in gone])
 
@@ -229,6 +218,13 @@ class Engine:
             self._save_locked()
             return write_backup(self.catalog, self.encoder.fingerprint, out, progress)
 
+    def publish(self, source: Path, keep: int = 2, progress: Progress | None = None) -> Published:
+        """The next generation for read replicas, written into `source` (_publish.py)."""
+        with self._writer, disk_full_as("generation not published; replicas keep the last"):
+            self._save_locked()
+            c, fp = self.catalog, self.encoder.fingerprint
+            return publish_generation(c, fp, source, keep, progress)
+
     def snapshot(self) -> SnapshotResult:
         """A consistent copy of the store and the current index generation under snapshots/."""
         with self._writer, disk_full_as("snapshot not written"):
@@ -240,10 +236,6 @@ class Engine:
     def get_user(self, user_id: str, *, include_vector: bool = False) -> StoredUser:
         self.validate.user_id(user_id, "user_id")
         return self.catalog.stored_user(user_id, include_vector, self.encoder.dim)
-
-    def encoder_export(self) -> EncoderExport:
-        """What a batch worker needs to embed texts as this engine does (_encode/_batch.py)."""
-        return export_of(self.encoder)
 
     def stats(self) -> Stats:
         with self._rw.read():

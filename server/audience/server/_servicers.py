@@ -25,6 +25,7 @@ from audience.index import (
     Progress,
     RebuildResult,
     SegmentBuild,
+    export_of,
 )
 
 from ._convert import (
@@ -135,7 +136,7 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     def GetEncoder(
         self, request: pb.GetEncoderRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.GetEncoderResponse]:
-        export = self._holder.engine.encoder_export()
+        export = export_of(self._holder.engine.encoder)
         yield pb.GetEncoderResponse(
             settings_json=json.dumps(export.settings, sort_keys=True),
             text_fingerprint=export.text_fingerprint,
