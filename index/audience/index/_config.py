@@ -201,10 +201,11 @@ class EngineConfig:
     def from_settings(cls, doc: dict[str, Any], data_dir: Path, **overrides: Any) -> EngineConfig:
         doc = {**doc, **overrides}
         attrs = doc.pop("attributes", None)
+        limits = doc.get("limits") or {}
         known = {f.name for f in fields(cls)} - {"data_dir", "limits"}
         config = cls(
             data_dir=data_dir,
-            limits=Limits(**doc.get("limits", {})),
+            limits=limits if isinstance(limits, Limits) else Limits(**limits),
             **{k: v for k, v in doc.items() if k in known},
         )
         return config if attrs is None else config.with_attributes_json(json.dumps(attrs))

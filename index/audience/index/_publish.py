@@ -101,8 +101,7 @@ def fetch_generation(source: Path, pointer: dict, into: Path) -> tuple[Path, dic
         raise ValueError(f"{source}/{CURRENT} names {name!r}, not a generation")
     into = Path(into)
     local = into / name
-    if local.is_dir():  # copied and checked before (a restart): check it again
-        return local, verify_backup(local)
+    shutil.rmtree(local, ignore_errors=True)  # a copy an engine has opened is no longer pristine
     partial = into / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:

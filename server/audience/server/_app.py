@@ -28,6 +28,7 @@ from audience.index import Engine, PreconditionFailed, TextEmbedder
 from ._auth import AuthInterceptor
 from ._config import ServerConfig
 from ._errors import ErrorMappingInterceptor
+from ._replication import Publisher, ReplicaFollower
 from ._servicers import (
     AdminServicer,
     EngineHolder,
@@ -81,6 +82,8 @@ class AudienceServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
+        self._publisher: Publisher | None = None
+        self._follower: ReplicaFollower | None = None
 
     def _set_health(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
@@ -113,6 +116,9 @@ class AudienceServer:
         )
         if self.config.port_file:
             _write_port_file(self.config.port_file, self.port)
+        if self.config.replica_of is not None:
+            self._follow(self.config.replica_of)  # SERVING once a generation is loaded
+            return self.port
         try:
             engine = Engine.open(
                 self.config.engine, embedder=self._embedder, progress=ProgressLog()
@@ -121,9 +127,37 @@ class AudienceServer:
             self._server.stop(0)
             raise
         self.holder.set(engine)
+        if self.config.publish_to is not None:
+            c = self.config
+            self._publisher = Publisher(
+                lambda: self.holder.engine, c.publish_to, c.publish_every_s, c.publish_keep
+            )
+            self.holder.publisher = self._publisher
+            self.holder.replication = self._publisher.state.to_pb
+            self._publisher.start()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("Server - SERVING")
         return self.port
+
+    def _follow(self, source: Path) -> None:
+        """Serve as a read replica of the generations published to `source`."""
+        c = self.config
+        primary = f" ({c.primary})" if c.primary else ""
+        self.holder.read_only = (
+            f"this server is a read replica of {source}; send writes to the primary{primary}"
+        )
+
+        def serve(engine: Engine) -> Engine | None:
+            old = self.holder.set(engine)
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            return old
+
+        self._follower = ReplicaFollower(
+            source, c.engine.data_dir, c.engine, serve, poll_s=c.poll_s, primary=c.primary
+        )
+        self.holder.replication = lambda: self._follower.state.to_pb()
+        self._follower.start()
+        log.info("Server - replica of %s; NOT_SERVING until a generation is loaded", source)
 
     def _credentials(self) -> grpc.ServerCredentials:
         c = self.config
@@ -147,6 +181,9 @@ class AudienceServer:
         """Refuse new calls, let in-flight ones finish, then save and close the engine."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        for part in (self._publisher, self._follower):
+            if part is not None:
+                part.stop()
         engine = self.holder.take()
         if engine is not None:
             engine.close()

@@ -35,6 +35,7 @@ from ._cli_commands import (
     cmd_hash_token,
     cmd_ingest,
     cmd_lookalike,
+    cmd_publish,
     cmd_restore,
     cmd_segments_list,
     cmd_segments_report,
@@ -193,6 +194,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     s.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     s.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: turns on mTLS")
+    g = s.add_argument_group("read replicas (README, 'Scaling out')")
+    g.add_argument(
+        "--publish-to",
+        type=Path,
+        metavar="DIR",
+        help="primary: publish complete generations here (on `audience publish`, and see "
+        "--publish-every) for replicas to load",
+    )
+    g.add_argument(
+        "--publish-every",
+        type=float,
+        metavar="SECONDS",
+        dest="publish_every_s",
+        help="primary: also publish this often when something changed (default 0: on demand)",
+    )
+    g.add_argument(
+        "--publish-keep", type=int, metavar="N", help="primary: generations kept in DIR (2)"
+    )
+    g.add_argument(
+        "--replica-of",
+        type=Path,
+        metavar="DIR",
+        help="serve reads from the generations a primary publishes to DIR (a replica); "
+        "--data-dir is where they are copied",
+    )
+    g.add_argument(
+        "--primary", metavar="HOST:PORT", help="replica: where writes go (named in refusals)"
+    )
+    g.add_argument(
+        "--poll-every",
+        type=float,
+        metavar="SECONDS",
+        dest="poll_s",
+        help="replica: how often to look for a new generation (2)",
+    )
+    s.add_argument(
+        "--ray-address",
+        help="Ray cluster for `segments build --engine ray` (default: RAY_ADDRESS, else a "
+        "local Ray started on first use)",
+    )
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("hash-token", help="print the sha256 of a token, for --tokens-file")
@@ -257,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
         "relative path is taken from this command's working directory)",
     )
     s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser(
+        "publish", help="publish a generation for read replicas (server: --publish-to)"
+    )
+    client_flags(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("ingest", help="load profiles from CSV/TSV/JSONL/Parquet files")
     client_flags(s)

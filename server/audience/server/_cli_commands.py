@@ -72,6 +72,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_client_ca=args.tls_client_ca,
         huge_pages=args.huge_pages,
         grpc_poll_io=args.grpc_poll_io,
+        publish_to=args.publish_to,
+        publish_every_s=args.publish_every_s,
+        publish_keep=args.publish_keep,
+        replica_of=args.replica_of,
+        primary=args.primary,
+        poll_s=args.poll_s,
+        ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
     )
     _process.apply(_process.ProcessSettings(config.huge_pages, config.grpc_poll_io))
     from ._app import serve  # grpc, faiss and the model load from here on
@@ -183,6 +190,19 @@ def cmd_backup(args: argparse.Namespace) -> int:
         f"backup of generation {done.generation} (sequence {done.sequence}): {done.files} "
         f"files, {done.bytes / 1e6:,.1f} MB at {done.path} in {done.seconds:.1f}s"
     )
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        done = client.publish()
+    if args.json:
+        print(json.dumps(asdict(done)))
+    else:
+        print(
+            f"published generation {done.generation}: {done.users:,} users, "
+            f"{done.bytes / 1e6:,.1f} MB in {done.seconds:.1f}s -> {done.path}"
+        )
     return 0
 
 

@@ -73,8 +73,27 @@ def stats(s: Any) -> list[str]:
             ("attributes", list(s.attributes)),
             ("data dir", s.data_dir),
             ("warnings", list(s.warnings)),
+            *_replication(s.replication),
         ]
     )
+
+
+def _replication(r: Any) -> list[tuple[str, Any]]:
+    if r is None:
+        return []
+    if r.role == "primary":
+        published = f"generation {r.generation}" if r.generation else "nothing yet"
+        out = [("role", f"primary, publishing to {r.source}"), ("published", published)]
+    else:
+        served = (
+            f"generation {r.generation}, {number(round(r.lag_s, 1))} s old"
+            if r.generation
+            else "waiting for a first generation"
+        )
+        out = [("role", f"read replica of {r.source}"), ("serving", served)]
+        if r.primary:
+            out.append(("primary", r.primary))
+    return out + ([("replication error", r.last_error)] if r.last_error else [])
 
 
 def segment_rows(segments: Sequence[Any]) -> list[str]:

@@ -52,8 +52,27 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Read replicas (README, "Scaling out"). A primary publishes generations to publish_to,
+    # on demand and every publish_every_s seconds (0 = on demand only), keeping the newest
+    # publish_keep; a replica (replica_of) serves the newest one there, polling every
+    # poll_s, and answers writes with FAILED_PRECONDITION naming `primary`.
+    publish_to: Path | None = None
+    publish_every_s: float = 0.0
+    publish_keep: int = 2
+    replica_of: Path | None = None
+    primary: str = ""
+    poll_s: float = 2.0
+    # Ray for `segments build --engine ray`: a cluster address; None = RAY_ADDRESS or a
+    # local Ray started on first use.
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        if self.replica_of is not None and self.publish_to is not None:
+            raise ConfigError("replica_of", "a replica does not publish; drop publish_to")
+        if self.publish_keep < 1:
+            raise ConfigError("publish_keep", "keep at least 1 generation")
+        if self.publish_every_s < 0 or self.poll_s <= 0:
+            raise ConfigError("publish_every_s", "intervals must be positive (0: on demand)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls", "give both tls_cert and tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -99,7 +118,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServerConfig:
     engine["limits"] = limits_override or Limits(**limits)
     if "tokens" in server:
         server["tokens"] = tuple(tuple(t) for t in server["tokens"])
-    for key in ("port_file", "tls_cert", "tls_key", "tls_client_ca"):
+    for key in ("port_file", "tls_cert", "tls_key", "tls_client_ca", "publish_to", "replica_of"):
         if server.get(key) is not None:
             server[key] = Path(server[key])
     return ServerConfig(engine=EngineConfig(**engine), **server)

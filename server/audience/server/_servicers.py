@@ -22,6 +22,7 @@ from audience.index import (
     Engine,
     IndexNotReady,
     InvalidQuery,
+    PreconditionFailed,
     Progress,
     RebuildResult,
     SegmentBuild,
@@ -75,11 +76,24 @@ def tee(first: Progress, second: Progress) -> Progress:
 
 
 class EngineHolder:
-    """The engine once loaded; until then (and after shutdown) calls answer UNAVAILABLE."""
+    """The engine once loaded; until then (and after shutdown) calls answer UNAVAILABLE.
+
+    On a read replica `read_only` says why writes are refused (FAILED_PRECONDITION); the
+    engine is swapped for each new generation (`set` returns the one it replaces)."""
 
     def __init__(self) -> None:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        self.read_only: str | None = None
+        self.publisher: Any = None  # _replication.Publisher on a primary that publishes
+        self.replication: Callable[[], pb.Replication] | None = None  # for GetStats
+
+    @property
+    def writable(self) -> Engine:
+        """The engine, for a write; FAILED_PRECONDITION on a read replica."""
+        if self.read_only:
+            raise PreconditionFailed(self.read_only)
+        return self.engine
 
     @property
     def engine(self) -> Engine:
@@ -88,9 +102,10 @@ class EngineHolder:
             raise IndexNotReady("the service is loading its index or shutting down; retry shortly")
         return engine
 
-    def set(self, engine: Engine) -> None:
+    def set(self, engine: Engine) -> Engine | None:
         with self._lock:
-            self._engine = engine
+            old, self._engine = self._engine, engine
+        return old
 
     def take(self) -> Engine | None:
         """Detach the engine (new calls get UNAVAILABLE) and return it."""
@@ -106,7 +121,7 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     def UpsertUsers(
         self, request: pb.UpsertUsersRequest, context: grpc.ServicerContext
     ) -> pb.UpsertUsersResponse:
-        engine = self._holder.engine
+        engine = self._holder.writable
         done = engine.upsert(profiles_from_pb(request.profiles), request.text_fingerprint)
         return pb.UpsertUsersResponse(upserted=done.upserted, sequence=done.sequence)
 
@@ -116,14 +131,14 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
         total, seq = 0, 0
         for request in request_iterator:  # each message is committed as it arrives
             profiles = profiles_from_pb(request.profiles)
-            done = self._holder.engine.upsert(profiles, request.text_fingerprint)
+            done = self._holder.writable.upsert(profiles, request.text_fingerprint)
             total, seq = total + done.upserted, done.sequence
         return pb.UpsertUsersResponse(upserted=total, sequence=seq)
 
     def DeleteUsers(
         self, request: pb.DeleteUsersRequest, context: grpc.ServicerContext
     ) -> pb.DeleteUsersResponse:
-        done = self._holder.engine.delete(list(request.user_ids))
+        done = self._holder.writable.delete(list(request.user_ids))
         return pb.DeleteUsersResponse(deleted=done.deleted, not_found=done.not_found)
 
     def GetUser(
@@ -231,7 +246,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     def RebuildIndex(
         self, request: pb.RebuildIndexRequest, context: grpc.ServicerContext
     ) -> pb.RebuildIndexResponse:
-        done = self._holder.engine.jobs.run(*self._rebuild(request))
+        done = self._holder.writable.jobs.run(*self._rebuild(request))
         return pb.RebuildIndexResponse(
             users=done.users, generation=done.generation, seconds=done.seconds
         )
@@ -239,7 +254,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     def BuildSegments(
         self, request: pb.BuildSegmentsRequest, context: grpc.ServicerContext
     ) -> pb.BuildSegmentsResponse:
-        done = self._holder.engine.jobs.run(*self._build_segments(request))
+        done = self._holder.writable.jobs.run(*self._build_segments(request))
         return pb.BuildSegmentsResponse(
             model_version=done.model_version,
             segments=done.segments,
@@ -251,12 +266,12 @@ class AdminServicer(pb_grpc.AdminServicer):
     def StartRebuildIndex(
         self, request: pb.RebuildIndexRequest, context: grpc.ServicerContext
     ) -> pb.Job:
-        return job_to_pb(self._holder.engine.jobs.start(*self._rebuild(request)))
+        return job_to_pb(self._holder.writable.jobs.start(*self._rebuild(request)))
 
     def StartBuildSegments(
         self, request: pb.BuildSegmentsRequest, context: grpc.ServicerContext
     ) -> pb.Job:
-        return job_to_pb(self._holder.engine.jobs.start(*self._build_segments(request)))
+        return job_to_pb(self._holder.writable.jobs.start(*self._build_segments(request)))
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return job_to_pb(self._holder.engine.jobs.get(request.job_id))
@@ -268,10 +283,10 @@ class AdminServicer(pb_grpc.AdminServicer):
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return job_to_pb(self._holder.engine.jobs.cancel(request.job_id))
+        return job_to_pb(self._holder.writable.jobs.cancel(request.job_id))
 
     def Backup(self, request: pb.BackupRequest, context: grpc.ServicerContext) -> pb.BackupResponse:
-        engine = self._holder.engine
+        engine = self._holder.writable
         if not request.out_dir:
             raise InvalidQuery("out_dir", "give a directory on the server's machine")
         out = Path(request.out_dir)
@@ -312,7 +327,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.ServicerContext
     ) -> pb.SnapshotResponse:
-        done = self._holder.engine.snapshot()
+        done = self._holder.writable.snapshot()
         return pb.SnapshotResponse(generation=done.generation, path=str(done.path))
 
     def GetStats(
@@ -333,4 +348,24 @@ class AdminServicer(pb_grpc.AdminServicer):
             lexical_documents=s.lexical_documents,
             lexical_weight=s.lexical_weight,
             warnings=list(s.warnings),
+            replication=self._holder.replication() if self._holder.replication else None,
+        )
+
+    def Publish(
+        self, request: pb.PublishRequest, context: grpc.ServicerContext
+    ) -> pb.PublishResponse:
+        publisher, read_only = self._holder.publisher, self._holder.read_only
+        if read_only:
+            raise PreconditionFailed(read_only)
+        if publisher is None:
+            raise PreconditionFailed(
+                "this server publishes nowhere: start it with --publish-to DIR"
+            )
+        done = publisher.publish(ProgressLog())
+        return pb.PublishResponse(
+            generation=done.generation,
+            path=str(done.path),
+            users=done.users,
+            bytes=done.bytes,
+            seconds=done.seconds,
         )
