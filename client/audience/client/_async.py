@@ -454,6 +454,7 @@ class AsyncAudienceClient:
         reducer: str = "",
         min_cluster_size: int = 0,
         sample_size: int = 0,
+        engine: str = "",
         timeout: Timeout = None,
     ) -> SegmentBuild:
         """Build a new segment model (a long job: no deadline unless ``timeout`` is given).
@@ -461,8 +462,12 @@ class AsyncAudienceClient:
         target_segments: exactly this many segments (k-means); 0 lets HDBSCAN decide.
         reducer: "umap" or "pca" ("" = server default); min_cluster_size: smallest segment
         (0 = 1% of the fit sample); sample_size: users the clustering is fitted on (0 = 20,000).
+        engine: where the users outside the fit sample are placed: "local" (default) or
+        "ray" (Ray workers; the server's --ray-address).
         """
-        request = cv.build_segments_request(target_segments, reducer, min_cluster_size, sample_size)
+        request = cv.build_segments_request(
+            target_segments, reducer, min_cluster_size, sample_size, engine
+        )
         response = await self._unary(self._live.admin.BuildSegments, request, timeout)
         return cv.segment_build(response)
 
@@ -480,11 +485,14 @@ class AsyncAudienceClient:
         reducer: str = "",
         min_cluster_size: int = 0,
         sample_size: int = 0,
+        engine: str = "",
         timeout: Timeout = DEFAULT,
     ) -> Job:
         """Start a segment build as a job and return at once (arguments: :meth:`build_segments`).
         A second build while one runs is refused (FailedPrecondition names the running one)."""
-        request = cv.build_segments_request(target_segments, reducer, min_cluster_size, sample_size)
+        request = cv.build_segments_request(
+            target_segments, reducer, min_cluster_size, sample_size, engine
+        )
         return cv.job(await self._unary(self._live.admin.StartBuildSegments, request, timeout))
 
     async def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> Job:

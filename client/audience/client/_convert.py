@@ -339,9 +339,15 @@ def rebuild_request(reembed: bool) -> pb.RebuildIndexRequest:
 
 
 def build_segments_request(
-    target_segments: int, reducer: str = "", min_cluster_size: int = 0, sample_size: int = 0
+    target_segments: int,
+    reducer: str = "",
+    min_cluster_size: int = 0,
+    sample_size: int = 0,
+    engine: str = "",
 ) -> pb.BuildSegmentsRequest:
-    msg = pb.BuildSegmentsRequest(reducer=string("reducer", reducer))
+    msg = pb.BuildSegmentsRequest(
+        reducer=string("reducer", reducer), engine=string("engine", engine)
+    )
     for name, value in (
         ("target_segments", target_segments),
         ("min_cluster_size", min_cluster_size),

@@ -37,6 +37,7 @@ from ._recovery import open_data_dir
 from ._refit import reencode_store, with_refitted_lexical
 from ._rwlock import RWLock
 from ._segments import (
+    Placer,
     Population,
     Segment,
     SegmentBuild,
@@ -274,7 +275,10 @@ class Engine:
     # ------------------------------------------------------------ segments
 
     def build_segments(
-        self, params: SegmentParams | None = None, progress: Progress | None = None
+        self,
+        params: SegmentParams | None = None,
+        progress: Progress | None = None,
+        placer: Placer | None = None,
     ) -> SegmentBuild:
         """Cluster the indexed users into segments, describe them, keep ids stable, and swap
         the new model in. Writes go on meanwhile; users written after the snapshot of the
@@ -284,7 +288,8 @@ class Engine:
         try:
             enc, c = self.encoder, self.catalog
             params = with_text_dims(params or SegmentParams(), enc.text_dims, enc.attr_dims)
-            builder = SegmentBuilder(params, min_group_size=self.config.segment_min_group_size)
+            min_group = self.config.segment_min_group_size
+            builder = SegmentBuilder(params, min_group_size=min_group, placer=placer)
             with self._rw.read():
                 iids, vectors = c.all_user_vectors()
                 previous, seq = c.segments, c.store.sequence

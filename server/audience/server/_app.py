@@ -51,6 +51,7 @@ class AudienceServer:
         self.config = config
         self._embedder = embedder
         self.holder = EngineHolder()
+        self.holder.ray_address = config.ray_address
         self.health = health.HealthServicer()
         interceptors: list[grpc.ServerInterceptor] = []
         self._registry, self._metrics, self.metrics_port = None, None, 0

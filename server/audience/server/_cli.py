@@ -437,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reducer", choices=SEGMENT_REDUCERS, help="space the clustering sees (umap)")
     s.add_argument("--min-cluster-size", type=int, help="smallest segment (1%% of the sample)")
     s.add_argument("--sample-size", type=int, help="users the clustering is fitted on (20000)")
+    s.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where the users outside the sample are placed: in the server, or on Ray "
+        "workers (the server's --ray-address)",
+    )
     job_flags(s)
     s.set_defaults(func=cmd_segments_build)
     s = segsub.add_parser("list", help="the current segments")

@@ -30,6 +30,7 @@ def cmd_segments_build(args: argparse.Namespace) -> int:
             reducer=args.reducer or "",
             min_cluster_size=args.min_cluster_size or 0,
             sample_size=args.sample_size or 0,
+            engine=args.engine,
         )
         return _started(args, client, job)
 

@@ -198,7 +198,8 @@ def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
 
 
 REBUILD_INDEX, BUILD_SEGMENTS, BACKUP = "rebuild-index", "build-segments", "backup"
-JOB_KINDS = (REBUILD_INDEX, BUILD_SEGMENTS, BACKUP)
+PUBLISH = "publish"
+JOB_KINDS = (REBUILD_INDEX, BUILD_SEGMENTS, BACKUP, PUBLISH)
 _RESULT_FIELD = {REBUILD_INDEX: "rebuild_index", BUILD_SEGMENTS: "build_segments"}
 
 

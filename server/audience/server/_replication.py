@@ -33,9 +33,10 @@ from audience.index import (
     read_current,
 )
 
+from ._convert import PUBLISH
+
 log = logging.getLogger("audience.server")
 
-PUBLISH = "publish"  # the job kind
 RETIRE_S = 60.0  # an engine swapped out is closed this long after (calls in flight on it)
 NEVER = 1 << 62  # a replica never fits a lexical model of its own
 

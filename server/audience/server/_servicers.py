@@ -24,6 +24,7 @@ from audience.index import (
     InvalidQuery,
     PreconditionFailed,
     Progress,
+    RayPlacer,
     RebuildResult,
     SegmentBuild,
     export_of,
@@ -87,6 +88,7 @@ class EngineHolder:
         self.read_only: str | None = None
         self.publisher: Any = None  # _replication.Publisher on a primary that publishes
         self.replication: Callable[[], pb.Replication] | None = None  # for GetStats
+        self.ray_address: str | None = None  # for segment builds on Ray (None: a local Ray)
 
     @property
     def writable(self) -> Engine:
@@ -146,7 +148,6 @@ class ProfilesServicer(pb_grpc.ProfilesServicer):
     ) -> pb.GetUserResponse:
         user = self._holder.engine.get_user(request.user_id, include_vector=request.include_vector)
         return stored_user_to_pb(user)
-
 
     def GetEncoder(
         self, request: pb.GetEncoderRequest, context: grpc.ServicerContext
@@ -317,12 +318,22 @@ class AdminServicer(pb_grpc.AdminServicer):
     def _build_segments(self, request: pb.BuildSegmentsRequest) -> JobSpec:
         engine, log_progress = self._holder.engine, ProgressLog()
         params = segment_params_from_pb(request)  # checked before the job starts
+        where = request.engine or "local"
+        if where not in ("local", "ray"):
+            raise InvalidQuery("engine", f"must be 'local' or 'ray', not {where!r}")
+        ray_address = self._holder.ray_address
 
         def work(progress: Progress) -> SegmentBuild:
-            return engine.build_segments(params, progress=tee(log_progress, progress))
+            placer = None
+            if where == "ray":
+                from ._ray_ingest import connect
+
+                connect(ray_address)
+                placer = RayPlacer()
+            return engine.build_segments(params, tee(log_progress, progress), placer)
 
         asked = ("reducer", "target_segments", "min_cluster_size", "sample_size")
-        return BUILD_SEGMENTS, work, {k: getattr(params, k) for k in asked}
+        return BUILD_SEGMENTS, work, {"engine": where, **{k: getattr(params, k) for k in asked}}
 
     def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.ServicerContext

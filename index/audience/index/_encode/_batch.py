@@ -45,9 +45,9 @@ def export_of(encoder: ProfileEncoder) -> EncoderExport:
     config = encoder.config
     settings = {name: getattr(config, name) for name in SETTINGS}
     files: dict[str, bytes] = {}
-    directory = getattr(encoder.embedder, "directory", None)
+    directory = getattr(encoder.embedder, "directory", None)  # models/<model>-<variant>/
     if directory is not None:
-        root = config.data_dir / MODELS_DIR
+        root = Path(directory).parent
         for path in sorted(Path(directory).rglob("*")):
             if path.is_file():
                 files[path.relative_to(root).as_posix()] = path.read_bytes()

@@ -7,12 +7,14 @@
     _describe.py  keywords (c-TF-IDF) and attribute profiles per segment
     _ids.py       stable ids across builds (member overlap) and lineage
     _model.py     SegmentModel: the fitted model, saved and loaded (JSON + .npz + sha256)
+    _place.py     where users outside the fit sample are placed: here, or on Ray
 """
 
 from ._builder import Clustering, Population, SegmentBuilder, with_text_dims
 from ._describe import SegmentDescription, describe_segments
 from ._model import Segment, SegmentBuild, SegmentList, SegmentModel
 from ._params import SegmentParams
+from ._place import LocalPlacer, Placer, RayPlacer
 from ._stages import (
     Clusterer,
     ClusterResult,
@@ -29,6 +31,9 @@ from ._stages import (
 )
 
 __all__ = [
+    "LocalPlacer",
+    "Placer",
+    "RayPlacer",
     "ClusterResult",
     "Clusterer",
     "Clustering",

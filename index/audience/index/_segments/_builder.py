@@ -10,7 +10,8 @@ what it needs of the stored users comes in a `Population`.
     cluster    the clusterer labels the fit sample (default HDBSCAN; k-means for exactly K)
     place      an outlier of the fit, and every user outside the sample, joins the segment
                most of its k nearest clustered fit users (in PCA space) belong to when that
-               share is at least `min_vote`; otherwise it stays an outlier
+               share is at least `min_vote`; otherwise it stays an outlier. The placer runs
+               here or on Ray (_place.py)
     ids        matched to the previous model's segments by member overlap (_ids.py)
     describe   the describer on a uniform sample of at most 30,000 users
 """
@@ -22,14 +23,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import faiss
 import numpy as np
 
 from .._errors import PreconditionFailed
 from .._types import Progress
 from ._ids import match_segments
-from ._model import Segment, SegmentModel, project, used_dims, vote
+from ._model import Segment, SegmentModel, project, used_dims
 from ._params import SegmentParams
+from ._place import LocalPlacer, Placer
 from ._stages import Clusterer, Describer, FitSample, Reducer, Stages, default_stages
 
 log = logging.getLogger("audience.index")
@@ -80,8 +81,10 @@ class SegmentBuilder:
         clusterer: Clusterer | None = None,
         describer: Describer | None = None,
         min_group_size: int = 0,
+        placer: Placer | None = None,
     ) -> None:
         self.params = params or SegmentParams()
+        self.placer = placer or LocalPlacer()  # where the users outside the sample are placed
         default = default_stages(self.params, min_group_size=min_group_size)
         self.stages = Stages(
             reducer or default.reducer,
@@ -135,8 +138,6 @@ class SegmentBuilder:
         # Outliers of the fit, then everyone else: majority of the k nearest clustered users.
         t0 = time.perf_counter()
         clustered = fit_labels >= 0
-        knn = faiss.IndexFlatIP(fit_coords.shape[1])
-        knn.add(np.ascontiguousarray(fit_coords[clustered]))
         labels = np.full(n, -1, np.int32)
         strength = np.zeros(n, np.float32)
         labels[fit_index] = fit_labels
@@ -144,14 +145,10 @@ class SegmentBuilder:
         todo = np.ones(n, bool)
         todo[fit_index[clustered]] = False
         idx = np.flatnonzero(todo)
-        for s in range(0, len(idx), CHUNK):
-            part = idx[s : s + CHUNK]
-            voted, share = vote(
-                knn, fit_labels[clustered], coords[part], params.knn, params.min_vote
-            )
-            labels[part], strength[part] = voted, share
-            if progress:
-                progress("assign", s + len(part), len(idx))
+        labels[idx], strength[idx] = self.placer.place(
+            fit_coords[clustered], fit_labels[clustered], coords[idx], params.knn,
+            params.min_vote, progress,
+        )  # fmt: skip
         timings["assign_s"] = time.perf_counter() - t0
         return Clustering(
             labels,
