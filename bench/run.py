@@ -5,6 +5,7 @@ the same run, since absolute numbers on a shared machine drift from run to run.
     python bench/run.py lookalike --data ../shared/data --json OUT.json [--dataset thucnews]
     python bench/run.py segments --data ../shared/data --json OUT.json [--scale 1000000]
     python bench/run.py perf --json OUT.json [--users 1000000]
+    python bench/run.py scale --json OUT.json [--users 1000000]
 
 perf       Ingest through gRPC with the default encoder backend vs plain
            SentenceTransformer.encode, and lookalike precision vs the torch fp32 backend;
@@ -12,6 +13,10 @@ perf       Ingest through gRPC with the default encoder backend vs plain
            engine call in-process vs raw faiss search, recall@100 vs exact search, QPS with 1
            and 8 clients vs exact Flat search, RSS vs the raw vector bytes, build time, and
            restart to SERVING (see bench/_perf.py).
+
+scale      Ray batch ingest (1 and 2 workers) beside a local ingest, with lookalike precision
+           on both; a primary publishing N users and a read replica: the time until the
+           replica serves a publish, and 8-client QPS with and without it (bench/_scale.py).
 
 segments   The same users, segmented by HDBSCAN (HDBSCAN decides how many; then with
            target_segments = the true number of labels), scored by NMI/ARI against the labels
@@ -48,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import DATASETS, User  # noqa: E402
 from _harness import ServerProcess, encode_baseline, log  # noqa: E402
 from _perf import bench_perf  # noqa: E402
+from _scale import bench_scale_out  # noqa: E402
 
 from audience.client import AudienceClient, LookalikeQuery, Profile  # noqa: E402
 
@@ -417,12 +423,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     pf.add_argument("--seed", type=int, default=1)
     pf.add_argument("--quiet", action="store_true")
+    sc = sub.add_parser("scale", help="Ray ingest and read replicas, beside one server")
+    data_flag(sc)
+    sc.add_argument("--json", type=Path, help="write the results here")
+    sc.add_argument(
+        "--users", type=int, default=1_000_000, help="users for the replica part (0 = skip)"
+    )
+    sc.add_argument("--ingest-users", type=int, help="StackOverflow titles to ingest (all 20,000)")
+    sc.add_argument("--queries", type=int, default=400, help="lookalike queries per QPS round")
+    sc.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    sc.add_argument("--seed", type=int, default=1)
+    sc.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    if args.bench == "perf":
+    if args.bench in ("perf", "scale"):
+        run = bench_perf if args.bench == "perf" else bench_scale_out
         result = {
-            **bench_perf(args),
-            "bench": "perf",
+            **run(args),
+            "bench": args.bench,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "cpu_count": os.cpu_count(),
         }

@@ -338,7 +338,7 @@ def rebuild_request(reembed: bool) -> pb.RebuildIndexRequest:
     return pb.RebuildIndexRequest(reembed=bool(reembed))
 
 
-def build_segments_request(
+def segments_build(
     target_segments: int,
     reducer: str = "",
     min_cluster_size: int = 0,

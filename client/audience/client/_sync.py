@@ -61,11 +61,9 @@ class AudienceClient:
     """Client of the Audience service that blocks: safe to share between threads; the channel
     opens on first use.
 
-    target: ``host:port`` of the server; or several (a list of ``host:port``, or a gRPC name
-        such as ``dns:///audience-read:50051`` that resolves to several), over which reads
-        (lookalikes, segments, GetUser) are spread with gRPC's ``round_robin`` balancing.
-    primary: ``host:port`` where writes and admin calls go (the primary of read replicas);
-        default: ``target``.
+    target: ``host:port``, or several (a list, or a name like ``dns:///audience:50051``):
+        reads (lookalikes, segments, GetUser) spread over them with gRPC's round_robin.
+    primary: ``host:port`` for writes and admin calls (the replicas' primary); default target.
     timeout: default deadline of each call in seconds (None: no deadline); every method
         takes ``timeout=`` to override it for that call.
     token: sent as ``authorization: Bearer <token>`` on every call.
@@ -464,9 +462,7 @@ class AudienceClient:
         engine: where the users outside the fit sample are placed: "local" (default) or
         "ray" (Ray workers; the server's --ray-address).
         """
-        request = cv.build_segments_request(
-            target_segments, reducer, min_cluster_size, sample_size, engine
-        )
+        request = cv.segments_build(target_segments, reducer, min_cluster_size, sample_size, engine)
         response = self._unary(self._live.admin.BuildSegments, request, timeout)
         return cv.segment_build(response)
 
@@ -489,9 +485,7 @@ class AudienceClient:
     ) -> Job:
         """Start a segment build as a job and return at once (arguments: :meth:`build_segments`).
         A second build while one runs is refused (FailedPrecondition names the running one)."""
-        request = cv.build_segments_request(
-            target_segments, reducer, min_cluster_size, sample_size, engine
-        )
+        request = cv.segments_build(target_segments, reducer, min_cluster_size, sample_size, engine)
         return cv.job(self._unary(self._live.admin.StartBuildSegments, request, timeout))
 
     def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> Job:
@@ -541,14 +535,12 @@ class AudienceClient:
         return cv.backup_result(self._unary(self._live.admin.Backup, request, timeout))
 
     def publish(self, *, timeout: Timeout = None) -> PublishResult:
-        """Publish a complete, checksummed generation to the directory the server publishes
-        to (``audience serve --publish-to``); read replicas (``--replica-of``) load it."""
+        """Publish a checksummed generation for read replicas (server: ``--publish-to``)."""
         response = self._unary(self._live.admin.Publish, pb.PublishRequest(), timeout)
         return cv.publish_result(response)
 
     def get_encoder(self, *, timeout: Timeout = None) -> EncoderExport:
-        """The server's encoder settings, text fingerprint and export files: what a batch
-        worker needs to embed texts as the server does (see ``Profile.text_vector``)."""
+        """What a batch worker needs to embed as the server does (``Profile.text_vector``)."""
         messages = self._server_stream(
             self._live.profiles.GetEncoder, pb.GetEncoderRequest(), timeout, lambda m: [m]
         )

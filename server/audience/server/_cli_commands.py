@@ -47,6 +47,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from disk, never from a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # `segments build --engine ray` may start a local Ray in this process: a busy machine
+    # can take over Ray's default 30 s to start its GCS.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     config = load_config(
         args.config,
         data_dir=args.data_dir,
@@ -244,10 +247,16 @@ def _ingest_on_ray(args: argparse.Namespace, cols, files: list[Path]) -> int:
     if args.limit_users:
         raise SystemExit("ingest: --limit-users is for the local engine")
     address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
+    # A local Ray on a busy machine can take over Ray's default 30 s to start its GCS.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     t0 = time.perf_counter()
     with _client(args) as client:
         client.wait_ready(timeout=args.wait)
-        connect(address)
+        try:
+            connect(address)
+        except (RuntimeError, ConnectionError, ValueError) as exc:
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray"
+            raise SystemExit(f"ingest: could not {where}: {exc}") from None
         print(describe_cluster(), file=sys.stderr)
         result, report = ray_ingest(
             client,
@@ -384,7 +393,7 @@ def cmd_users_show(args: argparse.Namespace) -> int:
             memberships = []
     if args.json:
         profile = asdict(record.profile)
-        del profile["vector"]  # bytes; a user's vector is not for people (nor logged)
+        del profile["vector"], profile["text_vector"]  # bytes: not for people (nor logged)
         doc = {**profile, "segments": [asdict(m) for m in memberships]}
         print(json.dumps(doc, ensure_ascii=False))
     else:
