@@ -27,6 +27,8 @@ _EXPORTS = {
     "Limits": "._config",
     "BackupResult": "._backup",
     "Published": "._publish",
+    "GENERATION": "._publish",
+    "DataDirLock": "._durable",
     "fetch_generation": "._publish",
     "read_current": "._publish",
     "RestoreResult": "._backup",
@@ -135,6 +137,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         EngineConfig,
         Limits,
     )
+    from ._durable import DataDirLock
     from ._encode import (
         BatchTextEncoder,
         EncodedProfiles,
@@ -166,7 +169,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     )
     from ._jobs import Job, JobRunner
     from ._lookalike import Centroid, LookalikeScorer, Search, SeedSet, SeedStrategy
-    from ._publish import Published, fetch_generation, read_current
+    from ._publish import GENERATION, Published, fetch_generation, read_current
     from ._segments import (
         Clusterer,
         CtfidfDescriber,

@@ -149,13 +149,16 @@ class AudienceServer:
         )
 
         def serve(engine: Engine) -> Engine | None:
-            old = self.holder.set(engine)
-            self._set_health(health_pb2.HealthCheckResponse.SERVING)
-            return old
+            return self.holder.set(engine)
+
+        def health(fresh: bool) -> None:
+            status = health_pb2.HealthCheckResponse
+            self._set_health(status.SERVING if fresh else status.NOT_SERVING)
 
         self._follower = ReplicaFollower(
-            source, c.engine.data_dir, c.engine, serve, poll_s=c.poll_s, primary=c.primary
-        )
+            source, c.engine.data_dir, c.engine, serve, poll_s=c.poll_s, primary=c.primary,
+            max_lag_s=c.max_lag_s, on_health=health,
+        )  # fmt: skip
         self.holder.replication = lambda: self._follower.state.to_pb()
         self._follower.start()
         log.info("Server - replica of %s; NOT_SERVING until a generation is loaded", source)

@@ -229,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="poll_s",
         help="replica: how often to look for a new generation (2)",
     )
+    g.add_argument(
+        "--max-lag",
+        type=float,
+        metavar="SECONDS",
+        dest="max_lag_s",
+        help="replica: answer NOT_SERVING on health while the data served were published "
+        "longer ago than this, so that load balancers drop a stale replica (default: off)",
+    )
     s.add_argument(
         "--ray-address",
         help="Ray cluster for `segments build --engine ray` (default: RAY_ADDRESS, else a "

@@ -81,6 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         replica_of=args.replica_of,
         primary=args.primary,
         poll_s=args.poll_s,
+        max_lag_s=args.max_lag_s,
         ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
     )
     _process.apply(_process.ProcessSettings(config.huge_pages, config.grpc_poll_io))

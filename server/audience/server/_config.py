@@ -62,6 +62,7 @@ class ServerConfig:
     replica_of: Path | None = None
     primary: str = ""
     poll_s: float = 2.0
+    max_lag_s: float | None = None  # replica: NOT_SERVING while its data are older than this
     # Ray for `segments build --engine ray`: a cluster address; None = RAY_ADDRESS or a
     # local Ray started on first use.
     ray_address: str | None = None

@@ -9,7 +9,9 @@ has the files; this module has the schedule, the swap and the state both report)
                      engine beside the one serving, and swapped in: a call sees the old
                      engine or the new one, never a mix. The old one is closed once the calls
                      that took it have had `retire_s` to finish. A damaged generation is
-                     refused (logged, in GetStats) and the served one stays.
+                     refused (logged, in GetStats) and the served one stays. Health is
+                     SERVING once a generation is loaded, and NOT_SERVING while the data
+                     served are older than --max-lag (when given)
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from audience.client._proto import audience_pb2 as pb
 from audience.index import (
+    GENERATION,
+    DataDirLock,
     Engine,
     EngineConfig,
     PreconditionFailed,
@@ -82,7 +86,7 @@ class Publisher:
         if current:
             self.state.generation = current["generation"]
             self.state.published_at = current["published_at"]
-        self._published_seq: tuple[int, int] | None = None  # (store sequence, segment build)
+        self._published_seq: tuple[int, str] | None = None  # (store sequence, segment model)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -115,9 +119,9 @@ class Publisher:
             raise
 
     @staticmethod
-    def _mark(engine: Engine) -> tuple[int, int]:
+    def _mark(engine: Engine) -> tuple[int, str]:
         segments = engine.catalog.segments
-        return engine.catalog.store.sequence, id(segments) if segments is not None else 0
+        return engine.catalog.store.sequence, segments.version if segments is not None else ""
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -145,6 +149,8 @@ class ReplicaFollower:
         poll_s: float = 2.0,
         primary: str = "",
         retire_s: float = RETIRE_S,
+        max_lag_s: float | None = None,
+        on_health: Callable[[bool], None] | None = None,
     ) -> None:
         self.source, self.data_dir, self.base = Path(source), Path(data_dir), base
         self._serve, self.poll_s, self.retire_s = serve, poll_s, retire_s
@@ -154,9 +160,15 @@ class ReplicaFollower:
         self._lock = threading.Lock()  # one load at a time
         self._retired: list[tuple[float, Engine]] = []
         self._thread = threading.Thread(target=self._loop, name="replica", daemon=True)
+        self._lock_dir: DataDirLock | None = None
+        self.max_lag_s, self._on_health = max_lag_s, on_health
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_dir = DataDirLock(self.data_dir)  # one replica per data dir
+        for old in self.data_dir.iterdir():  # copies from an earlier run: taken again
+            if GENERATION.match(old.name) or old.name.startswith(".gen-"):
+                shutil.rmtree(old, ignore_errors=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -165,6 +177,8 @@ class ReplicaFollower:
         for _, engine in self._retired:
             self._close(engine)
         self._retired.clear()
+        if self._lock_dir is not None:
+            self._lock_dir.release()
 
     def poll(self) -> bool:
         """Load the newest published generation if it is not served yet; True if it was."""
@@ -220,6 +234,9 @@ class ReplicaFollower:
             except Exception as exc:  # noqa: BLE001 - reported; the served engine stays
                 self.state.last_error = f"loading a generation failed: {exc}"
                 log.exception("Replica - loading a generation failed")
+            if self.state.generation and self._on_health is not None:
+                lag = time.time() - self.state.published_at
+                self._on_health(self.max_lag_s is None or lag <= self.max_lag_s)
             now = time.monotonic()
             for due, engine in [r for r in self._retired if r[0] <= now]:
                 self._retired.remove((due, engine))
