@@ -11,18 +11,21 @@
    a replica process polls it. `audience publish`, then the time until the replica serves
    that generation (replica_lag_s). Then FindLookalikes QPS with 8 concurrent clients against
    the primary alone and against primary + replica behind round_robin (one client object
-   over both addresses), alternated twice so that drift weighs on both; the 8 clients are
-   processes, so that the callers' own GIL is not the limit.
+   over both addresses), alternated twice so that drift weighs on both. This machine has
+   2 CPUs: first with each server pinned to a CPU of its own (what a replica on a machine of
+   its own gives; one server then has one CPU), then with both on every CPU (a second
+   process on the same machine: `_shared`). The client threads run unpinned.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import os
 import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -94,37 +97,61 @@ def _ingest(args, users, tmp: Path) -> dict:
     return out
 
 
-def _client_process(target, queries: list[LookalikeQuery], ready, start, out) -> None:
-    with AudienceClient(target, timeout=120) as c:
-        for q in queries[:5]:  # connect (to every address) before the clock starts
-            c.find_lookalikes(q)
-        ready.put(1)
-        start.wait()
-        for q in queries:
-            c.find_lookalikes(q)
-    out.put(time.perf_counter())
-
-
 def _qps(target, queries: list[LookalikeQuery], clients: int) -> float:
-    """FindLookalikes per second with `clients` client processes (a Python client's threads
-    share one GIL: processes keep the callers from being the limit), each with its own client
-    object over `target` (an address, or a list: round_robin over them)."""
-    ctx = multiprocessing.get_context("spawn")
-    ready, out, start = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [
-        ctx.Process(target=_client_process, args=(target, queries[i::clients], ready, start, out))
-        for i in range(clients)
-    ]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.get(timeout=300)
+    """FindLookalikes per second with `clients` threads, each with its own client object
+    over `target` (an address, or a list: round_robin over them)."""
+    per = [queries[i::clients] for i in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def work(chunk):
+        with AudienceClient(target, timeout=120) as c:
+            for q in chunk[:5]:  # connect (to every address) before the clock starts
+                c.find_lookalikes(q)
+            barrier.wait()
+            for q in chunk:
+                c.find_lookalikes(q)
+
+    threads = [threading.Thread(target=work, args=(chunk,)) for chunk in per]
+    for t in threads:
+        t.start()
+    barrier.wait()
     t0 = time.perf_counter()
-    start.set()
-    ends = [out.get(timeout=600) for _ in procs]
-    for p in procs:
-        p.join()
-    return len(queries) / (max(ends) - t0)
+    for t in threads:
+        t.join()
+    return len(queries) / (time.perf_counter() - t0)
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (all CPUs: unpinned)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+def _qps_rounds(primary: int, replica: int, targets: tuple[str, str], queries) -> dict:
+    """8-client QPS, one server vs primary + replica, alternated ROUNDS times, in two
+    placements: each server pinned to a CPU of its own (a replica on another machine; one
+    server then has one CPU), and both on every CPU (a second process on the same machine)."""
+    everything = set(range(os.cpu_count() or 1))
+    out: dict = {}
+    placements = [("", {0}, {1})] if len(everything) >= 2 else []
+    placements.append(("_shared", everything, everything))
+    for suffix, p_cpus, r_cpus in placements:
+        _pin(primary, p_cpus)
+        _pin(replica, r_cpus)
+        one, both = [], []
+        for r in range(ROUNDS):
+            log(f"  8 clients{suffix or ', a CPU per server'}, round {r + 1} of {ROUNDS}")
+            one.append(_qps(targets[0], queries, 8))
+            both.append(_qps(list(targets), queries, 8))
+        out[f"qps_one_server{suffix}"] = float(np.mean(one))
+        out[f"qps_with_replica{suffix}"] = float(np.mean(both))
+        out[f"qps_rounds{suffix}"] = {"one_server": one, "with_replica": both}
+    _pin(primary, everything)
+    _pin(replica, everything)
+    return out
 
 
 def _replicas(args, base: np.ndarray, tmp: Path) -> dict:
@@ -180,14 +207,8 @@ def _replicas(args, base: np.ndarray, tmp: Path) -> dict:
                 LookalikeQuery(seed_ids=[ids[rng.randrange(n)] for _ in range(20)], k=100)
                 for _ in range(args.queries)
             ]
-            one, both = [], []
-            for r in range(ROUNDS):
-                log(f"  8 clients, round {r + 1} of {ROUNDS}: one server, then with a replica")
-                one.append(_qps(primary.target, queries, 8))
-                both.append(_qps([primary.target, r_target], queries, 8))
-            out["qps_one_server"] = float(np.mean(one))
-            out["qps_with_replica"] = float(np.mean(both))
-            out["qps_rounds"] = {"one_server": one, "with_replica": both}
+            out.update(_qps_rounds(primary.proc.pid, replica.pid, (primary.target, r_target),
+                                   queries))  # fmt: skip
     finally:
         primary.stop()
         replica.terminate()
@@ -232,7 +253,10 @@ def _table(out: dict) -> None:
         print(f"replicas at {out['users']:,} users")
         print(f"  {'publish, s':<42}{out['publish_s']:>12.1f}")
         print(f"  {'replica serving it, s after the publish':<42}{out['replica_lag_s']:>12.1f}")
-        one = out["qps_one_server"]
-        print(f"  {'QPS, 8 clients, one server':<42}{one:>12.1f}{1.0:>10.2f}")
-        both = out["qps_with_replica"]
-        print(f"  {'QPS, 8 clients, primary + replica':<42}{both:>12.1f}{both / one:>10.2f}")
+        for suffix, where in (("", "a CPU per server"), ("_shared", "sharing all CPUs")):
+            if f"qps_one_server{suffix}" not in out:
+                continue
+            one, both = out[f"qps_one_server{suffix}"], out[f"qps_with_replica{suffix}"]
+            print(f"  QPS, 8 clients, {where}")
+            print(f"    {'one server':<40}{one:>12.1f}{1.0:>10.2f}")
+            print(f"    {'primary + replica (round_robin)':<40}{both:>12.1f}{both / one:>10.2f}")
