@@ -118,7 +118,11 @@ class AudienceServer:
         if self.config.port_file:
             _write_port_file(self.config.port_file, self.port)
         if self.config.replica_of is not None:
-            self._follow(self.config.replica_of)  # SERVING once a generation is loaded
+            try:
+                self._follow(self.config.replica_of)  # SERVING once a generation is loaded
+            except BaseException:
+                self._server.stop(0)
+                raise
             return self.port
         try:
             engine = Engine.open(

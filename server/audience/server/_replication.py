@@ -204,11 +204,12 @@ class ReplicaFollower:
                     manifest["settings"], local, lexical_min_users=NEVER, limits=self.base.limits
                 )
                 engine = Engine.open(config)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported; the served engine stays
                 self._refused = number  # not tried again until another one is published
                 shutil.rmtree(local, ignore_errors=True)
                 self.state.last_error = f"generation {number} could not be opened: {exc}"
-                raise
+                log.exception("Replica - generation %d could not be opened", number)
+                return False
             old = self._serve(engine)
             self.state = replace(
                 self.state,
