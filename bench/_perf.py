@@ -129,7 +129,9 @@ def _timed_queries(
     return lat, results
 
 
-def _concurrent_qps(target: str, queries: list[LookalikeQuery], clients: int) -> float:
+def _concurrent_qps(target: str | list[str], queries: list[LookalikeQuery], clients: int) -> float:
+    """FindLookalikes per second from `clients` threads, each with its own client over
+    `target` (an address, or a list of them: round_robin)."""
     per = [queries[i::clients] for i in range(clients)]
     barrier = threading.Barrier(clients + 1)
 

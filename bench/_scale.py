@@ -25,14 +25,13 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from _data import DATASETS
 from _harness import ServerProcess, log, spawn_listening
-from _perf import _replicate
+from _perf import _concurrent_qps, _replicate
 
 from audience.client import AudienceClient, LookalikeQuery, Profile
 
@@ -97,30 +96,6 @@ def _ingest(args, users, tmp: Path) -> dict:
     return out
 
 
-def _qps(target, queries: list[LookalikeQuery], clients: int) -> float:
-    """FindLookalikes per second with `clients` threads, each with its own client object
-    over `target` (an address, or a list: round_robin over them)."""
-    per = [queries[i::clients] for i in range(clients)]
-    barrier = threading.Barrier(clients + 1)
-
-    def work(chunk):
-        with AudienceClient(target, timeout=120) as c:
-            for q in chunk[:5]:  # connect (to every address) before the clock starts
-                c.find_lookalikes(q)
-            barrier.wait()
-            for q in chunk:
-                c.find_lookalikes(q)
-
-    threads = [threading.Thread(target=work, args=(chunk,)) for chunk in per]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    return len(queries) / (time.perf_counter() - t0)
-
-
 def _pin(pid: int, cpus: set[int]) -> None:
     """Every thread of process `pid` onto `cpus` (all CPUs: unpinned)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -144,8 +119,8 @@ def _qps_rounds(primary: int, replica: int, targets: tuple[str, str], queries) -
         one, both = [], []
         for r in range(ROUNDS):
             log(f"  8 clients{suffix or ', a CPU per server'}, round {r + 1} of {ROUNDS}")
-            one.append(_qps(targets[0], queries, 8))
-            both.append(_qps(list(targets), queries, 8))
+            one.append(_concurrent_qps(targets[0], queries, 8))
+            both.append(_concurrent_qps(list(targets), queries, 8))
         out[f"qps_one_server{suffix}"] = float(np.mean(one))
         out[f"qps_with_replica{suffix}"] = float(np.mean(both))
         out[f"qps_rounds{suffix}"] = {"one_server": one, "with_replica": both}
