@@ -9,8 +9,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -62,24 +60,31 @@ def _vectors(client: AudienceClient, ids: list[str]) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.timeout(600)
-def test_ray_ingest_stores_what_a_local_ingest_stores(tmp_path: Path, start_server):
-    """`audience ingest --engine ray` (a local Ray the CLI starts) against a local ingest of
-    the same file: same users, texts and attributes, vectors at cosine >= 0.99, the same
-    lookalikes; the server embedded nothing itself."""
+def test_ray_ingest_stores_what_a_local_ingest_stores(
+    tmp_path: Path, start_server, capsys
+) -> None:
+    """`audience ingest --engine ray` on a local Ray (`ray.init(num_cpus=2)`) against a local
+    ingest of the same file: same users, texts and attributes, vectors at cosine >= 0.99, the
+    same lookalikes; the server embedded nothing itself."""
+    from audience.server._cli import main
+
     data = tmp_path / "users.tsv"
     _write_tsv(data, users=120, texts_per_user=3)
     local = start_server(data_dir=tmp_path / "local")
     viaray = start_server(data_dir=tmp_path / "ray")
-    env = {**os.environ, "RAY_ADDRESS": ""}  # never a cluster this machine may know of
-    for server, extra in ((local, []), (viaray, ["--engine", "ray", "--workers", "2"])):
-        out = subprocess.run(
-            [sys.executable, "-m", "audience.server", "ingest", str(data), *INGEST_FLAGS,
-             "--target", f"127.0.0.1:{server.port}", "--no-progress", *extra],
-            capture_output=True, text=True, timeout=400, env=env,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert "read 360 rows -> 120 users, 360 texts" in out.stderr, out.stderr[-2000:]
-    assert "Ray: 1 node(s)" in out.stderr
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for server, extra in ((local, []), (viaray, ["--engine", "ray", "--workers", "2"])):
+            code = main(["ingest", str(data), *INGEST_FLAGS, "--target",
+                         f"127.0.0.1:{server.port}", "--no-progress", *extra])  # fmt: skip
+            err = capsys.readouterr().err
+            assert code == 0, err[-3000:]
+            assert "read 360 rows -> 120 users, 360 texts" in err, err[-2000:]
+    finally:
+        ray.shutdown()
+    assert "Ray: 1 node(s), 2 CPUs" in err
     assert viaray.engine.encoder.counter.texts == 0  # no model work on the server
     assert local.engine.encoder.counter.texts == 360
     ids = [f"u{u:04d}" for u in range(120)]

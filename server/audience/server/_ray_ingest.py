@@ -49,7 +49,13 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> None:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         ray.init(address=address, **quiet)
-    else:
+        return
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    except RuntimeError as exc:  # e.g. its GCS did not start in time: once more, from scratch
+        logging.getLogger("audience.server").warning("Ray - a local Ray did not start (%s); "
+                                                     "trying once more", exc)  # fmt: skip
+        ray.shutdown()
         ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 
