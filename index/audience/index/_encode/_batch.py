@@ -13,12 +13,9 @@ fingerprint, so a worker with another model or other settings cannot slip vector
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from .._config import EngineConfig
 from .._errors import PreconditionFailed
@@ -96,16 +93,3 @@ class BatchTextEncoder:
         """Each user's pooled text vector as float32 bytes (b"" for a user without texts)."""
         pooled = self._encoder.channels.text_vectors(users_texts)
         return [b"" if v is None else f32(v) for v in pooled]
-
-
-def settings_json(export: EncoderExport) -> str:
-    return json.dumps(export.settings, sort_keys=True)
-
-
-def unit_or_none(blob: bytes, dim: int) -> np.ndarray | None:
-    """A given text vector as float32, or None when it is not `dim` finite values."""
-    if len(blob) != 4 * dim:
-        return None
-    v = np.frombuffer(blob, dtype="<f4")
-    norm = float(np.linalg.norm(v.astype(np.float64)))
-    return (v / norm).astype(np.float32) if np.isfinite(norm) and norm > 0 else None
