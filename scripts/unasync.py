@@ -2,13 +2,14 @@
 """Generate the blocking client from the asyncio one (httpcore's scripts/unasync.py, as a
 plan for one file):
 
-    client/audience/client/_async.py  (hand-written)  ->  client/audience/client/_sync.py
+    client/audience/client/_async.py       (hand-written)  ->  client/audience/client/_sync.py
+    client/audience/client/_async_jobs.py  (hand-written)  ->  client/audience/client/_sync_jobs.py
 
 Token replacements (`async def` -> `def`, `await ` -> nothing, `grpc.aio` -> `grpc`, ...),
 then a few phrases of the docstrings; a line marked `# unasync: remove` is left out.
 
-    python scripts/unasync.py           write _sync.py
-    python scripts/unasync.py --check   exit 1 if _sync.py is not what this would write
+    python scripts/unasync.py           write the generated files
+    python scripts/unasync.py --check   exit 1 if a generated file is not what this would write
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "client" / "audience" / "client" / "_async.py"
-TARGET = ROOT / "client" / "audience" / "client" / "_sync.py"
+CLIENT = ROOT / "client" / "audience" / "client"
+# (hand-written, generated): the client and its job calls (a mixin in a file of its own)
+PLAN = [
+    (CLIENT / "_async.py", CLIENT / "_sync.py"),
+    (CLIENT / "_async_jobs.py", CLIENT / "_sync_jobs.py"),
+]
 
-HEADER = "# Generated from _async.py by scripts/unasync.py: edit _async.py, then run it again.\n"
+HEADER = "# Generated from {} by scripts/unasync.py: edit {}, then run it again.\n"
 
 # Whole words (or exact tokens), applied in order.
 TOKENS = [
@@ -32,6 +37,8 @@ TOKENS = [
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
     (r"\bAsyncAudienceClient\b", "AudienceClient"),
+    (r"\bAsyncJobCalls\b", "JobCalls"),
+    (r"\b_async_jobs\b", "_sync_jobs"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsyncProfiles\b", "Profiles"),
     (r"\basync_run_many\b", "run_many"),
@@ -59,10 +66,10 @@ PHRASES = [
 ]
 
 
-def unasync(text: str) -> str:
-    for old, new in PHRASES:
+def unasync(text: str, name: str) -> str:
+    for old, new in PHRASES if name == "_async.py" else []:
         if old not in text:
-            raise SystemExit(f"unasync: phrase not found in {SOURCE.name}: {old[:60]!r}")
+            raise SystemExit(f"unasync: phrase not found in {name}: {old[:60]!r}")
         text = text.replace(old, new)
     lines = []
     for line in text.splitlines():
@@ -71,22 +78,24 @@ def unasync(text: str) -> str:
         for pattern, repl in TOKENS:
             line = re.sub(pattern, repl, line)
         lines.append(line)
-    return HEADER + "\n".join(lines) + "\n"
+    return HEADER.format(name, name) + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
-    wanted = unasync(SOURCE.read_text())
-    if "--check" in argv:
-        if not TARGET.exists() or TARGET.read_text() != wanted:
-            print(
-                f"{TARGET.relative_to(ROOT)} is stale: run `python scripts/unasync.py`",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    TARGET.write_text(wanted)
-    print(f"wrote {TARGET.relative_to(ROOT)}")
-    return 0
+    stale = 0
+    for source, target in PLAN:
+        wanted = unasync(source.read_text(), source.name)
+        if "--check" in argv:
+            if not target.exists() or target.read_text() != wanted:
+                print(
+                    f"{target.relative_to(ROOT)} is stale: run `python scripts/unasync.py`",
+                    file=sys.stderr,
+                )
+                stale = 1
+            continue
+        target.write_text(wanted)
+        print(f"wrote {target.relative_to(ROOT)}")
+    return stale
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class FirstSeedOnly:
 
     name = "first-seed"
 
-    def prepare(self, seeds: SeedSet) -> np.ndarray:
+    def prepare(self, seeds: SeedSet, background: object) -> np.ndarray:
         v = seeds.vectors[0]
         return (v / np.linalg.norm(v)).astype(np.float32)
 

@@ -67,7 +67,8 @@ def test_every_method_checks_the_token_and_role(start_server) -> None:
                             grpc.StatusCode.UNAUTHENTICATED,
                             grpc.StatusCode.PERMISSION_DENIED,
                         ), (where, role, got)
-        assert walked == 24  # every method of the four services (jobs, GetEncoder, Publish too)
+        assert walked == 25  # every method of the four services (jobs, GetEncoder, Publish,
+        # DiagnoseSeeds too)
     with AudienceClient(f"127.0.0.1:{server.port}", token=TOKENS["writer"]) as c:
         c.upsert_users(crafted_profiles())
         assert len(c.find_lookalikes(seed_ids=["cook-0"], k=3).users) == 3

@@ -36,6 +36,8 @@ from ._errors import (
 )
 from ._sync import AudienceClient
 from ._types import (
+    STRATEGIES,
+    AudienceQuality,
     BackupResult,
     DeleteResult,
     EncoderExport,
@@ -50,6 +52,8 @@ from ._types import (
     Replication,
     ScoredUser,
     Seed,
+    SeedDiagnostics,
+    SeedInterest,
     Segment,
     SegmentBuild,
     SnapshotResult,
@@ -61,6 +65,10 @@ from ._types import (
 )
 
 __all__ = [
+    "STRATEGIES",
+    "AudienceQuality",
+    "SeedDiagnostics",
+    "SeedInterest",
     "AsyncAudienceClient",
     "AudienceClient",
     "AudienceError",

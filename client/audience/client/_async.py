@@ -17,6 +17,7 @@ import grpc
 import grpc.aio  # unasync: remove
 
 from . import _convert as cv
+from ._async_jobs import AsyncJobCalls
 from ._channel import Stubs, open_stubs
 from ._concurrency import AsyncProfiles, async_batches, async_run_many
 from ._errors import AudienceError, map_rpc_error
@@ -37,7 +38,6 @@ from ._types import (
     DeleteResult,
     EncoderExport,
     Filter,
-    Job,
     LookalikeQuery,
     LookalikeResult,
     PublishResult,
@@ -45,6 +45,7 @@ from ._types import (
     RebuildResult,
     ScoredUser,
     Seed,
+    SeedDiagnostics,
     Segment,
     SegmentBuild,
     SnapshotResult,
@@ -58,7 +59,7 @@ from ._types import (
 T = TypeVar("T")
 
 
-class AsyncAudienceClient:
+class AsyncAudienceClient(AsyncJobCalls):
     """Client of the Audience service for asyncio: methods are coroutines, streams are async
     iterators. One client per event loop; the channel opens on first use.
 
@@ -318,6 +319,9 @@ class AsyncAudienceClient:
         search_effort: int | None = None,
         exact: bool = False,
         include_attributes: Sequence[str] = (),
+        strategy: str | None = None,
+        estimate_quality: bool = False,
+        explain: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> LookalikeResult:
         """Users most like the seeds, best first (see :class:`LookalikeQuery` for the fields).
@@ -341,12 +345,24 @@ class AsyncAudienceClient:
             search_effort=search_effort,
             exact=exact,
             include_attributes=include_attributes,
+            strategy=strategy,
+            estimate_quality=estimate_quality,
+            explain=explain,
         )
         return await self._find(cv.lookalike_request(query), timeout)
 
     async def _find(self, request: pb.LookalikeRequest, timeout: Timeout) -> LookalikeResult:
         response = await self._unary(self._live.lookalike.FindLookalikes, request, timeout)
-        return cv.lookalike_result(response, bool(request.include_attributes))
+        return cv.lookalike_result(response, bool(request.include_attributes or request.explain))
+
+    async def diagnose_seeds(
+        self, query: LookalikeQuery, *, timeout: Timeout = DEFAULT
+    ) -> SeedDiagnostics:
+        """What the seeds of a query are: cohesion, the interests among them (sizes, keywords),
+        outliers, warnings, and the held-out quality of its strategy at its size."""
+        request = cv.lookalike_request(query)
+        response = await self._unary(self._live.lookalike.DiagnoseSeeds, request, timeout)
+        return cv.seed_diagnostics(response)
 
     def stream_lookalikes(
         self,
@@ -367,6 +383,9 @@ class AsyncAudienceClient:
         search_effort: int | None = None,
         exact: bool = False,
         include_attributes: Sequence[str] = (),
+        strategy: str | None = None,
+        estimate_quality: bool = False,
+        explain: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> AsyncIterator[ScoredUser]:
         """The same query for large audiences, streamed best first.
@@ -391,9 +410,13 @@ class AsyncAudienceClient:
             search_effort=search_effort,
             exact=exact,
             include_attributes=include_attributes,
+            strategy=strategy,
+            estimate_quality=estimate_quality,
+            explain=explain,
         )
         request = cv.lookalike_request(query)
-        read = cv.scored_users_with_attributes if query.include_attributes else cv.scored_users
+        extras = query.include_attributes or query.explain
+        read = cv.scored_users_with_attributes if extras else cv.scored_users
         return self._server_stream(self._live.lookalike.StreamLookalikes, request, timeout, read)
 
     async def find_lookalikes_many(
@@ -466,67 +489,6 @@ class AsyncAudienceClient:
         request = cv.segments_build(target_segments, reducer, min_cluster_size, sample_size, engine)
         response = await self._unary(self._live.admin.BuildSegments, request, timeout)
         return cv.segment_build(response)
-
-    async def start_rebuild_index(
-        self, *, reembed: bool = False, timeout: Timeout = DEFAULT
-    ) -> Job:
-        """Start a rebuild of the index as a job and return at once (see :meth:`wait_job`)."""
-        request = cv.rebuild_request(reembed)
-        return cv.job(await self._unary(self._live.admin.StartRebuildIndex, request, timeout))
-
-    async def start_build_segments(
-        self,
-        *,
-        target_segments: int = 0,
-        reducer: str = "",
-        min_cluster_size: int = 0,
-        sample_size: int = 0,
-        engine: str = "",
-        timeout: Timeout = DEFAULT,
-    ) -> Job:
-        """Start a segment build as a job and return at once (arguments: :meth:`build_segments`).
-        A second build while one runs is refused (FailedPrecondition names the running one)."""
-        request = cv.segments_build(target_segments, reducer, min_cluster_size, sample_size, engine)
-        return cv.job(await self._unary(self._live.admin.StartBuildSegments, request, timeout))
-
-    async def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> Job:
-        """A job's state, stage and counts; its result or error once done."""
-        request = pb.GetJobRequest(job_id=cv.job_request(job_id))
-        return cv.job(await self._unary(self._live.admin.GetJob, request, timeout))
-
-    async def list_jobs(self, *, kind: str = "", timeout: Timeout = DEFAULT) -> list[Job]:
-        """Running jobs first, then the last finished ones; newest first."""
-        request = pb.ListJobsRequest(kind=cv.string("kind", kind))
-        response = await self._unary(self._live.admin.ListJobs, request, timeout)
-        return [cv.job(j) for j in response.jobs]
-
-    async def cancel_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> Job:
-        """Ask a running job to stop; it does within seconds, and what it would have replaced
-        stays served. FailedPrecondition while it rewrites stored data it must not leave
-        half-changed."""
-        request = pb.CancelJobRequest(job_id=cv.job_request(job_id))
-        return cv.job(await self._unary(self._live.admin.CancelJob, request, timeout))
-
-    async def wait_job(
-        self,
-        job_id: str,
-        *,
-        on_update: Callable[[Job], None] | None = None,
-        poll: float = 0.5,
-        timeout: float | None = None,
-    ) -> Job:
-        """Poll a job every ``poll`` seconds until it is done and return it (check ``state``);
-        ``on_update`` gets every state seen (for a progress bar). After ``timeout`` seconds the
-        job is returned as it is, still running."""
-        polls = None if timeout is None else max(1, round(timeout / poll))
-        while True:
-            job = await self.get_job(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.done or polls == 0:
-                return job
-            polls = None if polls is None else polls - 1
-            await asyncio.sleep(poll)
 
     async def backup(self, out_dir: str, *, timeout: Timeout = None) -> BackupResult:
         """Write a consistent, checksummed copy of everything the server needs into

@@ -7,14 +7,46 @@ Client types (``_types``) in, protobuf messages out, and back. Malformed input r
 from __future__ import annotations
 
 import json
-import numbers
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import Any
 
+from ._convert_profiles import (
+    Batcher as Batcher,
+)
+from ._convert_profiles import (  # the profile half: also what the clients call as cv.*
+    ProfileLike,
+    _assign,
+    _float,
+    _int,
+    attribute_from_pb,
+    attribute_to_pb,
+    profile_from_pb,
+    profiles_to_pb,
+    string,
+    strings,
+)
+from ._convert_profiles import (
+    check_profiles as check_profiles,
+)
+from ._convert_profiles import (
+    coerce_profile as coerce_profile,
+)
+from ._convert_profiles import (
+    is_async_iterable as is_async_iterable,
+)
+from ._convert_profiles import (
+    profile_to_pb as profile_to_pb,
+)
+from ._convert_profiles import (
+    text_to_pb as text_to_pb,
+)
+from ._convert_profiles import (
+    upsert_request as upsert_request,
+)
 from ._errors import InvalidArgument, ServerError
 from ._proto import audience_pb2 as pb
 from ._types import (
-    AttributeScalar,
+    AudienceQuality,
     BackupResult,
     DeleteResult,
     EncoderExport,
@@ -22,188 +54,23 @@ from ._types import (
     Job,
     LookalikeQuery,
     LookalikeResult,
-    Profile,
     PublishResult,
     ReachEstimate,
     RebuildResult,
     Replication,
     ScoredUser,
     Seed,
+    SeedDiagnostics,
+    SeedInterest,
     Segment,
     SegmentBuild,
     SnapshotResult,
     Stats,
-    Text,
     UpsertResult,
     UserRecord,
     UserSegment,
     as_tuple,
 )
-
-ProfileLike = Profile | Mapping[str, Any]
-
-# ---------------------------------------------------------------- scalars
-
-
-def _int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgument(f"{name} must be an int, not {type(value).__name__}")
-    return int(value)
-
-
-def _float(name: str, value: Any) -> float:
-    """A number as float; NaN and infinities pass through for the server to judge."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgument(f"{name} must be a number, not {type(value).__name__}")
-    try:
-        return float(value)
-    except OverflowError:
-        raise InvalidArgument(f"{name} is too large for a float") from None
-
-
-def string(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{name} must be a str, not {type(value).__name__}")
-    return value
-
-
-def strings(name: str, values: Iterable[str]) -> list[str]:
-    """A list of str from any iterable of str (a bare str is refused)."""
-    return [string(f"{name} item", v) for v in as_tuple(name, values)]
-
-
-def _assign(msg: Any, field: str, value: Any, name: str) -> None:
-    """Set a protobuf field, turning protobuf's own range/type errors into InvalidArgument."""
-    try:
-        setattr(msg, field, value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{name}: {exc}") from None
-
-
-# ---------------------------------------------------------------- attributes and profiles
-
-
-def attribute_to_pb(name: str, value: Any) -> pb.AttributeValue:
-    """bool -> flag (checked before int: bool is an int), number -> number, str -> text."""
-    if isinstance(value, bool):
-        return pb.AttributeValue(flag=value)
-    if isinstance(value, numbers.Real):
-        return pb.AttributeValue(number=_float(f"attribute {name!r}", value))
-    if isinstance(value, str):
-        try:
-            return pb.AttributeValue(text=value)
-        except ValueError as exc:
-            raise InvalidArgument(f"attribute {name!r}: {exc}") from None
-    raise InvalidArgument(
-        f"attribute {name!r}: unsupported value type {type(value).__name__} "
-        "(use a number, a str or a bool)"
-    )
-
-
-def attribute_from_pb(msg: pb.AttributeValue) -> AttributeScalar | None:
-    kind = msg.WhichOneof("kind")
-    return None if kind is None else getattr(msg, kind)
-
-
-def coerce_profile(value: Any) -> Profile:
-    """A :class:`Profile` from a Profile or a dict with the same field names."""
-    if isinstance(value, Profile):
-        return value
-    if isinstance(value, Mapping):
-        try:
-            return Profile(**value)
-        except TypeError as exc:
-            raise InvalidArgument(f"bad profile fields {sorted(map(str, value))}: {exc}") from None
-    raise InvalidArgument(f"a profile must be a Profile or a dict, not {type(value).__name__}")
-
-
-def text_to_pb(text: Text) -> pb.Text:
-    msg = pb.Text(text=string("text", text.text), timestamp=_int("timestamp", text.timestamp))
-    if text.weight is not None:
-        _assign(msg, "weight", _float("text weight", text.weight), "text weight")
-    return msg
-
-
-def profile_to_pb(value: ProfileLike) -> pb.Profile:
-    profile = coerce_profile(value)
-    user_id = string("user_id", profile.user_id)
-    vector, text_vector = profile.vector, profile.text_vector
-    for name, blob in (("vector", vector), ("text_vector", text_vector)):
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise InvalidArgument(
-                f"profile {user_id!r}: {name} must be bytes (little-endian float32)"
-            )
-    try:
-        msg = pb.Profile(user_id=user_id, vector=bytes(vector), text_vector=bytes(text_vector))
-        msg.texts.extend(text_to_pb(t) for t in profile.texts)
-        for name, attr in profile.attributes.items():
-            msg.attributes[string("attribute name", name)].CopyFrom(attribute_to_pb(name, attr))
-    except ValueError as exc:  # e.g. a str that is not valid UTF-8 (lone surrogates)
-        raise InvalidArgument(f"profile {user_id!r}: {exc}") from None
-    return msg
-
-
-def profile_from_pb(msg: pb.Profile) -> Profile:
-    texts = tuple(
-        Text(t.text, weight=t.weight if t.HasField("weight") else None, timestamp=t.timestamp)
-        for t in msg.texts
-    )
-    attributes = {name: attribute_from_pb(v) for name, v in msg.attributes.items()}
-    return Profile(msg.user_id, texts=texts, attributes=attributes, vector=bytes(msg.vector))
-
-
-def profiles_to_pb(profiles: Iterable[ProfileLike]) -> list[pb.Profile]:
-    return [profile_to_pb(p) for p in _profile_iterable(profiles)]
-
-
-def _profile_iterable(profiles: Any) -> Any:
-    if isinstance(profiles, (Profile, Mapping, str, bytes)):
-        raise InvalidArgument("profiles must be an iterable of profiles; wrap one in a list")
-    return profiles
-
-
-class Batcher:
-    """Groups profiles into protobuf batches of ``batch_size`` as they stream in."""
-
-    def __init__(self, batch_size: int) -> None:
-        if _int("batch_size", batch_size) < 1:
-            raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-        self._batch: list[pb.Profile] = []
-
-    def add(self, profile: ProfileLike) -> list[pb.Profile] | None:
-        """Add one profile; returns a full batch when one is ready."""
-        self._batch.append(profile_to_pb(profile))
-        return self.flush() if len(self._batch) >= self.batch_size else None
-
-    def flush(self) -> list[pb.Profile] | None:
-        """The pending partial batch, if any."""
-        batch, self._batch = self._batch, []
-        return batch or None
-
-    def batches(self, profiles: Iterable[ProfileLike]) -> Iterator[list[pb.Profile]]:
-        """Lazily batch a (possibly huge) iterable."""
-        for profile in _profile_iterable(profiles):
-            batch = self.add(profile)
-            if batch:
-                yield batch
-        last = self.flush()
-        if last:
-            yield last
-
-
-def upsert_request(batch: list[pb.Profile], text_fingerprint: str = "") -> pb.UpsertUsersRequest:
-    return pb.UpsertUsersRequest(profiles=batch, text_fingerprint=text_fingerprint)
-
-
-def is_async_iterable(value: Any) -> bool:
-    return hasattr(value, "__aiter__")
-
-
-def check_profiles(profiles: Any) -> None:
-    """Refuse a single profile given where an iterable of them is expected."""
-    _profile_iterable(profiles)
-
 
 # ---------------------------------------------------------------- filters and queries
 
@@ -299,6 +166,10 @@ def lookalike_request(query: LookalikeQuery) -> pb.LookalikeRequest:
     if query.search_effort is not None:
         _assign(msg, "search_effort", _int("search_effort", query.search_effort), "search_effort")
     msg.exact = bool(query.exact)
+    if query.strategy is not None:
+        msg.strategy = string("strategy", query.strategy)
+    msg.estimate_quality = bool(query.estimate_quality)
+    msg.explain = bool(query.explain)
     if query.include_attributes:
         msg.include_attributes.extend(strings("include_attributes", query.include_attributes))
     return msg
@@ -388,9 +259,15 @@ def scored_users(msg: pb.LookalikeResponse | pb.LookalikeChunk) -> list[ScoredUs
 def scored_users_with_attributes(
     msg: pb.LookalikeResponse | pb.LookalikeChunk,
 ) -> list[ScoredUser]:
-    """For a request with include_attributes: each user with the attributes it has."""
+    """For a request with include_attributes or explain: each user with the attributes it
+    has and its closest seed."""
     return [
-        ScoredUser(u.user_id, u.score, {k: attribute_from_pb(v) for k, v in u.attributes.items()})
+        ScoredUser(
+            u.user_id,
+            u.score,
+            {k: attribute_from_pb(v) for k, v in u.attributes.items()},
+            u.closest_seed or None,
+        )
         for u in msg.users
     ]
 
@@ -399,6 +276,7 @@ _new = object.__new__
 _set_user_id = ScoredUser.user_id.__set__  # type: ignore[attr-defined]  # slot descriptors
 _set_score = ScoredUser.score.__set__  # type: ignore[attr-defined]
 _set_attributes = ScoredUser.attributes.__set__  # type: ignore[attr-defined]
+_set_closest_seed = ScoredUser.closest_seed.__set__  # type: ignore[attr-defined]
 
 
 def _scored_user(user_id: str, score: float) -> ScoredUser:
@@ -408,14 +286,47 @@ def _scored_user(user_id: str, score: float) -> ScoredUser:
     _set_user_id(user, user_id)
     _set_score(user, score)
     _set_attributes(user, None)
+    _set_closest_seed(user, None)
     return user
 
 
 def lookalike_result(msg: pb.LookalikeResponse, with_attributes: bool = False) -> LookalikeResult:
+    """with_attributes: the request asked for attributes or explain."""
     return LookalikeResult(
         users=scored_users_with_attributes(msg) if with_attributes else scored_users(msg),
         eligible=msg.eligible,
         warnings=tuple(msg.warnings),
+        strategy=msg.strategy or "centroid",
+        quality=audience_quality(msg.quality) if msg.HasField("quality") else None,
+        diagnostics=seed_diagnostics(msg.diagnostics) if msg.HasField("diagnostics") else None,
+    )
+
+
+def audience_quality(msg: pb.AudienceQuality) -> AudienceQuality:
+    return AudienceQuality(
+        heldout_seeds=msg.heldout_seeds,
+        reach=msg.reach,
+        heldout_recall=msg.heldout_recall,
+        lift_at_1=msg.lift_at_1,
+        lift_at_5=msg.lift_at_5,
+        lift_at_10=msg.lift_at_10,
+    )
+
+
+def seed_diagnostics(msg: pb.SeedDiagnostics) -> SeedDiagnostics:
+    return SeedDiagnostics(
+        seeds=msg.seeds,
+        cohesion=msg.cohesion,
+        background_cohesion=msg.background_cohesion,
+        interests=tuple(
+            SeedInterest(tuple(i.seeds), i.share, tuple(i.keywords), i.cohesion)
+            for i in msg.interests
+        ),
+        outliers=tuple(msg.outliers),
+        warnings=tuple(msg.warnings),
+        quality=audience_quality(msg.quality) if msg.HasField("quality") else None,
+        strategy=msg.strategy,
+        suggested_strategy=msg.suggested_strategy,
     )
 
 

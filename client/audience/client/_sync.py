@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from . import _convert as cv
+from ._sync_jobs import JobCalls
 from ._channel import Stubs, open_stubs
 from ._concurrency import Profiles, batches, run_many
 from ._errors import AudienceError, map_rpc_error
@@ -36,7 +37,6 @@ from ._types import (
     DeleteResult,
     EncoderExport,
     Filter,
-    Job,
     LookalikeQuery,
     LookalikeResult,
     PublishResult,
@@ -44,6 +44,7 @@ from ._types import (
     RebuildResult,
     ScoredUser,
     Seed,
+    SeedDiagnostics,
     Segment,
     SegmentBuild,
     SnapshotResult,
@@ -57,7 +58,7 @@ from ._types import (
 T = TypeVar("T")
 
 
-class AudienceClient:
+class AudienceClient(JobCalls):
     """Client of the Audience service that blocks: safe to share between threads; the channel
     opens on first use.
 
@@ -317,6 +318,9 @@ class AudienceClient:
         search_effort: int | None = None,
         exact: bool = False,
         include_attributes: Sequence[str] = (),
+        strategy: str | None = None,
+        estimate_quality: bool = False,
+        explain: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> LookalikeResult:
         """Users most like the seeds, best first (see :class:`LookalikeQuery` for the fields).
@@ -340,12 +344,24 @@ class AudienceClient:
             search_effort=search_effort,
             exact=exact,
             include_attributes=include_attributes,
+            strategy=strategy,
+            estimate_quality=estimate_quality,
+            explain=explain,
         )
         return self._find(cv.lookalike_request(query), timeout)
 
     def _find(self, request: pb.LookalikeRequest, timeout: Timeout) -> LookalikeResult:
         response = self._unary(self._live.lookalike.FindLookalikes, request, timeout)
-        return cv.lookalike_result(response, bool(request.include_attributes))
+        return cv.lookalike_result(response, bool(request.include_attributes or request.explain))
+
+    def diagnose_seeds(
+        self, query: LookalikeQuery, *, timeout: Timeout = DEFAULT
+    ) -> SeedDiagnostics:
+        """What the seeds of a query are: cohesion, the interests among them (sizes, keywords),
+        outliers, warnings, and the held-out quality of its strategy at its size."""
+        request = cv.lookalike_request(query)
+        response = self._unary(self._live.lookalike.DiagnoseSeeds, request, timeout)
+        return cv.seed_diagnostics(response)
 
     def stream_lookalikes(
         self,
@@ -366,6 +382,9 @@ class AudienceClient:
         search_effort: int | None = None,
         exact: bool = False,
         include_attributes: Sequence[str] = (),
+        strategy: str | None = None,
+        estimate_quality: bool = False,
+        explain: bool = False,
         timeout: Timeout = DEFAULT,
     ) -> Iterator[ScoredUser]:
         """The same query for large audiences, streamed best first.
@@ -390,9 +409,13 @@ class AudienceClient:
             search_effort=search_effort,
             exact=exact,
             include_attributes=include_attributes,
+            strategy=strategy,
+            estimate_quality=estimate_quality,
+            explain=explain,
         )
         request = cv.lookalike_request(query)
-        read = cv.scored_users_with_attributes if query.include_attributes else cv.scored_users
+        extras = query.include_attributes or query.explain
+        read = cv.scored_users_with_attributes if extras else cv.scored_users
         return self._server_stream(self._live.lookalike.StreamLookalikes, request, timeout, read)
 
     def find_lookalikes_many(
@@ -465,67 +488,6 @@ class AudienceClient:
         request = cv.segments_build(target_segments, reducer, min_cluster_size, sample_size, engine)
         response = self._unary(self._live.admin.BuildSegments, request, timeout)
         return cv.segment_build(response)
-
-    def start_rebuild_index(
-        self, *, reembed: bool = False, timeout: Timeout = DEFAULT
-    ) -> Job:
-        """Start a rebuild of the index as a job and return at once (see :meth:`wait_job`)."""
-        request = cv.rebuild_request(reembed)
-        return cv.job(self._unary(self._live.admin.StartRebuildIndex, request, timeout))
-
-    def start_build_segments(
-        self,
-        *,
-        target_segments: int = 0,
-        reducer: str = "",
-        min_cluster_size: int = 0,
-        sample_size: int = 0,
-        engine: str = "",
-        timeout: Timeout = DEFAULT,
-    ) -> Job:
-        """Start a segment build as a job and return at once (arguments: :meth:`build_segments`).
-        A second build while one runs is refused (FailedPrecondition names the running one)."""
-        request = cv.segments_build(target_segments, reducer, min_cluster_size, sample_size, engine)
-        return cv.job(self._unary(self._live.admin.StartBuildSegments, request, timeout))
-
-    def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> Job:
-        """A job's state, stage and counts; its result or error once done."""
-        request = pb.GetJobRequest(job_id=cv.job_request(job_id))
-        return cv.job(self._unary(self._live.admin.GetJob, request, timeout))
-
-    def list_jobs(self, *, kind: str = "", timeout: Timeout = DEFAULT) -> list[Job]:
-        """Running jobs first, then the last finished ones; newest first."""
-        request = pb.ListJobsRequest(kind=cv.string("kind", kind))
-        response = self._unary(self._live.admin.ListJobs, request, timeout)
-        return [cv.job(j) for j in response.jobs]
-
-    def cancel_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> Job:
-        """Ask a running job to stop; it does within seconds, and what it would have replaced
-        stays served. FailedPrecondition while it rewrites stored data it must not leave
-        half-changed."""
-        request = pb.CancelJobRequest(job_id=cv.job_request(job_id))
-        return cv.job(self._unary(self._live.admin.CancelJob, request, timeout))
-
-    def wait_job(
-        self,
-        job_id: str,
-        *,
-        on_update: Callable[[Job], None] | None = None,
-        poll: float = 0.5,
-        timeout: float | None = None,
-    ) -> Job:
-        """Poll a job every ``poll`` seconds until it is done and return it (check ``state``);
-        ``on_update`` gets every state seen (for a progress bar). After ``timeout`` seconds the
-        job is returned as it is, still running."""
-        polls = None if timeout is None else max(1, round(timeout / poll))
-        while True:
-            job = self.get_job(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.done or polls == 0:
-                return job
-            polls = None if polls is None else polls - 1
-            time.sleep(poll)
 
     def backup(self, out_dir: str, *, timeout: Timeout = None) -> BackupResult:
         """Write a consistent, checksummed copy of everything the server needs into

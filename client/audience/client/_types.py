@@ -195,6 +195,11 @@ class Filter:
         return dataclasses.replace(self, negate=not self.negate)
 
 
+# How the seeds of a query become an audience (LookalikeQuery.strategy); the README's
+# "Strategies" says when to use which.
+STRATEGIES = ("centroid", "sum-scores", "best-score", "classifier", "multi-interest", "auto")
+
+
 @dataclass(frozen=True)
 class LookalikeQuery:
     """One lookalike question: "who else is like these seeds?".
@@ -210,6 +215,10 @@ class LookalikeQuery:
     search_effort: search depth of an approximate index (efSearch for hnsw, nprobe for
     ivf-pq; None = the server's default). exact: exhaustive search even on an ANN index.
     include_attributes: stored attributes returned with each user (ScoredUser.attributes).
+    strategy: how the seeds become an audience: "centroid" (None: the default), "sum-scores",
+    "best-score", "classifier", "multi-interest" or "auto" (see STRATEGIES).
+    estimate_quality: return the held-out quality estimate (LookalikeResult.quality).
+    explain: also the seed diagnostics and each user's closest seed.
     """
 
     seed_ids: Sequence[str] = ()
@@ -228,6 +237,9 @@ class LookalikeQuery:
     search_effort: int | None = None
     exact: bool = False
     include_attributes: Sequence[str] = ()
+    strategy: str | None = None
+    estimate_quality: bool = False
+    explain: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -266,6 +278,53 @@ class ScoredUser:
     user_id: str
     score: float
     attributes: Mapping[str, AttributeScalar] | None = None
+    closest_seed: str | None = None  # with explain: the seed it is most like ("#N": a text)
+
+
+@dataclass(frozen=True)
+class AudienceQuality:
+    """How good an audience is likely to be, from the seeds alone (each held out in turn and
+    ranked among a sample of the eligible users).
+
+    reach: the audience size as a share of the eligible users; heldout_recall: share of
+    held-out seeds found within it; lift_at_1/5/10: share found within 1%/5%/10% of the
+    eligible users, over that share (1.0 = no better than random).
+    """
+
+    heldout_seeds: int
+    reach: float
+    heldout_recall: float
+    lift_at_1: float
+    lift_at_5: float
+    lift_at_10: float
+
+
+@dataclass(frozen=True)
+class SeedInterest:
+    """An interest found among the seeds: its seeds, share of their weight, keywords and
+    cohesion (mean cosine between two of its seeds)."""
+
+    seeds: tuple[str, ...]
+    share: float
+    keywords: tuple[str, ...]
+    cohesion: float
+
+
+@dataclass(frozen=True)
+class SeedDiagnostics:
+    """What a seed list is: cohesion beside two random users', the interests within it,
+    outliers (seeds fitting none), warnings, the held-out quality of the strategy asked for
+    (None with fewer than 4 seeds), and the strategy ``auto`` picks for these seeds."""
+
+    seeds: int
+    cohesion: float
+    background_cohesion: float
+    interests: tuple[SeedInterest, ...]
+    outliers: tuple[str, ...]
+    warnings: tuple[str, ...]
+    quality: AudienceQuality | None
+    strategy: str
+    suggested_strategy: str
 
 
 @dataclass(frozen=True)
@@ -274,11 +333,16 @@ class LookalikeResult:
 
     warnings: what in the query probably did not mean what was meant (a filter value no
     stored user has, with the values there are); the answer is still what was asked for.
+    strategy: the strategy that answered (``auto``: the one it chose); quality and
+    diagnostics: when asked for (``estimate_quality``, ``explain``).
     """
 
     users: list[ScoredUser]
     eligible: int
     warnings: tuple[str, ...] = ()
+    strategy: str = "centroid"
+    quality: AudienceQuality | None = None
+    diagnostics: SeedDiagnostics | None = None
 
     def __iter__(self) -> Iterator[ScoredUser]:
         return iter(self.users)

@@ -22,6 +22,7 @@ _EXPORTS = {
     "INDEX_KINDS": "._config",
     "ONNX_VARIANTS": "._config",
     "SEGMENT_REDUCERS": "._config",
+    "STRATEGY_NAMES": "._config",
     "AttributeSpec": "._config",
     "EngineConfig": "._config",
     "Limits": "._config",
@@ -48,7 +49,10 @@ _EXPORTS = {
     "AttrValue": "._types",
     "DeleteResult": "._types",
     "Filter": "._types",
+    "AudienceQuality": "._types",
     "LookalikeQuery": "._types",
+    "SeedDiagnostics": "._types",
+    "SeedInterest": "._types",
     "LookalikeResult": "._types",
     "LookalikeStream": "._types",
     "Membership": "._types",
@@ -80,11 +84,14 @@ _EXPORTS = {
     "TextEmbedder": "._encode",
     "make_embedder": "._encode",
     "resolve_model_path": "._encode",
-    "Centroid": "._lookalike",
+    "Background": "._background",
     "LookalikeScorer": "._lookalike",
-    "Search": "._lookalike",
-    "SeedSet": "._lookalike",
-    "SeedStrategy": "._lookalike",
+    "Search": "._search",
+    "SeedSet": "._search",
+    "STRATEGIES": "._strategies",
+    "Centroid": "._strategies",
+    "SeedStrategy": "._strategies",
+    "strategy_named": "._strategies",
     "Clusterer": "._segments",
     "CtfidfDescriber": "._segments",
     "Describer": "._segments",
@@ -124,6 +131,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from ._background import Background
     from ._backup import BackupResult, RestoreResult
     from ._catalog import Catalog
     from ._config import (
@@ -133,6 +141,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         INDEX_KINDS,
         ONNX_VARIANTS,
         SEGMENT_REDUCERS,
+        STRATEGY_NAMES,
         AttributeSpec,
         EngineConfig,
         Limits,
@@ -168,8 +177,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         UnknownUser,
     )
     from ._jobs import Job, JobRunner
-    from ._lookalike import Centroid, LookalikeScorer, Search, SeedSet, SeedStrategy
+    from ._lookalike import LookalikeScorer
     from ._publish import GENERATION, Published, fetch_generation, read_current
+    from ._search import Search, SeedSet
     from ._segments import (
         Clusterer,
         CtfidfDescriber,
@@ -190,8 +200,10 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         SegmentParams,
         UmapReducer,
     )
+    from ._strategies import STRATEGIES, Centroid, SeedStrategy, strategy_named
     from ._types import (
         AttrValue,
+        AudienceQuality,
         DeleteResult,
         Filter,
         LookalikeQuery,
@@ -205,6 +217,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         ScoredUser,
         ScoredUsers,
         Seed,
+        SeedDiagnostics,
+        SeedInterest,
         SnapshotResult,
         Stats,
         StoredUser,

@@ -284,7 +284,7 @@ class Catalog:
         stored = self.store.attributes_of([i for i in iids if i >= 0])
         wanted = set(names)
         attrs = [{k: v for k, v in stored.get(i, {}).items() if k in wanted} for i in iids]
-        return ScoredUsers(users.user_ids, users.scores, attrs)
+        return ScoredUsers(users.user_ids, users.scores, attrs, users.closest_seeds)
 
     def reach(
         self,

@@ -25,6 +25,8 @@ INDEX_KINDS = ("flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")  # what an inde
 INDEX_KIND_SETTINGS = ("auto", *INDEX_KINDS)  # what `index_kind` may say
 SEGMENT_REDUCERS = ("umap", "pca")  # the space a segment build clusters in
 HDBSCAN_BACKENDS = ("fast_hdbscan", "hdbscan")
+# Seed strategies of a lookalike query (_strategies.py holds them; the first is the default).
+STRATEGY_NAMES = ("centroid", "sum-scores", "best-score", "classifier", "multi-interest", "auto")
 
 
 @dataclass(frozen=True)

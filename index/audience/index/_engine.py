@@ -7,11 +7,9 @@ typed results for the server.
     SegmentBuilder     user vectors -> segment model (_segments/)
     Validator          every check on a request (_validate.py)
 
-Locks: searches run concurrently under the read lock; a change to what is served (writes,
-deletes, a rebuilt index or encoder, a new segment model) is swapped in under the write lock,
-so a reader sees the old state or the new one, never half of each. Writes are durable in
-SQLite before the in-memory state changes; one writer (upsert, delete, rebuild, save) at a
-time; one segment build at a time (writes go on meanwhile).
+Locks: searches share the read lock; a change to what is served is swapped in under the write
+lock (a reader sees the old state or the new one). Writes are durable in SQLite first; one
+writer (upsert, delete, rebuild, save) and one segment build (writes go on) at a time.
 """
 
 from __future__ import annotations
@@ -58,6 +56,7 @@ from ._types import (
     ReachEstimate,
     RebuildResult,
     ScoredUsers,
+    SeedDiagnostics,
     SnapshotResult,
     Stats,
     StoredUser,
@@ -258,9 +257,13 @@ class Engine:
         limit = self.config.limits.max_k
         self.validate.query(query, limit, "; use StreamLookalikes for larger audiences")
         with self._rw.read():
-            found = self._scorer.find(query, limit)
-            users = self.catalog.with_attributes(found.users, query.include_attributes)
-        return LookalikeResult(users, found.eligible, found.warnings)
+            return self._scorer.find(query, limit, with_attributes=True)
+
+    def diagnose_seeds(self, query: LookalikeQuery) -> SeedDiagnostics:
+        """The seeds' cohesion, interests, outliers and the held-out estimate of the query."""
+        self.validate.query(query, self.config.limits.max_stream_k)
+        with self._rw.read():
+            return self._scorer.diagnose(query)
 
     def stream_lookalikes(self, query: LookalikeQuery, chunk: int = 1000) -> LookalikeStream:
         """The audience in chunks, best first, for sizes up to limits.max_stream_k."""
@@ -268,9 +271,7 @@ class Engine:
         self.validate.query(query, limit)
         with self._rw.read():
             found = self._scorer.find(query, limit)
-        chunks = map(partial(self.catalog.with_attributes, names=query.include_attributes),
-                     found.users.chunks(chunk))  # fmt: skip
-        return LookalikeStream(found.eligible, chunks, found.warnings)
+        return self._scorer.chunked(found, query.include_attributes, chunk)
 
     # ------------------------------------------------------------ segments
 

@@ -2,17 +2,19 @@
 
     seeds        `SeedSet`: the seeds' vectors in the order given (stored users' from the
                  index, texts encoded like a one-text user), their weights, the negatives'
-    strategy     how seeds become scored candidates (`SeedStrategy`); today `Centroid`:
-                 the cosine to the weighted mean of the seeds, less `negative_weight` times
-                 the negatives' mean. A strategy searches through a `Search`, so filters,
-                 segments, exclusions, `fraction`, streaming and every index kind work
-                 with any strategy without it knowing of them
+    strategy     how seeds become scored candidates (`_strategies`: centroid by default,
+                 sum-scores, best-score, classifier, multi-interest, auto), chosen per query.
+                 A strategy searches through a `Search`, so filters, segments, exclusions,
+                 `fraction`, streaming and every index kind work with any strategy without
+                 it knowing of them; some measure the seeds against a background sample
     eligibility  who may be returned (`Eligibility`): a bitmap over iids from filters,
                  segments and exclusions; or, with only a few users excluded and nothing
                  else, a set of iids dropped from a slightly longer result (no bitmap)
     search       the index, at the query's effort (or exact); a lossy index's candidates
                  are re-ranked with the exact stored vectors
     audience     excluded users dropped, `min_score` applied, cut at k
+    quality      on request, the held-out estimate (`_seedquality`), and with `explain` the
+                 seed diagnostics and each user's closest seed
 
 `LookalikeScorer.find` runs these in order. It reads the catalog and the encoder: call it
 under the engine's read lock, so a query never mixes vectors from before and after a rebuild.
@@ -21,144 +23,130 @@ under the engine's read lock, so a query never mixes vectors from before and aft
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
+from . import _seedquality as quality
+from ._background import Background, BackgroundCache
 from ._catalog import Catalog
 from ._encode import ProfileEncoder
-from ._errors import InvalidQuery, LimitExceeded
-from ._types import LookalikeQuery, LookalikeResult, ScoredUsers
+from ._errors import LimitExceeded
+from ._search import Eligibility, Search, SeedSet
+from ._strategies import Auto, SeedStrategy, strategy_named, used_name
+from ._types import (
+    LookalikeQuery,
+    LookalikeResult,
+    LookalikeStream,
+    ScoredUsers,
+    SeedDiagnostics,
+)
 
 # A query excluding at most this many users (and no filter) drops them from a longer result
 # instead of searching with a bitmap of all users.
 POST_FILTER_MAX = 1000
-# A lossy index (ivf-pq) returns this many times the candidates asked for; they are re-ranked
-# with the exact vectors from the store (up to REFINE_MAX_K results; larger audiences keep
-# the index's approximate order and scores).
-REFINE_FACTOR = 4
-REFINE_MAX_K = 2500
-
-
-@dataclass(frozen=True)
-class SeedSet:
-    """The seeds of one query as vectors (unit norm each)."""
-
-    vectors: np.ndarray  # (n, dim) float64, in the order the seeds were given
-    weights: np.ndarray  # (n,) float64
-    negatives: np.ndarray  # (m, dim) float32 as stored, m may be 0
-    negative_weight: float
-
-
-@dataclass(frozen=True)
-class Eligibility:
-    """Who may be returned: `mask` over iids, or (mask None) everyone but `dropped`."""
-
-    mask: np.ndarray | None
-    dropped: frozenset[int]
-    count: int  # eligible users
-    removed: int  # eligible users excluded (post-filtering fetches this many more)
-    warnings: tuple[str, ...] = ()  # filter values no stored user has
-
-
-class Search:
-    """One query's view of the index: eligibility, effort and exactness applied, lossy
-    candidates re-ranked. What a strategy calls; it returns (scores, iids), best first."""
-
-    def __init__(
-        self, catalog: Catalog, eligible: Eligibility, *, effort: int = 0, exact: bool = False
-    ) -> None:
-        self.catalog = catalog
-        self.eligible = eligible
-        self.effort = effort
-        self.exact = exact
-
-    def top(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best `k` eligible users for a unit query vector (plus the users that will be
-        dropped afterwards, when post-filtering), by inner product."""
-        index = self.catalog.index
-        fetch = k + self.eligible.removed if self.eligible.mask is None else k
-        refine = index.lossy and fetch <= REFINE_MAX_K
-        scores, ids = index.search(
-            query[None, :],
-            fetch * REFINE_FACTOR if refine else fetch,
-            self.eligible.mask,
-            effort=self.effort,
-            exact=self.exact,
-        )
-        if refine:
-            return self._rerank(query, ids[0])
-        return scores[0], ids[0]
-
-    def _rerank(self, q: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates of a lossy index scored again with their exact stored vectors."""
-        iids, vectors = self.catalog.stored_vectors(i for i in candidates if i >= 0)
-        if not iids:  # deleted meanwhile: gone
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        scores = vectors @ q
-        order = np.argsort(-scores, kind="stable")
-        return scores[order], np.array(iids, np.int64)[order]
-
-
-class SeedStrategy(Protocol):
-    """How the seeds of a query become scored candidates, in two steps:
-
-    prepare(seeds)          what the strategy derives from the seeds alone (the centroid:
-                            the query vector); raises InvalidQuery for seeds it cannot use.
-                            Runs before eligibility, so a bad seed list is reported first.
-    rank(prepared, search, k)  (scores, iids), best first, through `search`: at least `k`
-                            of them when that many are eligible.
-    """
-
-    name: str
-
-    def prepare(self, seeds: SeedSet) -> Any: ...
-
-    def rank(self, prepared: Any, search: Search, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-class Centroid:
-    """The cosine to the weighted mean of the seeds, less `negative_weight` x the mean of the
-    negative users (then normalised)."""
-
-    name = "centroid"
-
-    def prepare(self, seeds: SeedSet) -> np.ndarray:
-        """The query vector."""
-        q = (seeds.weights @ seeds.vectors) / seeds.weights.sum()
-        if len(seeds.negatives):
-            q = q - seeds.negative_weight * seeds.negatives.mean(axis=0)
-        norm = float(np.linalg.norm(q))
-        if not norm > 1e-6:
-            raise InvalidQuery("seeds", "the seeds (less the negative users) have no direction")
-        return (q / norm).astype(np.float32)
-
-    def rank(self, prepared: np.ndarray, search: Search, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return search.top(prepared, k)
 
 
 class LookalikeScorer:
+    """`strategy`: the engine's own default (a strategy plugged in from outside); a query
+    naming a strategy gets that one."""
+
     def __init__(
-        self, catalog: Catalog, encoder: ProfileEncoder, strategy: SeedStrategy | None = None
+        self,
+        catalog: Catalog,
+        encoder: ProfileEncoder,
+        strategy: SeedStrategy | None = None,
+        background: BackgroundCache | None = None,
     ) -> None:
         self.catalog = catalog
         self.encoder = encoder
-        self.strategy = strategy or Centroid()
+        self.strategy = strategy
+        self.backgrounds = background or BackgroundCache()
 
-    def find(self, query: LookalikeQuery, k_limit: int) -> LookalikeResult:
+    def find(
+        self, query: LookalikeQuery, k_limit: int, *, with_attributes: bool = False
+    ) -> LookalikeResult:
         """The audience, best first, and how many users were eligible. A `fraction` that asks
-        for more than `k_limit` users is RESOURCE_EXHAUSTED."""
+        for more than `k_limit` users is RESOURCE_EXHAUSTED. with_attributes: the users carry
+        the stored attributes the query asks for (a stream reads them chunk by chunk)."""
+        strategy = self._strategy(query.strategy)
         seeds, seed_ids = self.seeds(query)
-        prepared = self.strategy.prepare(seeds)
+        background = self.backgrounds.get(self.catalog)
+        prepared = strategy.prepare(seeds, background)
         eligible = self.eligibility(query, seed_ids)
         k = self.audience_size(query, eligible.count, k_limit)
+        used = used_name(strategy, prepared)
         if k == 0:
-            return LookalikeResult(ScoredUsers([], []), eligible.count, eligible.warnings)
-        search = Search(self.catalog, eligible, effort=query.search_effort, exact=query.exact)
-        scores, ids = self.strategy.rank(prepared, search, k)
-        users = self.audience(scores, ids, eligible, query.min_score, k)
-        return LookalikeResult(users, eligible.count, eligible.warnings)
+            users = ScoredUsers([], [])
+        else:
+            search = Search(self.catalog, eligible, effort=query.search_effort, exact=query.exact)
+            scores, ids = strategy.rank(prepared, search, k)
+            users = self.audience(scores, ids, eligible, query.min_score, k)
+        if with_attributes:
+            users = self.catalog.with_attributes(users, query.include_attributes)
+        if not (query.estimate_quality or query.explain):
+            return LookalikeResult(users, eligible.count, eligible.warnings, used)
+        bg = background.restricted(eligible.mask, seeds.stored_iids())
+        share = len(users) / max(eligible.count, 1)
+        estimate = quality.estimate(strategy, seeds, bg, share)
+        diagnostics = None
+        if query.explain:
+            diagnostics = self._diagnose(seeds, background, strategy, estimate)
+            iid_of = self.catalog.iid_of
+            vectors = self.catalog.user_vectors(
+                np.array([iid_of[u] for u in users.user_ids], np.int64)
+            )
+            closest = quality.closest_seeds(seeds, vectors)
+            users = ScoredUsers(users.user_ids, users.scores, users.attributes, closest)
+        return LookalikeResult(
+            users, eligible.count, eligible.warnings, used, estimate, diagnostics
+        )
+
+    def chunked(
+        self, found: LookalikeResult, attributes: Sequence[str], size: int
+    ) -> LookalikeStream:
+        """The audience found as chunks of `size`, each read with its stored `attributes` when
+        it is asked for (outside the engine's lock)."""
+        with_attrs = partial(self.catalog.with_attributes, names=attributes)
+        return LookalikeStream.of(found, map(with_attrs, found.users.chunks(size)))
+
+    def diagnose(self, query: LookalikeQuery) -> SeedDiagnostics:
+        """What the seeds are, and the held-out estimate of the query's strategy at its size."""
+        strategy = self._strategy(query.strategy)
+        seeds, seed_ids = self.seeds(query)
+        background = self.backgrounds.get(self.catalog)
+        eligible = self.eligibility(query, seed_ids)
+        k = self.audience_size(query, eligible.count, max(eligible.count, 1))
+        bg = background.restricted(eligible.mask, seeds.stored_iids())
+        estimate = quality.estimate(strategy, seeds, bg, k / max(eligible.count, 1))
+        return self._diagnose(seeds, background, strategy, estimate)
+
+    def _diagnose(
+        self, seeds: SeedSet, background: Background, strategy: SeedStrategy, estimate: Any
+    ) -> SeedDiagnostics:
+        auto = Auto()
+        suggested = used_name(auto, auto.prepare(seeds, background))
+        return quality.diagnose(
+            seeds, background, self._docs, self._seed_docs(seeds), strategy, estimate, suggested
+        )
+
+    def _strategy(self, name: str) -> SeedStrategy:
+        if not name and self.strategy is not None:
+            return self.strategy
+        return strategy_named(name)
+
+    def _docs(self, iids: np.ndarray) -> list[str]:
+        """One document per user: their texts joined (for keywords)."""
+        stored = self.catalog.store.texts_and_attributes([int(i) for i in iids])
+        return ["\n".join(t[0] for t in stored.get(int(i), ([], {}))[0]) for i in iids]
+
+    def _seed_docs(self, seeds: SeedSet) -> list[str]:
+        iids = seeds.iids if seeds.iids is not None else np.full(len(seeds), -1)
+        stored = iter(self._docs(iids[iids >= 0]))
+        texts = seeds.texts or ("",) * len(seeds)
+        return [next(stored) if iid >= 0 else text for iid, text in zip(iids, texts)]
 
     def seeds(self, query: LookalikeQuery) -> tuple[SeedSet, list[str]]:
         """The seed and negative vectors; UnknownUser names ids that are not stored."""
@@ -167,22 +155,35 @@ class LookalikeScorer:
         seed_iids = catalog.known_iids(seed_ids, "seeds")
         negative_iids = catalog.known_iids(query.negative_user_ids, "negative_user_ids")
         stored = catalog.user_vectors(np.array(seed_iids, np.int64)).astype(np.float64)
+        iids = np.array(seed_iids, np.int64)
+        names: list[str] = list(seed_ids)
+        texts: tuple[str, ...] = ()
         if len(seed_ids) < len(query.seeds):  # text seeds too: in the order given
-            rows, n_stored = [], 0
-            for seed in query.seeds:
+            rows, n_stored, ids, names, text_of = [], 0, [], [], []
+            for number, seed in enumerate(query.seeds, 1):
                 if seed.user_id is not None:
                     rows.append(stored[n_stored])
+                    ids.append(seed_iids[n_stored])
+                    names.append(seed.user_id)
+                    text_of.append("")
                     n_stored += 1
                 else:
                     rows.append(self.encoder.query_vector(seed.text or ""))
+                    ids.append(-1)
+                    names.append(f"#{number}")
+                    text_of.append(seed.text or "")
             stored = np.stack(rows).astype(np.float64)
+            iids, texts = np.array(ids, np.int64), tuple(text_of)
         negatives = (
             catalog.user_vectors(np.array(negative_iids, np.int64))
             if negative_iids
             else np.zeros((0, stored.shape[1]), np.float32)
         )
         weights = np.array([s.weight for s in query.seeds], dtype=np.float64)
-        return SeedSet(stored, weights, negatives, query.negative_weight), seed_ids
+        seeds = SeedSet(
+            stored, weights, negatives, query.negative_weight, iids, tuple(names), texts
+        )
+        return seeds, seed_ids
 
     def eligibility(self, query: LookalikeQuery, seed_ids: list[str]) -> Eligibility:
         catalog = self.catalog

@@ -86,6 +86,9 @@ class LookalikeQuery:
     search_effort: int = 0  # efSearch / nprobe of an ANN index; 0 = its default
     exact: bool = False  # exhaustive even on an ANN index
     include_attributes: tuple[str, ...] = ()  # stored attributes returned with each user
+    strategy: str = ""  # how seeds become an audience ("" = centroid; see _strategies)
+    estimate_quality: bool = False  # return the held-out quality estimate with the audience
+    explain: bool = False  # return seed diagnostics and each user's closest seed
 
 
 # ---------------------------------------------------------------- results
@@ -107,6 +110,7 @@ class ScoredUsers(Sequence[ScoredUser]):
     user_ids: list[str]
     scores: list[float]
     attributes: list[dict[str, AttrValue]] | None = None  # per user, when asked for
+    closest_seeds: list[str] | None = None  # per user, with explain
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -118,7 +122,8 @@ class ScoredUsers(Sequence[ScoredUser]):
     def __getitem__(self, i: int | slice) -> ScoredUser | ScoredUsers:
         if isinstance(i, slice):
             attrs = self.attributes[i] if self.attributes is not None else None
-            return ScoredUsers(self.user_ids[i], self.scores[i], attrs)
+            seeds = self.closest_seeds[i] if self.closest_seeds is not None else None
+            return ScoredUsers(self.user_ids[i], self.scores[i], attrs, seeds)
         return ScoredUser(self.user_ids[i], self.scores[i])
 
     def __iter__(self) -> Iterator[ScoredUser]:
@@ -135,6 +140,9 @@ class LookalikeResult:
     users: ScoredUsers
     eligible: int  # users that passed filters, segments and exclusions
     warnings: tuple[str, ...] = ()  # e.g. a filter value no stored user has
+    strategy: str = "centroid"  # the strategy that answered (auto: the one it chose)
+    quality: AudienceQuality | None = None  # when asked for (estimate_quality or explain)
+    diagnostics: SeedDiagnostics | None = None  # when asked for (explain)
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,48 @@ class LookalikeStream:
     eligible: int
     chunks: Iterator[ScoredUsers]  # best first
     warnings: tuple[str, ...] = ()
+    strategy: str = "centroid"
+    quality: AudienceQuality | None = None
+    diagnostics: SeedDiagnostics | None = None
+
+    @classmethod
+    def of(cls, found: LookalikeResult, chunks: Iterator[ScoredUsers]) -> LookalikeStream:
+        """The audience found, as chunks."""
+        f = found
+        return cls(f.eligible, chunks, f.warnings, f.strategy, f.quality, f.diagnostics)
+
+
+@dataclass(frozen=True)
+class AudienceQuality:
+    """The held-out estimate of an audience (see _seedquality)."""
+
+    heldout_seeds: int  # seeds held out in turn
+    reach: float  # the audience size as a share of the eligible users
+    heldout_recall: float  # share of held-out seeds found within that size
+    lift_at_1: float  # share found within 1% of the eligible users / 0.01
+    lift_at_5: float
+    lift_at_10: float
+
+
+@dataclass(frozen=True)
+class SeedInterest:
+    seeds: tuple[str, ...]  # the seeds of this interest (ids, or "#N" for the Nth seed text)
+    share: float  # of the seeds' weight
+    keywords: tuple[str, ...]
+    cohesion: float  # mean cosine between two of its seeds
+
+
+@dataclass(frozen=True)
+class SeedDiagnostics:
+    seeds: int
+    cohesion: float  # mean cosine between two seeds
+    background_cohesion: float  # the same between two random users
+    interests: tuple[SeedInterest, ...]
+    outliers: tuple[str, ...]  # seeds that fit no interest
+    warnings: tuple[str, ...]
+    quality: AudienceQuality | None  # of the strategy asked for
+    strategy: str  # the strategy asked for
+    suggested_strategy: str  # what auto picks for these seeds
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from audience.index import (
     INDEX_KIND_SETTINGS,
     ONNX_VARIANTS,
     SEGMENT_REDUCERS,
+    STRATEGY_NAMES,
 )
 
 from ._cli_commands import (
@@ -37,6 +38,7 @@ from ._cli_commands import (
     cmd_lookalike,
     cmd_publish,
     cmd_restore,
+    cmd_seeds_diagnose,
     cmd_segments_list,
     cmd_segments_report,
     cmd_segments_show,
@@ -370,14 +372,37 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--exact", action="store_true", help="exhaustive search on an ANN index")
         sp.add_argument("--min-score", type=float)
+        sp.add_argument(
+            "--strategy",
+            choices=STRATEGY_NAMES,
+            help="how the seeds become an audience (default centroid; README: Strategies)",
+        )
 
     s = sub.add_parser("lookalike", help="find users like the seeds")
     lookalike_flags(s)
+    s.add_argument(
+        "--quality", action="store_true", help="also the held-out estimate of the audience"
+    )
+    s.add_argument(
+        "--explain",
+        action="store_true",
+        help="also the seed diagnostics and each user's closest seed",
+    )
     s.add_argument(
         "--show", metavar="ATTR,...", help="also print these attributes of each user: age,gender"
     )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_lookalike)
+
+    seeds = sub.add_parser("seeds", help="what a seed list is, before it is used")
+    seedsub = seeds.add_subparsers(dest="seeds_command", required=True)
+    s = seedsub.add_parser(
+        "diagnose",
+        help="cohesion, interests, outliers, warnings and the held-out estimate of the seeds",
+    )
+    lookalike_flags(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_seeds_diagnose)
 
     export = sub.add_parser(
         "export", help="write an audience or a segment to a CSV or Parquet file, streamed"

@@ -305,6 +305,9 @@ def lookalike_query(args: argparse.Namespace, include_attributes: Sequence[str] 
         search_effort=args.search_effort,
         exact=args.exact,
         include_attributes=include_attributes,
+        strategy=args.strategy,
+        estimate_quality=getattr(args, "quality", False),
+        explain=getattr(args, "explain", False),
     )
 
 
@@ -325,18 +328,49 @@ def cmd_lookalike(args: argparse.Namespace) -> int:
         users = [
             {"user_id": u.user_id, "score": u.score}
             | ({"attributes": attrs[u.user_id]} if shown else {})
+            | ({"closest_seed": u.closest_seed} if args.explain else {})
             for u in result.users
         ]
-        doc = {"eligible": result.eligible, "users": users, "warnings": list(result.warnings)}
+        doc = {
+            "eligible": result.eligible,
+            "strategy": result.strategy,
+            "users": users,
+            "warnings": list(result.warnings),
+            "quality": asdict(result.quality) if result.quality else None,
+            "diagnostics": asdict(result.diagnostics) if result.diagnostics else None,
+        }
         print(json.dumps(doc, ensure_ascii=False))
         return 0
-    print(f"{len(result.users)} of {result.eligible:,} eligible users")
+    if result.diagnostics is not None:
+        print("\n".join(fmt.diagnostics(result.diagnostics)), end="\n\n")
+    strategy = f" ({result.strategy})" if result.strategy != "centroid" else ""
+    print(f"{len(result.users)} of {result.eligible:,} eligible users{strategy}")
+    if result.quality is not None:
+        print("\n".join(fmt.quality(result.quality)))
+    closest = ["closest seed"] if args.explain else []
     rows = [
-        (rank, f"{u.score:.3f}", u.user_id, *_attribute_cells(attrs.get(u.user_id, {}), shown))
+        (
+            rank,
+            f"{u.score:.3f}",
+            u.user_id,
+            *_attribute_cells(attrs.get(u.user_id, {}), shown),
+            *([u.closest_seed or "-"] if args.explain else []),
+        )
         for rank, u in enumerate(result.users, 1)
     ]
-    for line in fmt.table(["rank", "score", "user", *shown], rows):
+    for line in fmt.table(["rank", "score", "user", *shown, *closest], rows):
         print(line)
+    return 0
+
+
+def cmd_seeds_diagnose(args: argparse.Namespace) -> int:
+    query = lookalike_query(args)
+    with _client(args) as client:
+        diagnostics = client.diagnose_seeds(query)
+    if args.json:
+        print(json.dumps(asdict(diagnostics), ensure_ascii=False))
+    else:
+        print("\n".join(fmt.diagnostics(diagnostics)))
     return 0
 
 

@@ -228,3 +228,37 @@ def job_card(job: Any) -> list[str]:
     if job.error:
         pairs.append(("error", f"{job.error_code}: {job.error}"))
     return fields(pairs)
+
+
+def quality(q: Any) -> list[str]:
+    """An AudienceQuality in two lines."""
+    return [
+        f"held-out seeds found: {q.heldout_recall:.0%} within this audience "
+        f"({q.reach:.2%} of the eligible users)",
+        f"lift over random: x{q.lift_at_1:.1f} at 1%, x{q.lift_at_5:.1f} at 5%, "
+        f"x{q.lift_at_10:.1f} at 10% reach ({q.heldout_seeds} seeds held out in turn)",
+    ]
+
+
+def diagnostics(d: Any) -> list[str]:
+    """SeedDiagnostics as a card."""
+    lines = [
+        f"{d.seeds} seeds, cohesion {d.cohesion:.2f} (two random users: "
+        f"{d.background_cohesion:.2f})",
+        f"interests: {len(d.interests)}",
+    ]
+    for n, interest in enumerate(d.interests, 1):
+        words = ", ".join(interest.keywords) or "-"
+        lines.append(
+            f"  {n}. {len(interest.seeds)} seeds ({interest.share:.0%}), cohesion "
+            f"{interest.cohesion:.2f}: {words}"
+        )
+        lines.append(f"     seeds: {', '.join(interest.seeds[:12])}")
+    if d.outliers:
+        lines.append(f"outliers (fit no interest): {', '.join(d.outliers)}")
+    if d.quality is not None:
+        lines.append(f"quality of {d.strategy}:")
+        lines += ["  " + line for line in quality(d.quality)]
+    lines.append(f"auto would use: {d.suggested_strategy}")
+    lines += [f"warning: {w}" for w in d.warnings]
+    return lines

@@ -14,14 +14,18 @@ from typing import TypeVar
 from audience.client._proto import audience_pb2 as pb
 from audience.index import (
     AttrValue,
+    AudienceQuality,
     Filter,
     InvalidQuery,
     Job,
     LookalikeQuery,
+    LookalikeResult,
+    LookalikeStream,
     Membership,
     Profile,
     ScoredUsers,
     Seed,
+    SeedDiagnostics,
     Segment,
     SegmentParams,
     StoredUser,
@@ -141,16 +145,68 @@ def query_from_pb(r: pb.LookalikeRequest) -> LookalikeQuery:
         search_effort=r.search_effort,
         exact=r.exact,
         include_attributes=tuple(r.include_attributes),
+        strategy=r.strategy,
+        estimate_quality=r.estimate_quality,
+        explain=r.explain,
     )
 
 
 M = TypeVar("M", pb.LookalikeResponse, pb.LookalikeChunk)
 
 
+def quality_to_pb(q: AudienceQuality) -> pb.AudienceQuality:
+    return pb.AudienceQuality(
+        heldout_seeds=q.heldout_seeds,
+        reach=q.reach,
+        heldout_recall=q.heldout_recall,
+        lift_at_1=q.lift_at_1,
+        lift_at_5=q.lift_at_5,
+        lift_at_10=q.lift_at_10,
+    )
+
+
+def diagnostics_to_pb(d: SeedDiagnostics) -> pb.SeedDiagnostics:
+    out = pb.SeedDiagnostics(
+        seeds=d.seeds,
+        cohesion=d.cohesion,
+        background_cohesion=d.background_cohesion,
+        interests=[
+            pb.SeedInterest(seeds=i.seeds, share=i.share, keywords=i.keywords, cohesion=i.cohesion)
+            for i in d.interests
+        ],
+        outliers=d.outliers,
+        warnings=d.warnings,
+        strategy=d.strategy,
+        suggested_strategy=d.suggested_strategy,
+    )
+    if d.quality is not None:
+        out.quality.CopyFrom(quality_to_pb(d.quality))
+    return out
+
+
+def with_extras(message: M, found: LookalikeResult | LookalikeStream) -> M:
+    """The message with what the audience came with: strategy, quality, diagnostics."""
+    message.strategy = found.strategy
+    if found.quality is not None:
+        message.quality.CopyFrom(quality_to_pb(found.quality))
+    if found.diagnostics is not None:
+        message.diagnostics.CopyFrom(diagnostics_to_pb(found.diagnostics))
+    return message
+
+
 def with_scored(message: M, users: ScoredUsers) -> M:
     """The message with users appended to its `users` field (add() is twice as fast as
     building a list of messages, which counts on the FindLookalikes hot path)."""
     add = message.users.add
+    if users.closest_seeds is not None:  # explain: rare, no hurry
+        attributes = users.attributes or [{}] * len(users)
+        for user_id, score, attrs, seed in zip(
+            users.user_ids, users.scores, attributes, users.closest_seeds
+        ):
+            scored = add(user_id=user_id, score=score, closest_seed=seed)
+            for name, value in attrs.items():
+                scored.attributes[name].CopyFrom(value_to_pb(value))
+        return message
     if users.attributes is not None:
         for user_id, score, attrs in zip(users.user_ids, users.scores, users.attributes):
             scored = add(user_id=user_id, score=score)

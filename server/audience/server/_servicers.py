@@ -34,6 +34,7 @@ from ._convert import (
     BACKUP,
     BUILD_SEGMENTS,
     REBUILD_INDEX,
+    diagnostics_to_pb,
     filters_from_pb,
     job_to_pb,
     memberships_to_pb,
@@ -42,6 +43,7 @@ from ._convert import (
     segment_params_from_pb,
     segment_to_pb,
     stored_user_to_pb,
+    with_extras,
     with_scored,
 )
 
@@ -171,18 +173,27 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
     ) -> pb.LookalikeResponse:
         result = self._holder.engine.find_lookalikes(query_from_pb(request))
         response = pb.LookalikeResponse(eligible=result.eligible, warnings=result.warnings)
-        return with_scored(response, result.users)
+        return with_scored(with_extras(response, result), result.users)
 
     def StreamLookalikes(
         self, request: pb.LookalikeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LookalikeChunk]:
         stream = self._holder.engine.stream_lookalikes(query_from_pb(request), STREAM_CHUNK)
-        warnings = stream.warnings  # on the first chunk only
+        first = True  # warnings, strategy, quality, diagnostics: on the first chunk only
         for chunk in stream.chunks:
             if not context.is_active():  # the caller went away: stop sending
                 return
-            yield with_scored(pb.LookalikeChunk(eligible=stream.eligible, warnings=warnings), chunk)
-            warnings = ()
+            message = pb.LookalikeChunk(eligible=stream.eligible)
+            if first:
+                message.warnings.extend(stream.warnings)
+                with_extras(message, stream)
+                first = False
+            yield with_scored(message, chunk)
+
+    def DiagnoseSeeds(
+        self, request: pb.LookalikeRequest, context: grpc.ServicerContext
+    ) -> pb.SeedDiagnostics:
+        return diagnostics_to_pb(self._holder.engine.diagnose_seeds(query_from_pb(request)))
 
     def EstimateReach(
         self, request: pb.EstimateReachRequest, context: grpc.ServicerContext

@@ -176,8 +176,13 @@ class ScoredUser(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    CLOSEST_SEED_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     score: _builtins.float
+    closest_seed: _builtins.str
+    """With explain: the seed this user is most similar to (its id, or "#N" for the Nth seed
+    given as text).
+    """
     @_builtins.property
     def attributes(self) -> _containers.MessageMap[_builtins.str, Global___AttributeValue]:
         """The stored attributes asked for with include_attributes (those the user has)."""
@@ -188,10 +193,11 @@ class ScoredUser(_message.Message):
         user_id: _builtins.str = ...,
         score: _builtins.float = ...,
         attributes: _abc.Mapping[_builtins.str, Global___AttributeValue] | None = ...,
+        closest_seed: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "score", b"score", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "closest_seed", b"closest_seed", "score", b"score", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -551,6 +557,9 @@ class LookalikeRequest(_message.Message):
     SEARCH_EFFORT_FIELD_NUMBER: _builtins.int
     EXACT_FIELD_NUMBER: _builtins.int
     INCLUDE_ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    ESTIMATE_QUALITY_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     negative_weight: _builtins.float
     """Strength of the negative users against the seeds; unset means 0.5. Finite, >= 0."""
     include_seeds: _builtins.bool
@@ -565,6 +574,15 @@ class LookalikeRequest(_message.Message):
     """
     exact: _builtins.bool
     """Exhaustive search even on an approximate index (slow on large indexes)."""
+    strategy: _builtins.str
+    """How the seeds become an audience: "centroid" (unset: the default), "sum-scores",
+    "best-score", "classifier", "multi-interest" or "auto" (see the README, "Strategies").
+    Anything else is INVALID_ARGUMENT.
+    """
+    estimate_quality: _builtins.bool
+    """Return the held-out quality estimate with the audience (LookalikeResponse.quality)."""
+    explain: _builtins.bool
+    """Also return the seed diagnostics and each user's closest seed (implies estimate_quality)."""
     @_builtins.property
     def seeds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Seed]: ...
     @_builtins.property
@@ -604,10 +622,13 @@ class LookalikeRequest(_message.Message):
         search_effort: _builtins.int | None = ...,
         exact: _builtins.bool = ...,
         include_attributes: _abc.Iterable[_builtins.str] | None = ...,
+        strategy: _builtins.str = ...,
+        estimate_quality: _builtins.bool = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "_search_effort", b"_search_effort", "fraction", b"fraction", "k", b"k", "min_score", b"min_score", "negative_weight", b"negative_weight", "search_effort", b"search_effort", "size", b"size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "_search_effort", b"_search_effort", "exact", b"exact", "exclude_segment_ids", b"exclude_segment_ids", "exclude_user_ids", b"exclude_user_ids", "filters", b"filters", "fraction", b"fraction", "include_attributes", b"include_attributes", "include_seeds", b"include_seeds", "k", b"k", "min_score", b"min_score", "negative_user_ids", b"negative_user_ids", "negative_weight", b"negative_weight", "search_effort", b"search_effort", "seeds", b"seeds", "segment_ids", b"segment_ids", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "_negative_weight", b"_negative_weight", "_search_effort", b"_search_effort", "estimate_quality", b"estimate_quality", "exact", b"exact", "exclude_segment_ids", b"exclude_segment_ids", "exclude_user_ids", b"exclude_user_ids", "explain", b"explain", "filters", b"filters", "fraction", b"fraction", "include_attributes", b"include_attributes", "include_seeds", b"include_seeds", "k", b"k", "min_score", b"min_score", "negative_user_ids", b"negative_user_ids", "negative_weight", b"negative_weight", "search_effort", b"search_effort", "seeds", b"seeds", "segment_ids", b"segment_ids", "size", b"size", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
     _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
@@ -629,14 +650,156 @@ class LookalikeRequest(_message.Message):
 Global___LookalikeRequest: _TypeAlias = LookalikeRequest  # noqa: Y015
 
 @_typing.final
+class AudienceQuality(_message.Message):
+    """How good an audience is likely to be, from the seeds alone: each seed is held out in turn
+    (5 folds), the strategy prepared on the others, and the held-out seed ranked among a sample
+    of the eligible users.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELDOUT_SEEDS_FIELD_NUMBER: _builtins.int
+    REACH_FIELD_NUMBER: _builtins.int
+    HELDOUT_RECALL_FIELD_NUMBER: _builtins.int
+    LIFT_AT_1_FIELD_NUMBER: _builtins.int
+    LIFT_AT_5_FIELD_NUMBER: _builtins.int
+    LIFT_AT_10_FIELD_NUMBER: _builtins.int
+    heldout_seeds: _builtins.int
+    reach: _builtins.float
+    """The audience size as a share of the eligible users."""
+    heldout_recall: _builtins.float
+    """Share of held-out seeds found within that size."""
+    lift_at_1: _builtins.float
+    """Share of held-out seeds found within 1% / 5% / 10% of the eligible users, divided by
+    that share: 1.0 is no better than a random audience.
+    """
+    lift_at_5: _builtins.float
+    lift_at_10: _builtins.float
+    def __init__(
+        self,
+        *,
+        heldout_seeds: _builtins.int = ...,
+        reach: _builtins.float = ...,
+        heldout_recall: _builtins.float = ...,
+        lift_at_1: _builtins.float = ...,
+        lift_at_5: _builtins.float = ...,
+        lift_at_10: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_recall", b"heldout_recall", "heldout_seeds", b"heldout_seeds", "lift_at_1", b"lift_at_1", "lift_at_10", b"lift_at_10", "lift_at_5", b"lift_at_5", "reach", b"reach"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceQuality: _TypeAlias = AudienceQuality  # noqa: Y015
+
+@_typing.final
+class SeedInterest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEEDS_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    KEYWORDS_FIELD_NUMBER: _builtins.int
+    COHESION_FIELD_NUMBER: _builtins.int
+    share: _builtins.float
+    """Its share of the seeds' weight."""
+    cohesion: _builtins.float
+    """Mean cosine between two of its seeds."""
+    @_builtins.property
+    def seeds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The seeds of this interest (ids, or "#N" for the Nth seed given as text)."""
+
+    @_builtins.property
+    def keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        seeds: _abc.Iterable[_builtins.str] | None = ...,
+        share: _builtins.float = ...,
+        keywords: _abc.Iterable[_builtins.str] | None = ...,
+        cohesion: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohesion", b"cohesion", "keywords", b"keywords", "seeds", b"seeds", "share", b"share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeedInterest: _TypeAlias = SeedInterest  # noqa: Y015
+
+@_typing.final
+class SeedDiagnostics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEEDS_FIELD_NUMBER: _builtins.int
+    COHESION_FIELD_NUMBER: _builtins.int
+    BACKGROUND_COHESION_FIELD_NUMBER: _builtins.int
+    INTERESTS_FIELD_NUMBER: _builtins.int
+    OUTLIERS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    SUGGESTED_STRATEGY_FIELD_NUMBER: _builtins.int
+    seeds: _builtins.int
+    cohesion: _builtins.float
+    """Mean cosine between two seeds, and between two random users."""
+    background_cohesion: _builtins.float
+    strategy: _builtins.str
+    suggested_strategy: _builtins.str
+    """What "auto" picks for these seeds."""
+    @_builtins.property
+    def interests(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeedInterest]: ...
+    @_builtins.property
+    def outliers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Seeds that fit no interest."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Too few seeds, seeds no more alike than random users, several interests for a strategy
+        that serves one, outliers.
+        """
+
+    @_builtins.property
+    def quality(self) -> Global___AudienceQuality:
+        """The held-out estimate of the strategy asked for, at the size asked for; unset with fewer
+        than 4 seeds.
+        """
+
+    def __init__(
+        self,
+        *,
+        seeds: _builtins.int = ...,
+        cohesion: _builtins.float = ...,
+        background_cohesion: _builtins.float = ...,
+        interests: _abc.Iterable[Global___SeedInterest] | None = ...,
+        outliers: _abc.Iterable[_builtins.str] | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        quality: Global___AudienceQuality | None = ...,
+        strategy: _builtins.str = ...,
+        suggested_strategy: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_cohesion", b"background_cohesion", "cohesion", b"cohesion", "interests", b"interests", "outliers", b"outliers", "quality", b"quality", "seeds", b"seeds", "strategy", b"strategy", "suggested_strategy", b"suggested_strategy", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeedDiagnostics: _TypeAlias = SeedDiagnostics  # noqa: Y015
+
+@_typing.final
 class LookalikeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USERS_FIELD_NUMBER: _builtins.int
     ELIGIBLE_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    DIAGNOSTICS_FIELD_NUMBER: _builtins.int
     eligible: _builtins.int
     """Users that could have been returned (filters passed, not excluded)."""
+    strategy: _builtins.str
+    """The strategy that answered ("auto": the one it chose)."""
     @_builtins.property
     def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredUser]:
         """Best first."""
@@ -647,16 +810,27 @@ class LookalikeResponse(_message.Message):
         user has (with the values there are), ... The answer is still what was asked for.
         """
 
+    @_builtins.property
+    def quality(self) -> Global___AudienceQuality:
+        """With estimate_quality or explain (unset with fewer than 4 seeds)."""
+
+    @_builtins.property
+    def diagnostics(self) -> Global___SeedDiagnostics:
+        """With explain."""
+
     def __init__(
         self,
         *,
         users: _abc.Iterable[Global___ScoredUser] | None = ...,
         eligible: _builtins.int = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        strategy: _builtins.str = ...,
+        quality: Global___AudienceQuality | None = ...,
+        diagnostics: Global___SeedDiagnostics | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["diagnostics", b"diagnostics", "quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diagnostics", b"diagnostics", "eligible", b"eligible", "quality", b"quality", "strategy", b"strategy", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -669,23 +843,34 @@ class LookalikeChunk(_message.Message):
     USERS_FIELD_NUMBER: _builtins.int
     ELIGIBLE_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    DIAGNOSTICS_FIELD_NUMBER: _builtins.int
     eligible: _builtins.int
+    strategy: _builtins.str
     @_builtins.property
     def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredUser]: ...
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """On the first chunk only: as LookalikeResponse.warnings."""
+        """On the first chunk only: as LookalikeResponse.warnings, strategy, quality, diagnostics."""
 
+    @_builtins.property
+    def quality(self) -> Global___AudienceQuality: ...
+    @_builtins.property
+    def diagnostics(self) -> Global___SeedDiagnostics: ...
     def __init__(
         self,
         *,
         users: _abc.Iterable[Global___ScoredUser] | None = ...,
         eligible: _builtins.int = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        strategy: _builtins.str = ...,
+        quality: Global___AudienceQuality | None = ...,
+        diagnostics: Global___SeedDiagnostics | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["diagnostics", b"diagnostics", "quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diagnostics", b"diagnostics", "eligible", b"eligible", "quality", b"quality", "strategy", b"strategy", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

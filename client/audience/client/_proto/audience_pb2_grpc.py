@@ -293,6 +293,11 @@ class LookalikeStub:
                 request_serializer=audience_dot_v1_dot_audience__pb2.LookalikeRequest.SerializeToString,
                 response_deserializer=audience_dot_v1_dot_audience__pb2.LookalikeChunk.FromString,
                 _registered_method=True)
+        self.DiagnoseSeeds = channel.unary_unary(
+                '/audience.v1.Lookalike/DiagnoseSeeds',
+                request_serializer=audience_dot_v1_dot_audience__pb2.LookalikeRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.SeedDiagnostics.FromString,
+                _registered_method=True)
         self.EstimateReach = channel.unary_unary(
                 '/audience.v1.Lookalike/EstimateReach',
                 request_serializer=audience_dot_v1_dot_audience__pb2.EstimateReachRequest.SerializeToString,
@@ -311,6 +316,14 @@ class LookalikeServicer:
 
     def StreamLookalikes(self, request, context):
         """The same query for large audiences, answered in chunks, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiagnoseSeeds(self, request, context):
+        """What the seeds of a request are: cohesion, interests (sizes, keywords), outliers,
+        warnings, and the held-out estimate of its strategy at its size. No audience.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -335,6 +348,11 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.StreamLookalikes,
                     request_deserializer=audience_dot_v1_dot_audience__pb2.LookalikeRequest.FromString,
                     response_serializer=audience_dot_v1_dot_audience__pb2.LookalikeChunk.SerializeToString,
+            ),
+            'DiagnoseSeeds': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiagnoseSeeds,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.LookalikeRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.SeedDiagnostics.SerializeToString,
             ),
             'EstimateReach': grpc.unary_unary_rpc_method_handler(
                     servicer.EstimateReach,
@@ -396,6 +414,33 @@ class Lookalike:
             '/audience.v1.Lookalike/StreamLookalikes',
             audience_dot_v1_dot_audience__pb2.LookalikeRequest.SerializeToString,
             audience_dot_v1_dot_audience__pb2.LookalikeChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiagnoseSeeds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Lookalike/DiagnoseSeeds',
+            audience_dot_v1_dot_audience__pb2.LookalikeRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.SeedDiagnostics.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,7 @@
 """
 
 from ._builder import Clustering, Population, SegmentBuilder, with_text_dims
-from ._describe import SegmentDescription, describe_segments
+from ._describe import SegmentDescription, describe_segments, segment_keywords
 from ._model import Segment, SegmentBuild, SegmentList, SegmentModel
 from ._params import SegmentParams
 from ._place import LocalPlacer, Placer, RayPlacer
@@ -56,5 +56,6 @@ __all__ = [
     "UmapReducer",
     "default_stages",
     "describe_segments",
+    "segment_keywords",
     "with_text_dims",
 ]

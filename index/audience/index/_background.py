@@ -1,0 +1,81 @@
+"""A uniform sample of the indexed users, kept in memory: what a seed list is measured against.
+
+The seed strategies that need to know "what an ordinary user looks like" use it: the
+classifier learns seeds against it, multi-interest centres its queries on its mean and finds
+interests with it, and the quality estimate ranks held-out seeds among it (the share of
+background users scoring above a held-out seed estimates the reach at which that seed would
+be found). A sample of `SIZE` users answers all of that in a few matrix products, never a
+search of the whole index.
+
+`BackgroundCache.get(catalog)` draws the sample once per index (a rebuild makes a new index)
+and again when the index has grown or shrunk by a quarter since.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._catalog import Catalog
+
+SIZE = 2000  # users in the sample (all of them below that)
+REDRAW_CHANGE = 0.25  # redraw when the index size moved this much since the last draw
+
+
+@dataclass(frozen=True)
+class Background:
+    iids: np.ndarray  # (b,) int64, sorted
+    vectors: np.ndarray  # (b, dim) float32, unit norm as stored
+    mean: np.ndarray  # (dim,) float32: the mean user vector of the sample
+
+    def __len__(self) -> int:
+        return len(self.iids)
+
+    def restricted(self, mask: np.ndarray | None, drop: np.ndarray | None = None) -> Background:
+        """The users of the sample that `mask` allows (None: all), less the iids in `drop`
+        (the seeds themselves). The mean stays that of the whole sample."""
+        keep = np.ones(len(self.iids), bool)
+        if mask is not None:
+            inside = self.iids < len(mask)
+            keep &= inside
+            keep[inside] &= mask[self.iids[inside]]
+        if drop is not None and len(drop):
+            keep &= ~np.isin(self.iids, drop)
+        if keep.all():
+            return self
+        return Background(self.iids[keep], self.vectors[keep], self.mean)
+
+
+class BackgroundCache:
+    def __init__(self, size: int = SIZE, seed: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+        self._lock = threading.Lock()
+        self._index: object = None
+        self._drawn_at = 0
+        self._background: Background | None = None
+
+    def get(self, catalog: Catalog) -> Background:
+        """(under the engine's read lock) The sample for the catalog's current index."""
+        index = catalog.index
+        n = len(index)
+        with self._lock:
+            bg = self._background
+            stale = bg is None or self._index is not index
+            stale = stale or abs(n - self._drawn_at) > REDRAW_CHANGE * max(self._drawn_at, 1)
+            if stale:
+                bg = self._draw(catalog)
+                self._background, self._index, self._drawn_at = bg, index, n
+            assert bg is not None
+            return bg
+
+    def _draw(self, catalog: Catalog) -> Background:
+        ids = np.sort(catalog.index.ids().astype(np.int64))
+        if len(ids) > self.size:
+            rng = np.random.default_rng(self.seed)
+            ids = np.sort(rng.choice(ids, self.size, replace=False))
+        vectors = np.ascontiguousarray(catalog.user_vectors(ids), dtype=np.float32)
+        mean = vectors.mean(axis=0) if len(ids) else np.zeros(catalog.dim, np.float32)
+        return Background(ids, vectors, mean.astype(np.float32))

@@ -1,0 +1,160 @@
+"""How good an audience will be, told from the seeds alone; and what the seeds are.
+
+Held-out estimate: the seeds are split into FOLDS folds; for each, the strategy is prepared
+on the other seeds and the held-out seeds are ranked among the background sample (restricted
+to the eligible users). A held-out seed ranked above all but 2% of the background would be
+found in an audience of 2% of the eligible users. From those reaches:
+
+    heldout_recall   share of held-out seeds found within the requested audience size
+    lift_at_1/5/10   share found within 1%, 5%, 10% of the eligible users, over that share
+                     (what a random audience would find): 1.0 is no better than random
+
+`diagnose` describes the
+seeds: cohesion beside random users', the interests with their keywords, outliers, warnings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ._background import Background
+from ._interests import Interests, find_interests
+from ._search import SeedSet
+from ._segments import segment_keywords
+from ._strategies import MultiInterest, SeedStrategy, heldout_reach
+from ._types import AudienceQuality, SeedDiagnostics, SeedInterest
+
+MIN_SEEDS = 4  # fewer seeds: no held-out estimate
+MIN_BACKGROUND = 50  # eligible background users needed for an estimate
+REACHES = (0.01, 0.05, 0.10)
+FEW_SEEDS = 10  # below this, a warning that the audience follows single seeds
+KEYWORD_DOCS = 300  # background users whose texts the interests' keywords are set against
+
+
+def estimate(
+    strategy: SeedStrategy, seeds: SeedSet, background: Background, size_share: float
+) -> AudienceQuality | None:
+    """The held-out estimate for an audience of `size_share` of the eligible users; None
+    with too few seeds or eligible background users."""
+    if len(seeds) < MIN_SEEDS or len(background) < MIN_BACKGROUND:
+        return None
+    reach = heldout_reach(strategy, seeds, background)
+    lifts = [float(np.mean(reach <= r)) / r for r in REACHES]
+    return AudienceQuality(
+        heldout_seeds=len(seeds),
+        reach=float(size_share),
+        heldout_recall=float(np.mean(reach <= size_share)),
+        lift_at_1=lifts[0],
+        lift_at_5=lifts[1],
+        lift_at_10=lifts[2],
+    )
+
+
+def diagnose(
+    seeds: SeedSet,
+    background: Background,
+    docs_of: Callable[[np.ndarray], list[str]],
+    seed_docs: list[str],
+    strategy: SeedStrategy,
+    quality: AudienceQuality | None,
+    suggested: str,
+) -> SeedDiagnostics:
+    """What the seeds are. docs_of(iids): one document per background user; seed_docs: one
+    per seed (its texts joined, or the seed text)."""
+    vectors = seeds.vectors.astype(np.float32)
+    interests = find_interests(vectors, background)
+    names = list(seeds.names) or [f"#{i + 1}" for i in range(len(seeds))]
+    keywords = _keywords(interests, background, docs_of, seed_docs)
+    found = []
+    for j in range(interests.count):
+        rows = interests.members(j)
+        found.append(
+            SeedInterest(
+                seeds=tuple(names[i] for i in rows),
+                share=float(seeds.weights[rows].sum() / seeds.weights.sum()),
+                keywords=tuple(keywords.get(j, ())),
+                cohesion=_cohesion(vectors[rows]),
+            )
+        )
+    cohesion = _cohesion(vectors)
+    bg_cohesion = _cohesion(background.vectors[:1000])
+    outliers = tuple(names[i] for i in np.flatnonzero(interests.labels < 0))
+    warnings = _warnings(len(seeds), cohesion, bg_cohesion, interests, outliers, strategy, quality)
+    return SeedDiagnostics(
+        seeds=len(seeds),
+        cohesion=cohesion,
+        background_cohesion=bg_cohesion,
+        interests=tuple(found),
+        outliers=outliers,
+        warnings=warnings,
+        quality=quality,
+        strategy=strategy.name,
+        suggested_strategy=suggested,
+    )
+
+
+def closest_seeds(seeds: SeedSet, vectors: np.ndarray) -> list[str]:
+    """The seed each user (a row of vectors) is most similar to."""
+    if not len(vectors):
+        return []
+    names = list(seeds.names) or [f"#{i + 1}" for i in range(len(seeds))]
+    best = (vectors @ seeds.vectors.astype(np.float32).T).argmax(axis=1)
+    return [names[i] for i in best]
+
+
+def _cohesion(vectors: np.ndarray) -> float:
+    """Mean cosine between two different rows (unit rows)."""
+    n = len(vectors)
+    if n < 2:
+        return 1.0
+    total = vectors.sum(axis=0)
+    return float((total @ total - np.einsum("ij,ij->", vectors, vectors)) / (n * (n - 1)))
+
+
+def _keywords(
+    interests: Interests,
+    background: Background,
+    docs_of: Callable[[np.ndarray], list[str]],
+    seed_docs: list[str],
+) -> dict[int, list[str]]:
+    """c-TF-IDF keywords of each interest's seeds, set against a sample of the background (a
+    class of its own, so words every user writes do not lead)."""
+    if interests.count == 0:
+        return {}
+    bg_iids = background.iids[:KEYWORD_DOCS]
+    docs = list(seed_docs) + docs_of(bg_iids)
+    labels = np.r_[interests.labels, np.full(len(bg_iids), interests.count)]
+    found = segment_keywords(labels, docs, top_n=8)
+    return {j: words for j, words in found.items() if j < interests.count}
+
+
+def _warnings(
+    n: int,
+    cohesion: float,
+    bg_cohesion: float,
+    interests: Interests,
+    outliers: tuple[str, ...],
+    strategy: SeedStrategy,
+    quality: AudienceQuality | None,
+) -> tuple[str, ...]:
+    out = []
+    if n < FEW_SEEDS:
+        out.append(
+            f"only {n} seeds: the audience follows single seeds' quirks; 20 or more give a "
+            f"steadier audience" + ("" if n >= MIN_SEEDS else " (and a quality estimate)")
+        )
+    if cohesion <= bg_cohesion + 0.02 or (quality is not None and quality.lift_at_10 < 1.5):
+        out.append(
+            f"the seeds are hardly more alike than random users (cohesion {cohesion:.2f}, "
+            f"random users {bg_cohesion:.2f}): the audience will be close to random"
+        )
+    if interests.count > 1 and not isinstance(strategy, MultiInterest):
+        out.append(
+            f"the seeds hold {interests.count} interests; strategy {strategy.name!r} may fill "
+            f"the audience mostly from one: try 'multi-interest' (or 'auto')"
+        )
+    if outliers:
+        out.append(f"{len(outliers)} seed(s) fit no interest: {', '.join(outliers[:10])}")
+    return tuple(out)

@@ -1,0 +1,231 @@
+"""Seed strategies through the real server, each against a brute-force numpy version of it:
+centroid, sum-scores, best-score, classifier, multi-interest, auto; with exclusions,
+filters, fraction, streaming and an HNSW index. A crafted population where the answer is
+known: three separated interests; a seed list of two of them must bring both. Seed
+diagnostics find two interests in a two-interest list and one in a one-interest list."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audience.client import AudienceClient, InvalidArgument, LookalikeQuery, Profile
+
+INTERESTS = ("a", "b", "c")
+PER_INTEREST = 90
+RANDOM_USERS = 60
+
+
+def _population(dim: int, seed: int = 3) -> tuple[list[Profile], dict[str, str]]:
+    """Users around three random centres (cosine ~0.5 to their centre's other users), plus
+    users in no interest; every other user female."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(INTERESTS), dim))
+    profiles, interest_of = [], {}
+    for j, name in enumerate(INTERESTS):
+        for i in range(PER_INTEREST):
+            profiles.append(_user(f"{name}-{i}", centres[j] + rng.normal(size=dim), i))
+            interest_of[f"{name}-{i}"] = name
+    for i in range(RANDOM_USERS):
+        profiles.append(_user(f"r-{i}", rng.normal(size=dim), i))
+        interest_of[f"r-{i}"] = "none"
+    return profiles, interest_of
+
+
+def _user(user_id: str, v: np.ndarray, i: int) -> Profile:
+    v = (v / np.linalg.norm(v)).astype("<f4")
+    gender = "female" if i % 2 else "male"
+    return Profile(user_id, vector=v.tobytes(), attributes={"gender": gender, "age": 20 + i % 50})
+
+
+@pytest.fixture
+def crafted(start_server):
+    server = start_server(lexical_dim=0)
+    with AudienceClient(f"127.0.0.1:{server.port}", timeout=60.0) as client:
+        dim = client.stats().dimension
+        profiles, interest_of = _population(dim)
+        client.upsert_users(profiles, batch_size=100)
+        ids = [p.user_id for p in profiles]  # upsert order = internal id order
+        vectors = np.stack(
+            [np.frombuffer(client.get_user(u, include_vector=True).vector, "<f4") for u in ids]
+        )
+        yield client, ids, vectors, interest_of
+
+
+SEEDS_AB = [f"a-{i}" for i in range(6)] + [f"b-{i}" for i in range(6)]
+
+
+# ---------------------------------------------------------------- brute force, in numpy
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _brute(strategy: str, ids, X, seeds, allowed, k):
+    """(user ids, scores) of the strategy over the allowed users, best first."""
+    from audience.index._background import Background
+    from audience.index._interests import find_interests
+
+    row = {u: i for i, u in enumerate(ids)}
+    S = X[[row[s] for s in seeds]].astype(np.float64)
+    if strategy == "centroid":
+        q = S.mean(0) / np.linalg.norm(S.mean(0))
+        scores = X @ q
+    elif strategy == "sum-scores":
+        scores = X @ S.sum(0)
+    elif strategy == "best-score":
+        scores = _sigmoid((X @ S.T).max(1))
+    elif strategy == "classifier":
+        from sklearn.linear_model import LogisticRegression
+
+        rest = np.array([i for i, u in enumerate(ids) if u not in set(seeds)])[:1000]
+        x = np.vstack([S, X[rest]])
+        y = np.r_[np.ones(len(S)), np.zeros(len(rest))]
+        w = np.r_[np.full(len(S), len(rest) / len(S)), np.ones(len(rest))]
+        model = LogisticRegression(C=1.0, max_iter=100, tol=1e-3).fit(x, y, sample_weight=w)
+        scores = _sigmoid(X @ model.coef_[0] + model.intercept_[0])
+    else:  # multi-interest: interests found as the server does, then quotas, interleaved
+        bg = Background(np.arange(len(ids)), X, X.mean(0))
+        interests = find_interests(S, bg)
+        queries, shares = [], []
+        for j in range(interests.count):
+            c = S[interests.labels == j].mean(0)
+            q = c / np.linalg.norm(c) - X.mean(0)
+            queries.append(q / np.linalg.norm(q))
+            shares.append((interests.labels == j).sum())
+        shares = np.array(shares) / sum(shares)
+        raw = shares * k
+        quota = np.floor(raw).astype(int)
+        for j in sorted(range(len(raw)), key=lambda j: (-(raw[j] - quota[j]), j))[
+            : k - quota.sum()
+        ]:
+            quota[j] += 1
+        lists = []
+        for q in queries:
+            s = X @ q
+            order = [i for i in np.argsort(-s, kind="stable") if ids[i] in allowed]
+            lists.append([(ids[i], float(s[i])) for i in order])
+        taken, out, seen = [0] * len(lists), [], set()
+        keys = []  # (position key, list): the next pick is the smallest (taken + 1) / quota
+        while len(out) < k:
+            keys = [((taken[j] + 1) / max(quota[j], 1), j) for j in range(len(lists))
+                    if taken[j] < quota[j] and any(u not in seen for u, _ in lists[j])]  # fmt: skip
+            if not keys:
+                break
+            _, j = min(keys)
+            u, s = next((u, s) for u, s in lists[j] if u not in seen)
+            seen.add(u)
+            out.append((u, s))
+            taken[j] += 1
+        return [u for u, _ in out], [s for _, s in out]
+    order = [i for i in np.argsort(-scores, kind="stable") if ids[i] in allowed][:k]
+    return [ids[i] for i in order], [float(scores[i]) for i in order]
+
+
+@pytest.mark.parametrize(
+    "strategy", ["centroid", "sum-scores", "best-score", "classifier", "multi-interest"]
+)
+def test_each_strategy_equals_its_brute_force_version(crafted, strategy: str) -> None:
+    client, ids, X, interest_of = crafted
+    excluded = {"a-10", "b-11", "c-12"}
+    females = {u for u in ids if int(u.split("-")[1]) % 2}
+    for filters, allowed in (((), set(ids)), (("gender=female",), females)):
+        allowed = allowed - excluded - set(SEEDS_AB)
+        query = LookalikeQuery(
+            seed_ids=SEEDS_AB, k=40, strategy=strategy, exclude_ids=sorted(excluded),
+            filters=filters,
+        )  # fmt: skip
+        got = client.find_lookalikes(query)
+        want_ids, want_scores = _brute(strategy, ids, X, SEEDS_AB, allowed, 40)
+        assert got.strategy == strategy
+        assert [u.user_id for u in got.users] == want_ids
+        assert np.allclose([u.score for u in got.users], want_scores, atol=2e-4)
+        # fraction and streaming give the same audience
+        streamed = list(client.stream_lookalikes(query))
+        assert [u.user_id for u in streamed] == want_ids
+        share = LookalikeQuery(
+            seed_ids=SEEDS_AB, fraction=40 / len(allowed), strategy=strategy,
+            exclude_ids=sorted(excluded), filters=filters,
+        )  # fmt: skip
+        assert [u.user_id for u in client.find_lookalikes(share).users] == want_ids
+
+
+def test_two_separated_interests_in_the_seeds_both_appear(crafted) -> None:
+    client, ids, X, interest_of = crafted
+    for strategy in ("multi-interest", "auto"):
+        got = client.find_lookalikes(LookalikeQuery(seed_ids=SEEDS_AB, k=60, strategy=strategy))
+        found = [interest_of[u.user_id] for u in got.users]
+        assert found.count("a") >= 25 and found.count("b") >= 25, (strategy, found)
+        assert got.strategy == "multi-interest"
+    centroid = client.find_lookalikes(LookalikeQuery(seed_ids=SEEDS_AB, k=60))
+    assert centroid.strategy == "centroid"
+    # one interest: auto is the centroid
+    one = LookalikeQuery(seed_ids=[f"c-{i}" for i in range(12)], k=30, strategy="auto")
+    got = client.find_lookalikes(one)
+    assert got.strategy == "centroid"
+    assert all(interest_of[u.user_id] == "c" for u in got.users)
+
+
+def test_hnsw_index_answers_every_strategy_exactly_when_asked(start_server) -> None:
+    server = start_server(lexical_dim=0, index_kind="hnsw", ann_threshold=100)
+    with AudienceClient(f"127.0.0.1:{server.port}", timeout=60.0) as client:
+        profiles, _ = _population(client.stats().dimension, seed=5)
+        client.upsert_users(profiles, batch_size=100)
+        client.rebuild_index()
+        assert client.stats().index_type.startswith("hnsw")
+        ids = [p.user_id for p in profiles]
+        X = np.stack(
+            [np.frombuffer(client.get_user(u, include_vector=True).vector, "<f4") for u in ids]
+        )
+        for strategy in ("best-score", "multi-interest", "sum-scores"):
+            query = LookalikeQuery(seed_ids=SEEDS_AB, k=30, strategy=strategy, exact=True)
+            got = client.find_lookalikes(query)
+            want, _ = _brute(strategy, ids, X, SEEDS_AB, set(ids) - set(SEEDS_AB), 30)
+            assert [u.user_id for u in got.users] == want
+
+
+def test_diagnostics_quality_and_explain(crafted) -> None:
+    client, ids, X, interest_of = crafted
+    two = client.diagnose_seeds(LookalikeQuery(seed_ids=SEEDS_AB, k=50))
+    assert len(two.interests) == 2
+    groups = sorted({interest_of[s] for s in i.seeds} for i in two.interests)
+    assert groups == [{"a"}, {"b"}]
+    assert two.suggested_strategy == "multi-interest"
+    assert any("2 interests" in w for w in two.warnings)
+    assert two.cohesion > two.background_cohesion
+    one = client.diagnose_seeds(LookalikeQuery(seed_ids=[f"a-{i}" for i in range(12)], k=50))
+    assert len(one.interests) == 1 and one.suggested_strategy == "centroid"
+    # a list of one interest is found sooner than a list of random users
+    noise = client.diagnose_seeds(LookalikeQuery(seed_ids=[f"r-{i}" for i in range(12)], k=50))
+    assert one.quality is not None and noise.quality is not None
+    assert one.quality.lift_at_5 + one.quality.lift_at_10 > 2 * (
+        noise.quality.lift_at_5 + noise.quality.lift_at_10
+    )
+    assert any("hardly more alike than random users" in w for w in noise.warnings)
+    # an off-topic seed is an outlier
+    odd = client.diagnose_seeds(
+        LookalikeQuery(seed_ids=[f"a-{i}" for i in range(12)] + ["r-3"], k=50)
+    )
+    assert odd.outliers == ("r-3",)
+    # with the audience: quality, diagnostics and each user's closest seed
+    got = client.find_lookalikes(
+        LookalikeQuery(seed_ids=SEEDS_AB, k=20, strategy="multi-interest", explain=True)
+    )
+    assert got.quality is not None and got.diagnostics is not None
+    assert 0 <= got.quality.heldout_recall <= 1 and got.quality.heldout_seeds == 12
+    for user in got.users:
+        assert user.closest_seed in SEEDS_AB
+        assert interest_of[user.closest_seed] == interest_of[user.user_id]
+    # few seeds: no estimate, and a warning
+    few = client.diagnose_seeds(LookalikeQuery(seed_ids=["a-1", "a-2"], k=10))
+    assert few.quality is None and any("only 2 seeds" in w for w in few.warnings)
+
+
+def test_bad_strategy_names_are_invalid_argument(crafted) -> None:
+    client = crafted[0]
+    for name in ("centroids", "best_score", "AUTO"):
+        with pytest.raises(InvalidArgument, match="strategy: unknown strategy"):
+            client.find_lookalikes(LookalikeQuery(seed_ids=["a-1"], k=5, strategy=name))
+        with pytest.raises(InvalidArgument, match="strategy"):
+            client.diagnose_seeds(LookalikeQuery(seed_ids=["a-1"], k=5, strategy=name))
