@@ -3,6 +3,7 @@
 the same run, since absolute numbers on a shared machine drift from run to run.
 
     python bench/run.py lookalike --data ../shared/data --json OUT.json [--dataset thucnews]
+                                  [--mixed 1,2,3]
     python bench/run.py segments --data ../shared/data --json OUT.json [--scale 1000000]
     python bench/run.py perf --json OUT.json [--users 1000000]
     python bench/run.py scale --json OUT.json [--users 1000000]
@@ -30,6 +31,10 @@ lookalike  Each user is a StackOverflow title / THUCNews headline / blogger (fir
            semantic channel alone and the lexical channel alone; beside the random baseline.
            Also ingest throughput end to end through gRPC (client -> server -> model ->
            SQLite -> FAISS) beside plain SentenceTransformer.encode on the same texts.
+           --mixed 1,2,3: seed lists of 1, 2, 3 labels, every strategy side by side:
+           precision@k (in any seed label), balance (smallest seed label's count over the
+           largest's), and the Pearson r across lists of the held-out estimate (lift at 1%)
+           with the measured precision (`estimate_precision_r`).
 """
 
 from __future__ import annotations
@@ -127,6 +132,8 @@ def bench_lookalike(args: argparse.Namespace, dataset: str) -> dict:
             rebuild = client.rebuild_index()
             stats = client.stats()
             default, per_label, query_ms = precision(client, queries, labels, label_of, args.k)
+            if args.mixed:
+                out["mixed"] = bench_mixed(client, args, by_label, labels, label_of)
         modes = {"default": default}
         for mode, weight in (("semantic", "0"), ("lexical", "1")):
             log(f"restart with --lexical-weight {weight} ({mode} only) ...")
@@ -176,6 +183,73 @@ def bench_lookalike(args: argparse.Namespace, dataset: str) -> dict:
     print(f"  {'ingest through gRPC, users/s':<42}{len(users) / ingest_s:>10.1f}")
     print(f"  {'SentenceTransformer.encode, texts/s':<42}{baseline:>10.1f}{1.0:>10.2f}")
     print(f"  {'mean FindLookalikes ms (4 concurrent)':<42}{query_ms:>10.1f}")
+    return out
+
+
+STRATEGY_NAMES = ("centroid", "sum-scores", "best-score", "classifier", "multi-interest", "auto")
+
+
+def bench_mixed(
+    client: AudienceClient,
+    args: argparse.Namespace,
+    by_label: dict[str, list[str]],
+    labels: list[str],
+    label_of: dict[str, str],
+) -> dict:
+    """Seed lists drawn from 1, 2, 3 labels (20 seeds split evenly), every strategy on the
+    same lists: precision@k (in any seed label), balance (the smallest seed label's share of
+    the audience over the largest's), and how the held-out estimate tracks precision."""
+    import numpy as np
+
+    rng = random.Random(args.seed + 7)
+    out: dict = {}
+    for mix in args.mixed:
+        lists = []
+        for _ in range(args.lists):
+            chosen = rng.sample(labels, mix)
+            sizes = [args.seeds // mix + (i < args.seeds % mix) for i in range(mix)]
+            lists.append((chosen, [u for lab, n in zip(chosen, sizes)
+                                   for u in rng.sample(by_label[lab], n)]))  # fmt: skip
+        row: dict = {}
+        for strategy in STRATEGY_NAMES:
+            queries = [
+                LookalikeQuery(seed_ids=seeds, k=args.k, strategy=strategy, estimate_quality=True)
+                for _, seeds in lists
+            ]
+            t0 = time.perf_counter()
+            results = client.find_lookalikes_many(queries, concurrency=2)
+            ms = (time.perf_counter() - t0) / len(queries) * 1000
+            prec, bal, est, chosen_names = [], [], [], []
+            for (chosen, _), res in zip(lists, results):
+                counts = [sum(label_of[u.user_id] == lab for u in res.users) for lab in chosen]
+                prec.append(sum(counts) / max(len(res.users), 1))
+                bal.append(min(counts) / max(max(counts), 1))
+                est.append(res.quality.lift_at_1 if res.quality else float("nan"))
+                chosen_names.append(res.strategy)
+            r = (
+                float(np.corrcoef(prec, est)[0, 1])
+                if np.std(est) > 0 and np.std(prec) > 0
+                else None
+            )
+            row[strategy] = {
+                "precision": float(np.mean(prec)),
+                "balance": float(np.mean(bal)) if mix > 1 else None,
+                "estimate_precision_r": r,
+                "mean_query_ms": ms,
+            }
+            if strategy == "auto":
+                row[strategy]["chose"] = {n: chosen_names.count(n) for n in set(chosen_names)}
+            log(f"mix {mix} {strategy}: precision {np.mean(prec):.3f} balance {np.mean(bal):.3f}")
+        out[str(mix)] = row
+    print(f"\n== strategies, {args.lists} seed lists per mix, {args.seeds} seeds, k={args.k}")
+    print(f"{'mix':<5}{'strategy':<16}{'precision':>10}{'balance':>9}{'est. r':>8}{'ms':>8}")
+    for mix, row in out.items():
+        for name, v in row.items():
+            bal = "-" if v["balance"] is None else f"{v['balance']:.3f}"
+            r = "-" if v["estimate_precision_r"] is None else f"{v['estimate_precision_r']:.2f}"
+            print(
+                f"{mix:<5}{name:<16}{v['precision']:>10.3f}{bal:>9}{r:>8}{v['mean_query_ms']:>8.1f}"
+            )
     return out
 
 
@@ -380,6 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("--batch-size", type=int, default=256, help="users per UpsertUsers")
     lk.add_argument("--seed", type=int, default=1, help="random seed for the seed users")
     lk.add_argument("--quiet", action="store_true")
+    lk.add_argument(
+        "--mixed",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="also seed lists drawn from this many labels, every strategy: e.g. 1,2,3",
+    )
+    lk.add_argument("--lists", type=int, default=30, help="seed lists per mix (--mixed)")
     sg = sub.add_parser("segments", help="HDBSCAN segments vs KMeans told the true k")
     data_flag(sg)
     sg.add_argument(
