@@ -1,19 +1,25 @@
 """The interests within a seed list: which seeds belong together, and which fit none.
 
 A seed list is often several audiences at once (last quarter's buyers of shoes and of
-tents). `find_interests` groups the seeds:
+tents). A single short text is a noisy point: two seeds of one interest are often hardly more
+alike than two seeds of different interests (headlines: cosine 0.12 against 0.08), so the
+seeds are not grouped by their similarity to each other but by the population around them:
 
-    smooth     each seed is averaged with its `NEIGHBOURS` nearest background users, and the
-               background mean is taken off: a single short text is a noisy point, its
-               neighbourhood says which region of the population it stands in
-    group      average-linkage (cosine) over the smoothed seeds, cut into 2..MAX_INTERESTS
-               groups; groups smaller than MIN_SHARE of the seeds are not interests
-    choose     the cut with the best silhouette (a seed in no group counts 0), if above
-               SILHOUETTE_FLOOR; else one interest
-    outliers   seeds in groups too small, and seeds that score no better than half of the
-               background against every interest (leave-one-out): they "fit none"
+    prototype  a group of seeds -> the mean of its query (the group's mean, less the average
+               user) -> its PROTOTYPE_USERS best background users -> their mean, less the
+               average user: where the population of that interest stands (averaged over many
+               users, far less noisy than any seed)
+    group      k groups: from a few random starts (seeded: deterministic), seeds are assigned
+               to the nearest prototype and prototypes recomputed until nothing moves; the
+               start kept is the one whose prototypes best explain seeds they were made
+               without (leave-one-out: each seed against its group's prototype made without it)
+    choose     k interests (2..MAX_INTERESTS, each at least MIN_SHARE of the seeds) only when
+               they explain the held-out seeds SPLIT_GAIN times better than k - 1 interests;
+               else fewer. One interest is the answer for most lists
+    outliers   seeds that score no better than half of the background against every interest
+               (leave-one-out): they "fit none"
 
-Deterministic: the same seeds and background give the same interests.
+Measured with `bench/run.py lookalike --mixed 1,2,3` (see the README, "Strategies").
 """
 
 from __future__ import annotations
@@ -21,14 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 
 from ._background import Background
 
-MAX_INTERESTS = 4
+MAX_INTERESTS = 3
 MIN_SHARE = 0.15  # an interest holds at least this share of the seeds (and 2 of them)
-SILHOUETTE_FLOOR = 0.15  # a split must be at least this clear to count
-NEIGHBOURS = 10  # background users averaged into each seed
+SPLIT_GAIN = (1.5, 1.2)  # k = 2, 3 interests must explain held-out seeds this much better
+PROTOTYPE_USERS = 50  # background users whose mean is an interest's prototype (at most 5%)
+STARTS = 6  # random starts of the grouping
+ROUNDS = 8  # assignment rounds per start
 OUTLIER_RANK = 0.5  # a seed ranking below this share of the background fits nowhere
 
 
@@ -36,7 +43,7 @@ OUTLIER_RANK = 0.5  # a seed ranking below this share of the background fits now
 class Interests:
     labels: np.ndarray  # (n,) int: the interest of each seed, -1 = an outlier
     count: int  # interests found (>= 1 when any seed fits)
-    silhouette: float  # how clearly the seeds split (0.0 for one interest)
+    fit: float  # how well the interests explain held-out seeds (mean cosine, leave-one-out)
 
     def members(self, j: int) -> np.ndarray:
         return np.flatnonzero(self.labels == j)
@@ -47,16 +54,75 @@ def unit_rows(m: np.ndarray) -> np.ndarray:
     return m / np.maximum(norms, 1e-12)
 
 
-def smoothed(
-    vectors: np.ndarray, background: Background, sims: np.ndarray, neighbours: int = NEIGHBOURS
-) -> np.ndarray:
-    """Each seed averaged with its nearest background users, the background mean taken off.
-    sims: vectors @ background.vectors.T."""
-    m = min(neighbours, len(background))
-    if m:
-        near = np.argpartition(-sims, m - 1, axis=1)[:, :m]
-        vectors = (vectors + background.vectors[near].sum(axis=1)) / (m + 1)
-    return unit_rows(vectors - background.mean)
+class _Grouping:
+    """The seeds against one background: prototypes, assignment, leave-one-out fit."""
+
+    def __init__(self, vectors: np.ndarray, background: Background, sims: np.ndarray) -> None:
+        self.vectors = vectors
+        self.bg = background
+        self.sims = sims  # seeds x background
+        self.bg_mean = background.vectors @ background.mean
+        self.centred = unit_rows(vectors - background.mean)
+        self.m = max(2, min(PROTOTYPE_USERS, len(background) // 20))
+
+    def fit(self, labels: np.ndarray, k: int) -> float:
+        """Mean cosine of each seed to its best prototype, its own group's made without it."""
+        protos = self.prototypes(labels, k)
+        if protos is None:
+            return -1.0
+        others = (self.centred @ protos.T).astype(np.float64)  # (n, k)
+        # each seed's own group without it, all seeds at once
+        own = np.eye(k, dtype=bool)[labels]  # (n, k)
+        group_sims = np.stack([self.sims[labels == j].sum(axis=0) for j in range(k)])
+        group_sums = np.stack([self.vectors[labels == j].sum(axis=0) for j in range(k)])
+        totals = group_sums[labels] - self.vectors  # (n, d): own group's sum less the seed
+        norms = np.linalg.norm(totals, axis=1)
+        alone = ~(norms > 1e-9)  # a seed alone in its group: no prototype of its own
+        scores = (group_sims[labels] - self.sims) / np.where(alone, 1.0, norms)[:, None]
+        scores -= self.bg_mean
+        top = np.argpartition(-scores, self.m - 1, axis=1)[:, : self.m]
+        loo = unit_rows(self.bg.vectors[top].mean(axis=1) - self.bg.mean)
+        mine = np.einsum("ij,ij->i", self.centred, loo)
+        others[own] = np.where(alone, -1.0, mine)
+        return float(others.max(axis=1).mean())
+
+    def prototypes(self, labels: np.ndarray, k: int) -> np.ndarray | None:
+        """(k, dim) the prototypes of k groups at once; None when a group is empty."""
+        member = np.eye(k, dtype=np.float32)[labels].T  # (k, n)
+        if not member.sum(axis=1).all():
+            return None
+        norms = np.linalg.norm(member @ self.vectors, axis=1)
+        scores = (member @ self.sims) / np.maximum(norms, 1e-9)[:, None] - self.bg_mean
+        top = np.argpartition(-scores, self.m - 1, axis=1)[:, : self.m]
+        return unit_rows(self.bg.vectors[top].mean(axis=1) - self.bg.mean)
+
+    def group(self, k: int, min_size: int) -> tuple[float, np.ndarray] | None:
+        """The best of STARTS groupings into k (by leave-one-out fit), or None."""
+        rng = np.random.default_rng(k)
+        n, best = len(self.vectors), None
+        seen: set[bytes] = set()
+        for _ in range(STARTS):
+            labels = rng.integers(0, k, n)
+            for _ in range(ROUNDS):
+                protos = self.prototypes(labels, k)
+                if protos is None:
+                    break
+                moved = (self.centred @ protos.T).argmax(axis=1)
+                if np.array_equal(moved, labels):
+                    break
+                labels = moved
+            if np.bincount(labels, minlength=k).min() < min_size:
+                continue
+            # the same grouping under other numbers: fit once
+            first = np.unique(labels, return_index=True)[1]  # numbered by first appearance
+            key = np.argsort(np.argsort(first))[labels].astype(np.int8).tobytes()
+            if key in seen:
+                continue
+            seen.add(key)
+            fit = self.fit(labels, k)
+            if best is None or fit > best[0]:
+                best = (fit, labels)
+        return best
 
 
 def find_interests(
@@ -70,27 +136,20 @@ def find_interests(
     vectors = np.asarray(vectors, np.float32)
     sims = vectors @ background.vectors.T
     n = len(vectors)
-    labels, score = np.zeros(n, np.int64), 0.0
+    labels = np.zeros(n, np.int64)
+    fit = 0.0
     min_size = max(2, int(np.ceil(min_share * n)))
-    if n >= 2 * min_size and len(background):
-        v = smoothed(vectors, background, sims)
-        tree = linkage(v.astype(np.float64), "average", metric="cosine")
-        best = SILHOUETTE_FLOOR
-        for k in range(2, max_interests + 1):
-            cut = fcluster(tree, k, "maxclust") - 1
-            sizes = np.bincount(cut)
-            big = np.flatnonzero(sizes >= min_size)
-            if len(big) < 2:
-                continue
-            inside = np.isin(cut, big)
-            # seeds left out of every interest count as 0: leaving them out is no gain
-            s = _silhouette(v[inside], cut[inside]) * inside.mean()
-            if s > best:
-                best, score = s, s
-                labels = np.where(inside, np.searchsorted(big, cut), -1)
+    if n >= 2 * min_size and len(background) >= 40:
+        grouping = _Grouping(vectors, background, sims)
+        fit = grouping.fit(labels, 1)
+        for k, gain in zip(range(2, max_interests + 1), SPLIT_GAIN):
+            found = grouping.group(k, min_size)
+            if found is None or found[0] < fit + (gain - 1.0) * abs(fit):
+                break
+            fit, labels = found
     labels = _drop_misfits(vectors, sims, labels)
     count = int(labels.max()) + 1 if (labels >= 0).any() else 0
-    return Interests(labels, count, score)
+    return Interests(labels, count, fit)
 
 
 def _drop_misfits(vectors: np.ndarray, sims: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -119,18 +178,3 @@ def _drop_misfits(vectors: np.ndarray, sims: np.ndarray, labels: np.ndarray) -> 
     # renumber the interests left, in order
     kept = np.unique(out[out >= 0])
     return np.where(out >= 0, np.searchsorted(kept, out), -1)
-
-
-def _silhouette(v: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette (cosine distance) of unit rows; every label has 2+ members."""
-    dist = 1.0 - v @ v.T
-    groups = np.unique(labels)
-    mean_to = np.stack([dist[:, labels == g].sum(axis=1) for g in groups], axis=1)
-    sizes = np.array([(labels == g).sum() for g in groups], float)
-    own = np.searchsorted(groups, labels)
-    rows = np.arange(len(v))
-    a = mean_to[rows, own] / (sizes[own] - 1)
-    other = mean_to / sizes
-    other[rows, own] = np.inf
-    b = other.min(axis=1)
-    return float(np.mean((b - a) / np.maximum(np.maximum(a, b), 1e-12)))

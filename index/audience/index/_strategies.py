@@ -312,7 +312,7 @@ def heldout_reach(
         train = np.setdiff1d(np.arange(n), fold)
         try:
             if interests is not None and isinstance(strategy, MultiInterest):
-                fixed = Interests(interests.labels[train], interests.count, interests.silhouette)
+                fixed = Interests(interests.labels[train], interests.count, interests.fit)
                 prepared = strategy.prepare(seeds.subset(train), background, fixed)
             else:
                 prepared = strategy.prepare(seeds.subset(train), background)
