@@ -191,6 +191,42 @@ def _metrics_cost(
     return {"metrics_off_p50_ms": off, "metrics_on_p50_ms": on, "metrics_cost_ratio": on / off}
 
 
+def _auto_latency(client, queries, rng, by_label, names, n_base, reps, ids) -> dict:
+    """strategy=auto beside the centroid on the same 20 seeds, in alternating rounds; and on
+    seed lists of two topics (10 + 10), where auto answers with multi-interest."""
+    n = len(ids)
+
+    def pick(label: str, count: int) -> list[str]:
+        chosen: set[int] = set()
+        while len(chosen) < count:
+            i = rng.choice(by_label[label]) + n_base * rng.randrange(reps)
+            if i < n:
+                chosen.add(i)
+        return [ids[i] for i in sorted(chosen)]
+
+    mixed = []
+    for _ in range(len(queries)):
+        a, b = rng.sample(names, 2)
+        mixed.append(LookalikeQuery(seed_ids=pick(a, 10) + pick(b, 10), k=100))
+    lat: dict[str, list[float]] = {"centroid": [], "auto": [], "mixed_c": [], "mixed_a": []}
+    for chunk in np.array_split(np.arange(len(queries)), ROUNDS):
+        one = [queries[i] for i in chunk]
+        two = [mixed[i] for i in chunk]
+        lat["centroid"] += _timed_queries(client, one)[0]
+        lat["auto"] += _timed_queries(client, [replace(q, strategy="auto") for q in one])[0]
+        lat["mixed_c"] += _timed_queries(client, two)[0]
+        lat["mixed_a"] += _timed_queries(client, [replace(q, strategy="auto") for q in two])[0]
+    p = {k: _pct(v, 50) for k, v in lat.items()}
+    return {
+        "centroid_p50_ms": p["centroid"],
+        "auto_p50_ms": p["auto"],
+        "auto_vs_centroid_p50": p["auto"] / p["centroid"],
+        "mixed_centroid_p50_ms": p["mixed_c"],
+        "mixed_auto_p50_ms": p["mixed_a"],
+        "mixed_auto_vs_centroid_p50": p["mixed_a"] / p["mixed_c"],
+    }
+
+
 def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     import faiss
 
@@ -289,6 +325,7 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         for effort in args.efforts:
             qe = [replace(q, search_effort=effort) for q in queries]
             by_effort[effort] = _timed_queries(client, qe)
+        out.update(_auto_latency(client, queries, rng, by_label, names, len(base), reps, ids))
         out["qps_8_clients"] = _concurrent_qps(server.target, queries * 2, 8)
         out["rss_bytes"], out["rss_peak_bytes"] = _rss(server.proc.pid)
     finally:
@@ -458,6 +495,14 @@ def _table(out: dict) -> None:
         )
         row("bare gRPC server, empty call, p50 ms", out["grpc_floor_roundtrip_ms"], fmt="{:>12.2f}")
         row("exact Flat search, p50 ms", out["exact_flat_p50_ms"], fmt="{:>12.2f}")
+        if "auto_p50_ms" in out:
+            row("strategy=auto p50 ms (20 seeds, 1 topic)", out["auto_p50_ms"],
+                out["centroid_p50_ms"], "{:>12.2f}")  # fmt: skip
+            row("centroid p50 ms, same seeds and rounds", out["centroid_p50_ms"], fmt="{:>12.2f}")
+            row("strategy=auto p50 ms (10 + 10 seeds, 2 topics)", out["mixed_auto_p50_ms"],
+                out["mixed_centroid_p50_ms"], "{:>12.2f}")  # fmt: skip
+            row("centroid p50 ms, same seeds and rounds", out["mixed_centroid_p50_ms"],
+                fmt="{:>12.2f}")  # fmt: skip
         row("recall@100 vs exact", out["recall_at_100"], fmt="{:>12.3f}")
         row("QPS, 1 gRPC client", out["qps_single"], out["qps_exact_flat"])
         for effort, e in out.get("by_search_effort", {}).items():

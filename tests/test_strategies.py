@@ -6,6 +6,8 @@ diagnostics find two interests in a two-interest list and one in a one-interest 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -229,3 +231,30 @@ def test_bad_strategy_names_are_invalid_argument(crafted) -> None:
             client.find_lookalikes(LookalikeQuery(seed_ids=["a-1"], k=5, strategy=name))
         with pytest.raises(InvalidArgument, match="strategy"):
             client.diagnose_seeds(LookalikeQuery(seed_ids=["a-1"], k=5, strategy=name))
+
+
+def test_cli_strategy_explain_and_seeds_diagnose(crafted, capsys) -> None:
+    from audience.server._cli import main
+
+    client = crafted[0]
+    target = client.target
+    seeds = [arg for s in SEEDS_AB for arg in ("--seed", s)]
+    assert main(["seeds", "diagnose", "--target", target, *seeds]) == 0
+    out = capsys.readouterr().out
+    assert "12 seeds, cohesion" in out and "interests: 2" in out
+    assert "auto would use: multi-interest" in out
+    assert main(["seeds", "diagnose", "--target", target, *seeds, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["interests"]) == 2 and doc["suggested_strategy"] == "multi-interest"
+    args = ["lookalike", "--target", target, *seeds, "-k", "8", "--strategy", "auto"]
+    assert main([*args, "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "8 of" in out and "(multi-interest)" in out and "closest seed" in out
+    assert "held-out seeds found:" in out and "lift over random" in out
+    assert main([*args, "--quality", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["strategy"] == "multi-interest" and doc["quality"]["heldout_seeds"] == 12
+    with pytest.raises(SystemExit) as exit_:  # argparse: not a choice
+        main([*args[:-2], "--strategy", "nearest"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'nearest'" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from ._background import Background
 from ._interests import Interests, find_interests
 from ._search import SeedSet
 from ._segments import segment_keywords
-from ._strategies import MultiInterest, SeedStrategy, heldout_reach
+from ._strategies import Auto, MultiInterest, SeedStrategy, heldout_reach
 from ._types import AudienceQuality, SeedDiagnostics, SeedInterest
 
 MIN_SEEDS = 4  # fewer seeds: no held-out estimate
@@ -37,8 +37,10 @@ def estimate(
     strategy: SeedStrategy, seeds: SeedSet, background: Background, size_share: float
 ) -> AudienceQuality | None:
     """The held-out estimate for an audience of `size_share` of the eligible users; None
-    with too few seeds or eligible background users."""
+    with too few seeds or eligible background users, or for a strategy without `reach`."""
     if len(seeds) < MIN_SEEDS or len(background) < MIN_BACKGROUND:
+        return None
+    if not hasattr(strategy, "reach"):  # a strategy plugged in from outside may not say
         return None
     reach = heldout_reach(strategy, seeds, background)
     lifts = [float(np.mean(reach <= r)) / r for r in REACHES]
@@ -150,7 +152,7 @@ def _warnings(
             f"the seeds are hardly more alike than random users (cohesion {cohesion:.2f}, "
             f"random users {bg_cohesion:.2f}): the audience will be close to random"
         )
-    if interests.count > 1 and not isinstance(strategy, MultiInterest):
+    if interests.count > 1 and not isinstance(strategy, (MultiInterest, Auto)):
         out.append(
             f"the seeds hold {interests.count} interests; strategy {strategy.name!r} may fill "
             f"the audience mostly from one: try 'multi-interest' (or 'auto')"
