@@ -203,6 +203,8 @@ def bench_mixed(
 
     rng = random.Random(args.seed + 7)
     out: dict = {}
+    pooled: dict[str, list[float]] = {"precision": [], "lift_at_1": [], "lift_at_5": [],
+                                      "lift_at_10": [], "heldout_recall": []}  # fmt: skip
     for mix in args.mixed:
         lists = []
         for _ in range(args.lists):
@@ -224,33 +226,50 @@ def bench_mixed(
                 counts = [sum(label_of[u.user_id] == lab for u in res.users) for lab in chosen]
                 prec.append(sum(counts) / max(len(res.users), 1))
                 bal.append(min(counts) / max(max(counts), 1))
-                est.append(res.quality.lift_at_1 if res.quality else float("nan"))
+                est.append(res.quality.lift_at_1)
                 chosen_names.append(res.strategy)
-            r = (
-                float(np.corrcoef(prec, est)[0, 1])
-                if np.std(est) > 0 and np.std(prec) > 0
-                else None
-            )
+                pooled["precision"].append(prec[-1])
+                for key in ("lift_at_1", "lift_at_5", "lift_at_10", "heldout_recall"):
+                    pooled[key].append(getattr(res.quality, key))
             row[strategy] = {
                 "precision": float(np.mean(prec)),
                 "balance": float(np.mean(bal)) if mix > 1 else None,
-                "estimate_precision_r": r,
+                "estimate_precision_r": _pearson(prec, est),
                 "mean_query_ms": ms,
+                "per_list_precision": prec,
+                "per_list_lift_at_1": est,
             }
             if strategy == "auto":
                 row[strategy]["chose"] = {n: chosen_names.count(n) for n in set(chosen_names)}
             log(f"mix {mix} {strategy}: precision {np.mean(prec):.3f} balance {np.mean(bal):.3f}")
         out[str(mix)] = row
+    # across every seed list and strategy of the run: does the estimate track precision?
+    out["estimate_precision_r"] = _pearson(pooled["precision"], pooled["lift_at_1"])
+    out["estimate_precision_r_by_estimate"] = {
+        key: _pearson(pooled["precision"], pooled[key]) for key in pooled if key != "precision"
+    }
     print(f"\n== strategies, {args.lists} seed lists per mix, {args.seeds} seeds, k={args.k}")
     print(f"{'mix':<5}{'strategy':<16}{'precision':>10}{'balance':>9}{'est. r':>8}{'ms':>8}")
     for mix, row in out.items():
+        if not isinstance(row, dict) or mix.startswith("estimate"):
+            continue
         for name, v in row.items():
             bal = "-" if v["balance"] is None else f"{v['balance']:.3f}"
             r = "-" if v["estimate_precision_r"] is None else f"{v['estimate_precision_r']:.2f}"
             print(
                 f"{mix:<5}{name:<16}{v['precision']:>10.3f}{bal:>9}{r:>8}{v['mean_query_ms']:>8.1f}"
             )
+    print(f"estimate (lift at 1%) vs precision, Pearson r over every list and strategy: "
+          f"{out['estimate_precision_r']}")  # fmt: skip
     return out
+
+
+def _pearson(a: list[float], b: list[float]) -> float | None:
+    import numpy as np
+
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def bench_segments(args: argparse.Namespace, dataset: str) -> dict:

@@ -29,6 +29,11 @@ class Background:
     iids: np.ndarray  # (b,) int64, sorted
     vectors: np.ndarray  # (b, dim) float32, unit norm as stored
     mean: np.ndarray  # (dim,) float32: the mean user vector of the sample
+    mean_scores: np.ndarray | None = None  # (b,) vectors @ mean, computed once
+
+    def __post_init__(self) -> None:
+        if self.mean_scores is None:
+            object.__setattr__(self, "mean_scores", self.vectors @ self.mean)
 
     def __len__(self) -> int:
         return len(self.iids)
@@ -45,7 +50,8 @@ class Background:
             keep &= ~np.isin(self.iids, drop)
         if keep.all():
             return self
-        return Background(self.iids[keep], self.vectors[keep], self.mean)
+        scores = self.mean_scores[keep] if self.mean_scores is not None else None
+        return Background(self.iids[keep], self.vectors[keep], self.mean, scores)
 
 
 class BackgroundCache:

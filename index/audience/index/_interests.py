@@ -10,9 +10,10 @@ seeds are not grouped by their similarity to each other but by the population ar
                average user: where the population of that interest stands (averaged over many
                users, far less noisy than any seed)
     group      k groups: from a few random starts (seeded: deterministic), seeds are assigned
-               to the nearest prototype and prototypes recomputed until nothing moves; the
-               start kept is the one whose prototypes best explain seeds they were made
-               without (leave-one-out: each seed against its group's prototype made without it)
+               to the nearest prototype and prototypes recomputed until nothing moves; of the
+               groupings that fit the seeds best, the one kept is the one whose prototypes
+               best explain seeds they were made without (leave-one-out: each seed against
+               its group's prototype made without it)
     choose     k interests (2..MAX_INTERESTS, each at least MIN_SHARE of the seeds) only when
                they explain the held-out seeds SPLIT_GAIN times better than k - 1 interests;
                else fewer. One interest is the answer for most lists
@@ -34,8 +35,9 @@ MAX_INTERESTS = 3
 MIN_SHARE = 0.15  # an interest holds at least this share of the seeds (and 2 of them)
 SPLIT_GAIN = (1.5, 1.2)  # k = 2, 3 interests must explain held-out seeds this much better
 PROTOTYPE_USERS = 50  # background users whose mean is an interest's prototype (at most 5%)
-STARTS = 6  # random starts of the grouping
-ROUNDS = 8  # assignment rounds per start
+STARTS = 8  # random starts of the grouping, run side by side
+ROUNDS = 8  # assignment rounds at most
+FINALISTS = 2  # distinct groupings judged by leave-one-out fit
 OUTLIER_RANK = 0.5  # a seed ranking below this share of the background fits nowhere
 
 
@@ -61,7 +63,7 @@ class _Grouping:
         self.vectors = vectors
         self.bg = background
         self.sims = sims  # seeds x background
-        self.bg_mean = background.vectors @ background.mean
+        self.bg_mean = background.mean_scores
         self.centred = unit_rows(vectors - background.mean)
         self.m = max(2, min(PROTOTYPE_USERS, len(background) // 20))
 
@@ -97,32 +99,36 @@ class _Grouping:
         return unit_rows(self.bg.vectors[top].mean(axis=1) - self.bg.mean)
 
     def group(self, k: int, min_size: int) -> tuple[float, np.ndarray] | None:
-        """The best of STARTS groupings into k (by leave-one-out fit), or None."""
-        rng = np.random.default_rng(k)
-        n, best = len(self.vectors), None
-        seen: set[bytes] = set()
-        for _ in range(STARTS):
-            labels = rng.integers(0, k, n)
-            for _ in range(ROUNDS):
-                protos = self.prototypes(labels, k)
-                if protos is None:
-                    break
-                moved = (self.centred @ protos.T).argmax(axis=1)
-                if np.array_equal(moved, labels):
-                    break
-                labels = moved
-            if np.bincount(labels, minlength=k).min() < min_size:
+        """The best grouping into k: STARTS random starts run side by side until nothing
+        moves; of the distinct groupings, the FINALISTS that fit the seeds best (in-sample)
+        are judged by leave-one-out fit, and the best of them returned (None: no grouping
+        keeps min_size seeds in every group)."""
+        n = len(self.vectors)
+        labels = np.random.default_rng(k).integers(0, k, (STARTS, n))
+        for _ in range(ROUNDS):
+            member = (labels[:, None, :] == np.arange(k)[None, :, None]).astype(np.float32)
+            sums = member @ self.vectors  # (starts, k, d)
+            norms = np.maximum(np.linalg.norm(sums, axis=2), 1e-9)
+            scores = (member @ self.sims) / norms[:, :, None] - self.bg_mean
+            top = np.argpartition(-scores, self.m - 1, axis=2)[:, :, : self.m]
+            protos = unit_rows(self.bg.vectors[top].mean(axis=2) - self.bg.mean)
+            affinity = np.einsum("nd,skd->snk", self.centred, protos)
+            moved = affinity.argmax(axis=2)
+            if np.array_equal(moved, labels):
+                break
+            labels = moved
+        inside = affinity.max(axis=2).mean(axis=1)  # in-sample fit of each start
+        candidates, seen = [], set()
+        for s in np.argsort(-inside, kind="stable"):
+            if np.bincount(labels[s], minlength=k).min() < min_size:
                 continue
-            # the same grouping under other numbers: fit once
-            first = np.unique(labels, return_index=True)[1]  # numbered by first appearance
-            key = np.argsort(np.argsort(first))[labels].astype(np.int8).tobytes()
-            if key in seen:
-                continue
-            seen.add(key)
-            fit = self.fit(labels, k)
-            if best is None or fit > best[0]:
-                best = (fit, labels)
-        return best
+            first = np.unique(labels[s], return_index=True)[1]  # numbered by first appearance
+            key = np.argsort(np.argsort(first))[labels[s]].astype(np.int8).tobytes()
+            if key not in seen:
+                seen.add(key)
+                candidates.append(labels[s])
+        fits = [(self.fit(c, k), c) for c in candidates[:FINALISTS]]
+        return max(fits, key=lambda f: f[0]) if fits else None
 
 
 def find_interests(

@@ -15,8 +15,9 @@
     multi-interest  the interests within the seeds (`_interests`), one query each (its centroid
                     less the background mean), the audience filled from each in proportion to
                     its seeds, interleaved best first; outlier seeds left out
-    auto            multi-interest when the seeds hold several interests and the held-out
-                    estimate (`_seedquality`) says it finds them better, else the centroid
+    auto            multi-interest when the seeds hold several interests (a held-out test in
+                    `_interests`: k interests explain seeds they were found without clearly
+                    better than one), else the centroid
 
 Each strategy: `prepare(seeds, background)` (what it derives from the seeds alone; raises
 InvalidQuery for seeds it cannot use), `rank(prepared, search, k)` ((scores, iids) best first
@@ -28,7 +29,6 @@ estimate ranks held-out seeds with). `reach` is where each held-out seed would b
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -296,26 +296,15 @@ def interleave(
     return np.array(out_s, np.float32), np.array(out_i, np.int64)
 
 
-def heldout_reach(
-    strategy: SeedStrategy,
-    seeds: SeedSet,
-    background: Background,
-    interests: Interests | None = None,
-) -> np.ndarray:
-    """(n,) the reach at which each seed is found by the strategy prepared without it.
-    interests: keep these interests (of all the seeds) in every fold instead of finding them
-    again (multi-interest; what `auto` does, to stay quick)."""
+def heldout_reach(strategy: SeedStrategy, seeds: SeedSet, background: Background) -> np.ndarray:
+    """(n,) the reach at which each seed is found by the strategy prepared without it."""
     n = len(seeds)
     order = np.random.default_rng(0).permutation(n)
     reach = np.ones(n)
     for fold in np.array_split(order, min(FOLDS, n)):
         train = np.setdiff1d(np.arange(n), fold)
         try:
-            if interests is not None and isinstance(strategy, MultiInterest):
-                fixed = Interests(interests.labels[train], interests.count, interests.fit)
-                prepared = strategy.prepare(seeds.subset(train), background, fixed)
-            else:
-                prepared = strategy.prepare(seeds.subset(train), background)
+            prepared = strategy.prepare(seeds.subset(train), background)
         except InvalidQuery:  # these seeds alone have no direction: found nowhere
             continue
         held = seeds.vectors[fold].astype(np.float32)
@@ -323,46 +312,26 @@ def heldout_reach(
     return reach
 
 
-def compare(
-    strategies: Sequence[SeedStrategy],
-    seeds: SeedSet,
-    background: Background,
-    interests: Interests,
-) -> dict[str, float]:
-    """Held-out score of each strategy (higher is better) for its worst-served interest:
-    -(mean log reach at which that interest's held-out seeds are found)."""
-    out = {}
-    for strategy in strategies:
-        reach = heldout_reach(strategy, seeds, background, interests)
-        log_reach = np.log(np.clip(reach, 1e-4, 1.0))
-        per_interest = [log_reach[interests.labels == j].mean() for j in range(interests.count)]
-        out[strategy.name] = -float(np.max(per_interest)) if per_interest else 0.0
-    return out
-
-
 @dataclass(frozen=True)
 class _Auto:
     chosen: SeedStrategy
     prepared: Any
-    estimates: dict[str, float]  # candidate -> held-out score (higher is better)
 
 
 class Auto:
-    """Picks per query between the centroid and multi-interest (the cheap ones: a classifier
-    would be fitted once per fold) by the held-out estimate, averaged over the interests."""
+    """multi-interest when the seeds hold several interests, else the centroid. "Several" is
+    itself a held-out estimate (`_interests`): k interests must explain seeds they were found
+    without clearly better than one does."""
 
     name = "auto"
 
     def prepare(self, seeds: SeedSet, background: Background) -> _Auto:
         interests = find_interests(seeds.vectors, background)
-        centroid = Centroid()
-        if interests.count <= 1 or len(seeds) < 4:
-            return _Auto(centroid, centroid.prepare(seeds), {})
+        if interests.count <= 1:
+            centroid = Centroid()
+            return _Auto(centroid, centroid.prepare(seeds))
         multi = MultiInterest()
-        estimates = compare([centroid, multi], seeds, background, interests)
-        better = estimates[multi.name] > estimates[centroid.name]
-        chosen: SeedStrategy = multi if better else centroid
-        return _Auto(chosen, chosen.prepare(seeds, background), estimates)
+        return _Auto(multi, multi.prepare(seeds, background, interests))
 
     def rank(self, prepared: _Auto, search: Search, k: int) -> tuple[np.ndarray, np.ndarray]:
         return prepared.chosen.rank(prepared.prepared, search, k)
