@@ -250,7 +250,7 @@ def test_cli_strategy_explain_and_seeds_diagnose(crafted, capsys) -> None:
     assert main([*args, "--explain"]) == 0
     out = capsys.readouterr().out
     assert "8 of" in out and "(multi-interest)" in out and "closest seed" in out
-    assert "held-out seeds found:" in out and "lift over random" in out
+    assert "held-out seeds expected within this audience" in out and "lift over random" in out
     assert main([*args, "--quality", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["strategy"] == "multi-interest" and doc["quality"]["heldout_seeds"] == 12

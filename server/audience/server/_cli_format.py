@@ -233,7 +233,7 @@ def job_card(job: Any) -> list[str]:
 def quality(q: Any) -> list[str]:
     """An AudienceQuality in two lines."""
     return [
-        f"held-out seeds found: {q.heldout_recall:.0%} within this audience "
+        f"held-out seeds expected within this audience: {q.heldout_recall:.0%} "
         f"({q.reach:.2%} of the eligible users)",
         f"lift over random: x{q.lift_at_1:.1f} at 1%, x{q.lift_at_5:.1f} at 5%, "
         f"x{q.lift_at_10:.1f} at 10% reach ({q.heldout_seeds} seeds held out in turn)",

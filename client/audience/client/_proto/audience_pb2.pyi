@@ -653,7 +653,7 @@ Global___LookalikeRequest: _TypeAlias = LookalikeRequest  # noqa: Y015
 class AudienceQuality(_message.Message):
     """How good an audience is likely to be, from the seeds alone: each seed is held out in turn
     (5 folds), the strategy prepared on the others, and the held-out seed ranked among a sample
-    of the eligible users.
+    of the eligible users; the shares below come from a normal fitted to the log of those ranks.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -668,9 +668,9 @@ class AudienceQuality(_message.Message):
     reach: _builtins.float
     """The audience size as a share of the eligible users."""
     heldout_recall: _builtins.float
-    """Share of held-out seeds found within that size."""
+    """Share of held-out seeds expected within that size."""
     lift_at_1: _builtins.float
-    """Share of held-out seeds found within 1% / 5% / 10% of the eligible users, divided by
+    """Share of held-out seeds expected within 1% / 5% / 10% of the eligible users, divided by
     that share: 1.0 is no better than a random audience.
     """
     lift_at_5: _builtins.float
