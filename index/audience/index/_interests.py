@@ -105,19 +105,23 @@ class _Grouping:
         keeps min_size seeds in every group)."""
         n = len(self.vectors)
         labels = np.random.default_rng(k).integers(0, k, (STARTS, n))
+        inside = np.zeros(STARTS)  # in-sample fit of each start
+        active = np.arange(STARTS)  # the starts still moving
         for _ in range(ROUNDS):
-            member = (labels[:, None, :] == np.arange(k)[None, :, None]).astype(np.float32)
+            member = (labels[active, None, :] == np.arange(k)[None, :, None]).astype(np.float32)
             sums = member @ self.vectors  # (starts, k, d)
             norms = np.maximum(np.linalg.norm(sums, axis=2), 1e-9)
             scores = (member @ self.sims) / norms[:, :, None] - self.bg_mean
             top = np.argpartition(-scores, self.m - 1, axis=2)[:, :, : self.m]
             protos = unit_rows(self.bg.vectors[top].mean(axis=2) - self.bg.mean)
             affinity = np.einsum("nd,skd->snk", self.centred, protos)
+            inside[active] = affinity.max(axis=2).mean(axis=1)
             moved = affinity.argmax(axis=2)
-            if np.array_equal(moved, labels):
+            still = (moved != labels[active]).any(axis=1)
+            labels[active] = moved
+            active = active[still]
+            if not len(active):
                 break
-            labels = moved
-        inside = affinity.max(axis=2).mean(axis=1)  # in-sample fit of each start
         candidates, seen = [], set()
         for s in np.argsort(-inside, kind="stable"):
             if np.bincount(labels[s], minlength=k).min() < min_size:

@@ -108,12 +108,12 @@ class Search:
         return self.catalog.user_vectors(iids)
 
     def allowed(self, ids: np.ndarray) -> np.ndarray:
-        """The ids that may be returned: not dropped by post-filtering (the mask already
-        applied in the index)."""
+        """A bool mask over `ids`: those that may be returned (not dropped by post-filtering;
+        the mask of a filter is applied in the index already)."""
         dropped = self.eligible.dropped
         if not dropped:
-            return ids
-        return np.array([i for i in ids.tolist() if i not in dropped], np.int64)
+            return np.ones(len(ids), bool)
+        return np.array([i not in dropped for i in ids.tolist()], bool)
 
     def _rerank(self, q: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidates of a lossy index scored again with their exact stored vectors."""

@@ -150,7 +150,7 @@ class BestScore(_ByScore):
         while True:
             lists = search.top_many(prepared.seeds, fetch)
             ids = np.unique(np.concatenate([i for _, i in lists]))
-            ids = search.allowed(ids)
+            ids = ids[search.allowed(ids)]
             scores = self.score(prepared, search.vectors(ids)) if len(ids) else np.zeros(0)
             order = np.argsort(-scores, kind="stable")
             scores, ids = scores[order], ids[order]
@@ -244,7 +244,7 @@ class MultiInterest:
 
     def rank(self, prepared: _Multi, search: Search, k: int) -> tuple[np.ndarray, np.ndarray]:
         lists = search.top_many(prepared.queries, k)
-        lists = [(s[keep], i[keep]) for s, i in lists for keep in [_keep(search, i)]]
+        lists = [(s[keep], i[keep]) for s, i in lists for keep in [search.allowed(i)]]
         return interleave(lists, quotas(prepared.shares, k), k)
 
     def score(self, prepared: _Multi, vectors: np.ndarray) -> np.ndarray:
@@ -257,13 +257,6 @@ class MultiInterest:
         scores = held @ prepared.queries.T
         each = [reach_by_score(bg[:, j], scores[:, j]) / s for j, s in enumerate(prepared.shares)]
         return np.minimum(np.min(each, axis=0), 1.0)
-
-
-def _keep(search: Search, ids: np.ndarray) -> np.ndarray:
-    dropped = search.eligible.dropped
-    if not dropped:
-        return np.ones(len(ids), bool)
-    return np.array([i not in dropped for i in ids.tolist()], bool)
 
 
 def interleave(
