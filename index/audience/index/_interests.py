@@ -57,22 +57,56 @@ def unit_rows(m: np.ndarray) -> np.ndarray:
 
 
 class _Grouping:
-    """The seeds against one background: prototypes, assignment, leave-one-out fit."""
+    """The seeds against one background: prototypes, assignment, leave-one-out fit.
+
+    A prototype is known by its `m` background users (their indices, `top`): the cosine of a
+    centred seed with it is computed from the seeds' similarities to the background and the
+    background's Gram matrix, never gathering vectors:
+
+        (s - mu) . (mean(top) - mu) = mean(s . b_t) - s . mu - mean(b_t . mu) + mu . mu
+        |mean(top) - mu|^2 = mean(b_t . b_u) - 2 mean(b_t . mu) + mu . mu
+    """
 
     def __init__(self, vectors: np.ndarray, background: Background, sims: np.ndarray) -> None:
         self.vectors = vectors
-        self.bg = background
         self.sims = sims  # seeds x background
-        self.bg_mean = background.mean_scores
-        self.centred = unit_rows(vectors - background.mean)
+        self.gram = background.gram_matrix()
+        self.bg_mean = background.mean_scores  # background . mu
+        mu = background.mean
+        self.mu2 = float(mu @ mu)
+        self.seed_mu = vectors @ mu - self.mu2  # (n,) s . mu - mu . mu
+        self.seed_norm = np.maximum(np.linalg.norm(vectors - mu, axis=1), 1e-9)
         self.m = max(2, min(PROTOTYPE_USERS, len(background) // 20))
+
+    def _norms(self, top: np.ndarray) -> np.ndarray:
+        """|mean(top) - mu| of prototypes given as (..., m) indices."""
+        pairs = self.gram[top[..., :, None], top[..., None, :]].mean(axis=(-1, -2))
+        sq = pairs - 2 * self.bg_mean[top].mean(axis=-1) + self.mu2
+        return np.sqrt(np.maximum(sq, 1e-12))
+
+    def affinity(self, top: np.ndarray) -> np.ndarray:
+        """(n, P): each seed's cosine with each of P prototypes given as (P, m) indices."""
+        seed_dot = self.sims[:, top].mean(axis=-1)  # (n, P)
+        num = seed_dot - self.seed_mu[:, None] - self.bg_mean[top].mean(axis=-1)[None, :]
+        return num / (self.seed_norm[:, None] * self._norms(top)[None, :])
+
+    def _top(self, scores: np.ndarray) -> np.ndarray:
+        return np.argpartition(-scores, self.m - 1, axis=-1)[..., : self.m]
+
+    def tops(self, labels: np.ndarray, k: int) -> np.ndarray | None:
+        """(k, m) the prototypes of k groups; None when a group is empty."""
+        member = np.eye(k, dtype=np.float32)[labels].T  # (k, n)
+        if not member.sum(axis=1).all():
+            return None
+        norms = np.linalg.norm(member @ self.vectors, axis=1)
+        return self._top((member @ self.sims) / np.maximum(norms, 1e-9)[:, None] - self.bg_mean)
 
     def fit(self, labels: np.ndarray, k: int) -> float:
         """Mean cosine of each seed to its best prototype, its own group's made without it."""
-        protos = self.prototypes(labels, k)
-        if protos is None:
+        top = self.tops(labels, k)
+        if top is None:
             return -1.0
-        others = (self.centred @ protos.T).astype(np.float64)  # (n, k)
+        others = self.affinity(top).astype(np.float64)  # (n, k)
         # each seed's own group without it, all seeds at once
         own = np.eye(k, dtype=bool)[labels]  # (n, k)
         group_sims = np.stack([self.sims[labels == j].sum(axis=0) for j in range(k)])
@@ -81,22 +115,13 @@ class _Grouping:
         norms = np.linalg.norm(totals, axis=1)
         alone = ~(norms > 1e-9)  # a seed alone in its group: no prototype of its own
         scores = (group_sims[labels] - self.sims) / np.where(alone, 1.0, norms)[:, None]
-        scores -= self.bg_mean
-        top = np.argpartition(-scores, self.m - 1, axis=1)[:, : self.m]
-        loo = unit_rows(self.bg.vectors[top].mean(axis=1) - self.bg.mean)
-        mine = np.einsum("ij,ij->i", self.centred, loo)
+        loo = self._top(scores - self.bg_mean)  # (n, m): each seed's own prototype
+        rows = np.arange(len(labels))
+        seed_dot = self.sims[rows[:, None], loo].mean(axis=1)
+        num = seed_dot - self.seed_mu - self.bg_mean[loo].mean(axis=1)
+        mine = num / (self.seed_norm * self._norms(loo))
         others[own] = np.where(alone, -1.0, mine)
         return float(others.max(axis=1).mean())
-
-    def prototypes(self, labels: np.ndarray, k: int) -> np.ndarray | None:
-        """(k, dim) the prototypes of k groups at once; None when a group is empty."""
-        member = np.eye(k, dtype=np.float32)[labels].T  # (k, n)
-        if not member.sum(axis=1).all():
-            return None
-        norms = np.linalg.norm(member @ self.vectors, axis=1)
-        scores = (member @ self.sims) / np.maximum(norms, 1e-9)[:, None] - self.bg_mean
-        top = np.argpartition(-scores, self.m - 1, axis=1)[:, : self.m]
-        return unit_rows(self.bg.vectors[top].mean(axis=1) - self.bg.mean)
 
     def group(self, k: int, min_size: int) -> tuple[float, np.ndarray] | None:
         """The best grouping into k: STARTS random starts run side by side until nothing
@@ -111,10 +136,10 @@ class _Grouping:
             member = (labels[active, None, :] == np.arange(k)[None, :, None]).astype(np.float32)
             sums = member @ self.vectors  # (starts, k, d)
             norms = np.maximum(np.linalg.norm(sums, axis=2), 1e-9)
-            scores = (member @ self.sims) / norms[:, :, None] - self.bg_mean
-            top = np.argpartition(-scores, self.m - 1, axis=2)[:, :, : self.m]
-            protos = unit_rows(self.bg.vectors[top].mean(axis=2) - self.bg.mean)
-            affinity = np.einsum("nd,skd->snk", self.centred, protos)
+            top = self._top((member @ self.sims) / norms[:, :, None] - self.bg_mean)
+            # (starts, n, k): each seed's cosine with each start's prototypes
+            affinity = self.affinity(top.reshape(-1, self.m)).reshape(n, -1, k)
+            affinity = affinity.transpose(1, 0, 2)
             inside[active] = affinity.max(axis=2).mean(axis=1)
             moved = affinity.argmax(axis=2)
             still = (moved != labels[active]).any(axis=1)
