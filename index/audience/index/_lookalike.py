@@ -35,7 +35,7 @@ from ._catalog import Catalog
 from ._encode import ProfileEncoder
 from ._errors import LimitExceeded
 from ._search import Eligibility, Search, SeedSet
-from ._strategies import Auto, SeedStrategy, strategy_named, used_name
+from ._strategies import SeedStrategy, strategy_named, used_name
 from ._types import (
     LookalikeQuery,
     LookalikeResult,
@@ -126,11 +126,8 @@ class LookalikeScorer:
     def _diagnose(
         self, seeds: SeedSet, background: Background, strategy: SeedStrategy, estimate: Any
     ) -> SeedDiagnostics:
-        auto = Auto()
-        suggested = used_name(auto, auto.prepare(seeds, background))
-        return quality.diagnose(
-            seeds, background, self._docs, self._seed_docs(seeds), strategy, estimate, suggested
-        )
+        docs = self._seed_docs(seeds)
+        return quality.diagnose(seeds, background, self._docs, docs, strategy, estimate)
 
     def _strategy(self, name: str) -> SeedStrategy:
         if not name and self.strategy is not None:

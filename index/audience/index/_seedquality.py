@@ -74,7 +74,6 @@ def diagnose(
     seed_docs: list[str],
     strategy: SeedStrategy,
     quality: AudienceQuality | None,
-    suggested: str,
 ) -> SeedDiagnostics:
     """What the seeds are. docs_of(iids): one document per background user; seed_docs: one
     per seed (its texts joined, or the seed text)."""
@@ -106,7 +105,7 @@ def diagnose(
         warnings=warnings,
         quality=quality,
         strategy=strategy.name,
-        suggested_strategy=suggested,
+        suggested_strategy=Auto.choice(interests),
     )
 
 

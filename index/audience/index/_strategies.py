@@ -318,9 +318,14 @@ class Auto:
 
     name = "auto"
 
+    @staticmethod
+    def choice(interests: Interests) -> str:
+        """The strategy auto answers with for seeds holding these interests."""
+        return MultiInterest.name if interests.count > 1 else Centroid.name
+
     def prepare(self, seeds: SeedSet, background: Background) -> _Auto:
         interests = find_interests(seeds.vectors, background)
-        if interests.count <= 1:
+        if self.choice(interests) == Centroid.name:
             centroid = Centroid()
             return _Auto(centroid, centroid.prepare(seeds))
         multi = MultiInterest()
