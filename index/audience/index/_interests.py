@@ -51,11 +51,6 @@ class Interests:
         return np.flatnonzero(self.labels == j)
 
 
-def unit_rows(m: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(m, axis=-1, keepdims=True)
-    return m / np.maximum(norms, 1e-12)
-
-
 class _Grouping:
     """The seeds against one background: prototypes, assignment, leave-one-out fit.
 

@@ -58,12 +58,11 @@ class LookalikeScorer:
         catalog: Catalog,
         encoder: ProfileEncoder,
         strategy: SeedStrategy | None = None,
-        background: BackgroundCache | None = None,
     ) -> None:
         self.catalog = catalog
         self.encoder = encoder
         self.strategy = strategy
-        self.backgrounds = background or BackgroundCache()
+        self.backgrounds = BackgroundCache()  # a new encoder comes with a new index: redrawn
 
     def find(
         self, query: LookalikeQuery, k_limit: int, *, with_attributes: bool = False

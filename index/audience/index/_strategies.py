@@ -202,7 +202,6 @@ class Classifier(_ByScore):
 
 @dataclass(frozen=True)
 class _Multi:
-    interests: Interests
     queries: np.ndarray  # (j, dim) float32 unit: one per interest
     shares: np.ndarray  # (j,) share of the audience of each interest
 
@@ -240,7 +239,7 @@ class MultiInterest:
             queries.append(_direction(c - mean - negative, "an interest (less the negatives)"))
             weights.append(seeds.weights[rows].sum())
         shares = np.array(weights) / np.sum(weights)
-        return _Multi(interests, np.stack(queries), shares)
+        return _Multi(np.stack(queries), shares)
 
     def rank(self, prepared: _Multi, search: Search, k: int) -> tuple[np.ndarray, np.ndarray]:
         lists = search.top_many(prepared.queries, k)
