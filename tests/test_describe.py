@@ -19,14 +19,18 @@ import pytest
 
 from audience.index._segments._describe import (
     SegmentDescription,
-    _ctfidf,
     attribute_profile,
     describe_segments,
+)
+from audience.index._segments._keywords import (
+    _candidates,
     segment_keywords,
+    segment_name,
+    stop_terms,
     tokenize,
 )
 
-MODULE = Path(__file__).resolve().parent.parent / "index/audience/index/_segments/_describe.py"
+MODULE = Path(__file__).resolve().parent.parent / "index/audience/index/_segments/_keywords.py"
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 
 COOKING = [
@@ -73,7 +77,8 @@ def _corpus(*segments: list[str]) -> tuple[np.ndarray, list[str]]:
 
 def test_tokenize_keeps_words_and_drops_stopwords_and_numbers() -> None:
     toks = tokenize("How do I use C++ and C# with ASP.NET? Version 3.14 in 2024, don't!")
-    assert toks == ["c++", "c#", "asp.net", "version"]
+    # scikit-learn's list has no "use": a word every segment uses is left out by its lift
+    assert toks == ["use", "c++", "c#", "asp.net", "version"]
 
 
 def test_tokenize_chinese_gives_words_not_characters() -> None:
@@ -159,7 +164,8 @@ def test_segment_without_tokens_gets_empty_keywords() -> None:
 
 
 def test_ctfidf_matches_the_dense_formula() -> None:
-    """The sparse scores agree with BERTopic's formula written out densely."""
+    """The scores agree with BERTopic's c-TF-IDF written out densely, for the terms that are
+    over-represented in their class (lift >= 1 + (1 - share) / 2)."""
     import scipy.sparse as sp
 
     rng = np.random.default_rng(7)
@@ -169,8 +175,45 @@ def test_ctfidf_matches_the_dense_formula() -> None:
     row_sums = dense.sum(axis=1, keepdims=True)
     tf = np.divide(dense, row_sums, out=np.zeros_like(dense), where=row_sums > 0)
     idf = np.log(1.0 + (dense.sum() / dense.shape[0]) / dense.sum(axis=0))
-    got = _ctfidf(sp.csr_matrix(dense)).toarray()
-    np.testing.assert_allclose(got, tf * idf, rtol=1e-12, atol=0)
+    lift = tf / (dense.sum(axis=0) / dense.sum())
+    terms = [f"t{j:02d}" for j in range(40)]
+    for row in range(6):
+        got = dict(_candidates(sp.csr_matrix(dense), [row], 40, terms))
+        share = row_sums[row, 0] / dense.sum()
+        want = {
+            terms[j]: tf[row, j] * idf[j]
+            for j in range(40)
+            if dense[row, j] > 0 and lift[row, j] >= 1 + (1 - share) / 2
+        }
+        assert set(got) == set(want)
+        for t, v in want.items():
+            assert got[t] == pytest.approx(v, rel=1e-12)
+
+
+def test_words_every_segment_uses_never_lead() -> None:
+    """Markup, URLs and the corpus's own stop terms (here "urllink", "said") are left out."""
+    topics = ["bread dough oven bake", "python code compiler debug", "football goal match"]
+    docs, labels = [], []
+    for i, words in enumerate(topics):
+        for j in range(12):
+            docs.append(f"urlLink said &nbsp; {words} http://x.example/{j} <b>said</b> {j}")
+            labels.append(i)
+    kw = segment_keywords(np.array(labels), docs, top_n=5)
+    for i, words in enumerate(topics):
+        assert set(kw[i]) == set(words.split()), kw[i]
+    assert {"urllink", "said"} <= set(stop_terms(np.array(labels), docs))
+    assert not {"nbsp", "http", "example", "b"} & set(tokenize(docs[0]))
+
+
+def test_keywords_are_diversified_and_named() -> None:
+    """MMR: a term inside another ("file" in "files") is not taken twice over a new word."""
+    docs = ["file files filename config"] * 5 + ["football goal"] * 5
+    labels = np.array([0] * 5 + [1] * 5)
+    kw = segment_keywords(labels, docs, top_n=2)
+    assert kw[0][0] == "config" or "config" in kw[0]
+    assert segment_name(["bash", "script", "command", "shell"]) == "bash / script / command"
+    groups = segment_keywords(labels, docs, top_n=3, groups={"all": [0, 1]})
+    assert set(groups["all"]) <= {"file", "files", "filename", "config", "football", "goal"}
 
 
 def test_sampling_caps_documents_per_segment_deterministically() -> None:
@@ -344,9 +387,10 @@ def test_k_anonymity_withholds_small_segments_and_rare_values() -> None:
     # Three ages are fewer than four people: their numbers are withheld too.
     assert prof[0]["age"]["withheld"] is True and prof[0]["age"]["min"] is None
 
-    desc = describe_segments(labels, ["bread oven"] * 8, attrs, min_group_size=3)
+    docs = ["bread oven" if lab == 0 else "goal match" for lab in labels]
+    desc = describe_segments(labels, docs, attrs, min_group_size=3)
     assert desc[1].keywords == [] and desc[1].attribute_profile["withheld"] is True
-    assert desc[0].keywords == ["bread", "oven"]
+    assert desc[0].keywords == ["bread", "oven"] and desc[0].name == "bread / oven"
 
 
 def test_describe_is_json_and_deterministic() -> None:

@@ -164,9 +164,7 @@ def test_a_new_seed_strategy_plugs_in_without_touching_the_rest(tmp_path: Path, 
     try:
         engine.upsert(engine_profiles())
         ids = [p.user_id for p in engine_profiles()]
-        vec = {
-            u: np.frombuffer(engine.get_user(u, include_vector=True).vector, "<f4") for u in ids
-        }
+        vec = {u: np.frombuffer(engine.get_user(u, include_vector=True).vector, "<f4") for u in ids}
         women = {u for u in ids if int(u.split("-")[1]) % 2}  # the crafted genders
         for filters, allowed in (((), set(ids)), ((Filter("gender", equals="female"),), women)):
             query = LookalikeQuery(
@@ -212,14 +210,11 @@ class TruthClusterer:
 
 
 class WordDescriber:
-    def describe(self, labels, docs, attributes):
+    def describe(self, labels, docs, attributes, *, groups=None, embed=None):
         from audience.index._segments import SegmentDescription
 
-        return {
-            int(lab): SegmentDescription(int(lab), 0, 0.0, [f"group{lab}"], {})
-            for lab in set(labels.tolist())
-            if lab >= 0
-        }
+        keys = [lab for lab in set(labels.tolist()) if lab >= 0] + list(groups or {})
+        return {k: SegmentDescription(k, 0, 0.0, [f"group{k}"], {}) for k in keys}
 
     def __repr__(self) -> str:
         return "words"

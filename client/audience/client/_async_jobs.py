@@ -39,11 +39,14 @@ class AsyncJobCalls:
         min_cluster_size: int = 0,
         sample_size: int = 0,
         engine: str = "",
+        method: str = "",
         timeout: Timeout = DEFAULT,
     ) -> Job:
         """Start a segment build as a job and return at once (arguments: :meth:`build_segments`).
         A second build while one runs is refused (FailedPrecondition names the running one)."""
-        request = cv.segments_build(target_segments, reducer, min_cluster_size, sample_size, engine)
+        request = cv.segments_build(
+            target_segments, reducer, min_cluster_size, sample_size, engine, method
+        )
         return cv.job(await self._unary(self._live.admin.StartBuildSegments, request, timeout))
 
     async def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> Job:

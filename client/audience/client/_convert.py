@@ -64,6 +64,7 @@ from ._types import (
     SeedInterest,
     Segment,
     SegmentBuild,
+    SegmentTree,
     SnapshotResult,
     Stats,
     UpsertResult,
@@ -215,9 +216,12 @@ def segments_build(
     min_cluster_size: int = 0,
     sample_size: int = 0,
     engine: str = "",
+    method: str = "",
 ) -> pb.BuildSegmentsRequest:
     msg = pb.BuildSegmentsRequest(
-        reducer=string("reducer", reducer), engine=string("engine", engine)
+        reducer=string("reducer", reducer),
+        engine=string("engine", engine),
+        method=string("method", method),
     )
     for name, value in (
         ("target_segments", target_segments),
@@ -416,6 +420,20 @@ def segment(msg: pb.Segment) -> Segment:
         cohesion=msg.cohesion,
         status=msg.status,
         parents=list(msg.parents),
+        name=msg.name,
+        kind=msg.kind or "segment",
+        parent_id=msg.parent_id,
+        children=list(msg.children),
+    )
+
+
+def segment_tree(msg: pb.ListSegmentsResponse) -> SegmentTree:
+    return SegmentTree(
+        model_version=msg.model_version,
+        segments=[segment(s) for s in msg.segments],
+        groups=[segment(s) for s in msg.groups],
+        method=msg.method,
+        method_reason=msg.method_reason,
     )
 
 
@@ -474,6 +492,9 @@ def segment_build(msg: pb.BuildSegmentsResponse) -> SegmentBuild:
         seconds=msg.seconds,
         outlier_share=msg.outlier_share,
         users=msg.users,
+        method=msg.method,
+        method_reason=msg.method_reason,
+        groups=msg.groups,
     )
 
 

@@ -47,6 +47,7 @@ from ._types import (
     SeedDiagnostics,
     Segment,
     SegmentBuild,
+    SegmentTree,
     SnapshotResult,
     Stats,
     UpsertResult,
@@ -475,17 +476,22 @@ class AudienceClient(JobCalls):
         min_cluster_size: int = 0,
         sample_size: int = 0,
         engine: str = "",
+        method: str = "",
         timeout: Timeout = None,
     ) -> SegmentBuild:
         """Build a new segment model (a long job: no deadline unless ``timeout`` is given).
 
-        target_segments: exactly this many segments (k-means); 0 lets HDBSCAN decide.
+        target_segments: exactly this many segments; 0 lets HDBSCAN decide. method (with
+        target_segments): "auto" ("" = it: every method runs, a label-free criterion
+        chooses; the result says which and why), "kmeans", "umap-kmeans" or "tree".
         reducer: "umap" or "pca" ("" = server default); min_cluster_size: smallest segment
         (0 = 1% of the fit sample); sample_size: users the clustering is fitted on (0 = 20,000).
         engine: where the users outside the fit sample are placed: "local" (default) or
         "ray" (Ray workers; the server's --ray-address).
         """
-        request = cv.segments_build(target_segments, reducer, min_cluster_size, sample_size, engine)
+        request = cv.segments_build(
+            target_segments, reducer, min_cluster_size, sample_size, engine, method
+        )
         response = self._unary(self._live.admin.BuildSegments, request, timeout)
         return cv.segment_build(response)
 
@@ -522,9 +528,14 @@ class AudienceClient(JobCalls):
 
     def list_segments(self, *, timeout: Timeout = DEFAULT) -> list[Segment]:
         """Every segment of the current segment model."""
-        request = pb.ListSegmentsRequest()
+        return (self.segment_tree(timeout=timeout)).segments
+
+    def segment_tree(self, *, timeout: Timeout = DEFAULT) -> SegmentTree:
+        """The segments, the groups of segments above them (the tree's inner nodes, whose
+        ids work wherever a segment id does) and how the segments were found."""
+        request = pb.ListSegmentsRequest(include_groups=True)
         response = self._unary(self._live.segments.ListSegments, request, timeout)
-        return [cv.segment(s) for s in response.segments]
+        return cv.segment_tree(response)
 
     def get_segment(self, segment_id: str, *, timeout: Timeout = DEFAULT) -> Segment:
         """One segment: size, keywords, attribute profile, exemplar users, persistence."""

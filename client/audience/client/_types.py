@@ -487,6 +487,26 @@ class Segment:
     cohesion: float = 0.0  # mean cosine of members to the segment centre
     status: str = ""  # lineage against the previous build: kept, split, merged, new
     parents: list[str] = field(default_factory=list)  # previous segment ids it came from
+    name: str = ""  # from the top keywords, e.g. "bash / script / command"
+    kind: str = "segment"  # "segment", or "group": segments merged in the segment tree
+    parent_id: str = ""  # the group above it in the tree ("" at the top level)
+    children: list[str] = field(default_factory=list)  # a group's two nodes below it
+
+
+@dataclass(frozen=True)
+class SegmentTree:
+    """The segments of the current model, the groups of segments above them (coarsest
+    first; a group's id works wherever a segment id does), and how they were found."""
+
+    model_version: str
+    segments: list[Segment]
+    groups: list[Segment]
+    method: str = ""  # e.g. "umap-kmeans", for a build asked for exactly K segments
+    method_reason: str = ""  # why that method
+
+    def top_level(self) -> list[Segment]:
+        """The nodes without a parent: the coarsest view of the users."""
+        return [s for s in [*self.groups, *self.segments] if not s.parent_id]
 
 
 @dataclass(frozen=True)
@@ -508,6 +528,9 @@ class SegmentBuild:
     seconds: float
     outlier_share: float = 0.0  # share of users left as outliers
     users: int = 0  # users segmented
+    method: str = ""  # how the segments were found (a build asked for K chooses)
+    method_reason: str = ""  # why that method
+    groups: int = 0  # groups of segments in the segment tree
 
 
 @dataclass(frozen=True)

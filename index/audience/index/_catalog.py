@@ -311,8 +311,8 @@ class Catalog:
             unknown = [s for s in ids if s not in model.by_id]
             if unknown:
                 raise UnknownSegment(f"{field}: unknown segment {unknown[0]!r}")
-        inc = {model.by_id[s].label for s in include}
-        exc = {model.by_id[s].label for s in exclude}
+        inc = {lab for s in include for lab in model.labels_under(s)}
+        exc = {lab for s in exclude for lab in model.labels_under(s)}
         member = np.zeros(len(mask), bool)
         blocked = np.zeros(len(mask), bool)
         for iid, (lab, _) in self.segment_of.items():
@@ -343,12 +343,14 @@ class Catalog:
                 out[i] = membership(model, user_ids[i], int(lab), float(st))
         return [m for m in out if m is not None]
 
-    def segment_members(self, label: int) -> ScoredUsers:
-        """Members of a segment, strongest first (ties by user id)."""
+    def segment_members(self, labels: Sequence[int]) -> ScoredUsers:
+        """Members of a segment (or of a group: its segments' labels), strongest first (ties
+        by user id)."""
+        wanted = set(labels)
         members = [
             (st, self.uid_of[iid])
             for iid, (lab, st) in self.segment_of.items()
-            if lab == label and iid in self.uid_of
+            if lab in wanted and iid in self.uid_of
         ]
         members.sort(key=lambda m: (-m[0], m[1]))
         return ScoredUsers([uid for _, uid in members], [st for st, _ in members])

@@ -24,6 +24,8 @@ ENCODER_BACKENDS = ("torch", *ONNX_VARIANTS)
 INDEX_KINDS = ("flat", "hnsw", "hnsw-f32", "hnsw-sq8", "ivf-pq")  # what an index can be
 INDEX_KIND_SETTINGS = ("auto", *INDEX_KINDS)  # what `index_kind` may say
 SEGMENT_REDUCERS = ("umap", "pca")  # the space a segment build clusters in
+# How a build asked for exactly K segments finds them (_segments/_choose.py); auto chooses.
+SEGMENT_METHODS = ("auto", "kmeans", "umap-kmeans", "tree")
 HDBSCAN_BACKENDS = ("fast_hdbscan", "hdbscan")
 # Seed strategies of a lookalike query (_strategies.py holds them; the first is the default).
 STRATEGY_NAMES = ("centroid", "sum-scores", "best-score", "classifier", "multi-interest", "auto")

@@ -293,13 +293,13 @@ class Engine:
             builder = SegmentBuilder(params, min_group_size=min_group, placer=placer)
             with self._rw.read():
                 iids, vectors = c.all_user_vectors()
-                previous, seq = c.segments, c.store.sequence
-                user_id = dict(c.uid_of.items())
-            users = Population(iids, vectors, user_id, c.store.texts_and_attributes, seq)
+                previous, seq, user_id = c.segments, c.store.sequence, dict(c.uid_of.items())
+            texts = c.store.texts_and_attributes
+            users = Population(iids, vectors, user_id, texts, seq, enc.term_vectors)
             model = builder.build(users, previous, progress)
             del users, vectors
             with self._writer:  # no delete between the check of exemplars and the save
-                gone = {u for s in model.segments for u in s.exemplar_user_ids}
+                gone = {u for s in model.by_id.values() for u in s.exemplar_user_ids}
                 erasure.withdraw_from_served(model, {u for u in gone if u not in c.iid_of})
                 with disk_full_as("segments not saved; the previous model is still served"):
                     model.save(self.config.data_dir / SEGMENTS_DIR)
@@ -311,8 +311,7 @@ class Engine:
         return SegmentBuild.of(model)
 
     def list_segments(self) -> SegmentList:
-        model = self.catalog.segment_model()
-        return SegmentList(model.version, list(model.segments))
+        return SegmentList.of(self.catalog.segment_model())
 
     def get_segment(self, segment_id: str) -> Segment:
         seg = self.catalog.segment_model().by_id.get(segment_id)
@@ -344,7 +343,8 @@ class Engine:
     ) -> Iterator[ScoredUsers]:
         """Members of a segment, strongest first, in chunks (with these stored attributes)."""
         seg = self.get_segment(segment_id)
+        labels = self.catalog.segment_model().labels_under(seg.segment_id)
         with self._rw.read():
-            members = self.catalog.segment_members(seg.label)
+            members = self.catalog.segment_members(labels)
         with_attrs = partial(self.catalog.with_attributes, names=include_attributes)
         return map(with_attrs, members.chunks(chunk))

@@ -25,6 +25,7 @@ from audience.index import (
     ENCODER_BACKENDS,
     INDEX_KIND_SETTINGS,
     ONNX_VARIANTS,
+    SEGMENT_METHODS,
     SEGMENT_REDUCERS,
     STRATEGY_NAMES,
 )
@@ -464,8 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-segments",
         type=int,
         default=0,
-        help="exactly this many segments (k-means on UMAP of the user vectors); "
-        "0 = HDBSCAN decides how many",
+        help="exactly this many segments (found by --method); 0 = HDBSCAN decides how many",
+    )
+    s.add_argument(
+        "--method",
+        choices=SEGMENT_METHODS,
+        help="with --target-segments: auto (default) runs each method and keeps the best by "
+        "neighbour agreement; or kmeans, umap-kmeans, tree",
     )
     s.add_argument("--reducer", choices=SEGMENT_REDUCERS, help="space the clustering sees (umap)")
     s.add_argument("--min-cluster-size", type=int, help="smallest segment (1%% of the sample)")
@@ -483,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags(s)
     s.add_argument("--json", action="store_true")
     s.add_argument("--ids", action="store_true", help="only the segment ids, one per line")
+    s.add_argument(
+        "--tree", action="store_true", help="the groups of segments too, drawn as a tree"
+    )
     s.set_defaults(func=cmd_segments_list)
     s = segsub.add_parser("show", help="one segment: size, keywords, attributes, exemplars")
     client_flags(s)

@@ -397,23 +397,28 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 def cmd_segments_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        segments = client.list_segments()
+        tree = client.segment_tree()
+    shown = [*tree.groups, *tree.segments] if args.tree else tree.segments
     if args.json:
-        print(json.dumps([asdict(s) for s in segments], ensure_ascii=False))
+        print(json.dumps([asdict(s) for s in shown], ensure_ascii=False))
     elif args.ids:
-        print("\n".join(s.segment_id for s in segments))
+        print("\n".join(s.segment_id for s in shown))
+    elif args.tree:
+        print("\n".join(fmt.segment_tree(tree)))
     else:
-        print("\n".join(fmt.segment_rows(segments)))
+        print("\n".join(fmt.segment_rows(tree.segments)))
     return 0
 
 
 def cmd_segments_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
         segment = client.get_segment(args.segment_id)
+        tree = client.segment_tree()
     if args.json:
-        print(json.dumps(asdict(segment), ensure_ascii=False, indent=2))
+        doc = {**asdict(segment), "method": tree.method, "method_reason": tree.method_reason}
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
     else:
-        print("\n".join(fmt.segment_card(segment)))
+        print("\n".join(fmt.segment_card(segment, tree)))
     return 0
 
 

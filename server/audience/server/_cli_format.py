@@ -106,15 +106,41 @@ def segment_rows(segments: Sequence[Any]) -> list[str]:
     )
 
 
-def segment_card(s: Any) -> list[str]:
+def segment_tree(tree: Any) -> list[str]:
+    """The groups and segments as an indented tree, coarsest first."""
+    nodes = {s.segment_id: s for s in [*tree.groups, *tree.segments]}
+    out = [f"{tree.model_version}: {len(tree.segments)} segments in {len(tree.groups)} groups"]
+    if tree.method:
+        out.append(f"found by {tree.method}: {tree.method_reason}")
+
+    def draw(node: Any, depth: int) -> None:
+        name = f" {node.name}" if node.name else ""
+        out.append(
+            f"{'  ' * depth}{node.segment_id}  {number(node.size)} ({percent(node.share)}){name}"
+        )
+        for child in node.children:
+            draw(nodes[child], depth + 1)
+
+    for top in tree.top_level():
+        draw(top, 0)
+    return out
+
+
+def segment_card(s: Any, tree: Any = None) -> list[str]:
     """One segment for people: size, keywords, the attributes that set it apart, exemplars."""
+    kind = "group of segments" if s.kind == "group" else "segment"
     out = [
-        f"{s.segment_id}: {number(s.size)} users ({percent(s.share)}), {s.status}"
+        f"{s.segment_id} ({kind}): {s.name or '(no name)'}",
+        f"  {number(s.size)} users ({percent(s.share)}), {s.status}"
         + (f" from {', '.join(s.parents)}" if s.parents and s.status != "kept" else ""),
         f"  keywords:  {', '.join(s.keywords) or '(withheld or none)'}",
-        f"  cohesion {number(round(s.cohesion, 2))}, persistence {number(round(s.persistence, 2))}"
-        " (how tight and how stable the segment is, 0..1)",
+        f"  in the tree: under {s.parent_id or '(top level)'}"
+        + (f"; holds {', '.join(s.children)}" if s.children else ""),
+        f"  {tightness(s.cohesion)}: members' mean similarity to its centre "
+        f"{number(round(s.cohesion, 2))}",
     ]
+    if tree is not None and tree.method:
+        out.append(f"  segments found by {tree.method}: {tree.method_reason}")
     profile = s.attribute_profile or {}
     if profile.get("withheld"):
         out.append(f"  attributes: withheld ({profile.get('reason', 'small segment')})")
@@ -126,6 +152,11 @@ def segment_card(s: Any) -> list[str]:
             out += [f"    {text}" for _, text in scored]
     out.append(f"  exemplars: {', '.join(s.exemplar_user_ids) or 'none'}")
     return out
+
+
+def tightness(cohesion: float) -> str:
+    """Cohesion in a word: members' mean cosine to the centre (PCA space, 0..1)."""
+    return "tight" if cohesion >= 0.5 else "medium" if cohesion >= 0.3 else "loose"
 
 
 def _attribute_line(name: str, entry: dict) -> tuple[float, str] | None:
@@ -207,8 +238,9 @@ def job_result(job: Any) -> str:
         return f"rebuilt: {r.users} users, generation {r.generation}, {r.seconds:.1f}s"
     if job.kind == "build-segments" and r is not None:
         return (
-            f"segments {r.model_version}: {r.segments} segments over {r.users} users, "
-            f"{100 * r.outlier_share:.1f}% outliers, {r.seconds:.1f}s"
+            f"segments {r.model_version}: {r.segments} segments ({r.groups} groups above them) "
+            f"over {r.users} users, {100 * r.outlier_share:.1f}% outliers, {r.seconds:.1f}s"
+            + (f"\nfound by {r.method}: {r.method_reason}" if r.method else "")
         )
     return f"{job.job_id} {job.state.lower()}"
 

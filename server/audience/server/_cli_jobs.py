@@ -31,6 +31,7 @@ def cmd_segments_build(args: argparse.Namespace) -> int:
             min_cluster_size=args.min_cluster_size or 0,
             sample_size=args.sample_size or 0,
             engine=args.engine,
+            method=args.method or "",
         )
         return _started(args, client, job)
 

@@ -230,6 +230,10 @@ def segment_to_pb(s: Segment) -> pb.Segment:
         cohesion=s.cohesion,
         status=s.status,
         parents=s.parents,
+        name=s.name,
+        kind=s.kind,
+        parent_id=s.parent_id,
+        children=s.children,
     )
 
 
@@ -250,6 +254,7 @@ def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
         target_segments=r.target_segments,
         min_cluster_size=r.min_cluster_size or None,
         sample_size=r.sample_size or defaults.sample_size,
+        method=r.method or defaults.method,
     )
 
 

@@ -220,6 +220,9 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
         return pb.ListSegmentsResponse(
             segments=[segment_to_pb(s) for s in listed.segments],
             model_version=listed.model_version,
+            groups=[segment_to_pb(s) for s in listed.groups] if request.include_groups else [],
+            method=listed.method,
+            method_reason=listed.method_reason,
         )
 
     def GetSegment(
@@ -273,6 +276,9 @@ class AdminServicer(pb_grpc.AdminServicer):
             seconds=done.seconds,
             outlier_share=done.outlier_share,
             users=done.users,
+            method=done.method,
+            method_reason=done.method_reason,
+            groups=done.groups,
         )
 
     def StartRebuildIndex(

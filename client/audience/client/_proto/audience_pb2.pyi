@@ -952,6 +952,10 @@ class Segment(_message.Message):
     COHESION_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     PARENTS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
     segment_id: _builtins.str
     size: _builtins.int
     share: _builtins.float
@@ -962,12 +966,24 @@ class Segment(_message.Message):
     """Mean cosine similarity of the members to the segment's centre."""
     status: _builtins.str
     """Lineage against the previous build: kept, split, merged or new; and the ids it came from."""
+    name: _builtins.str
+    """A short name from the top keywords, e.g. "bash / script / command"."""
+    kind: _builtins.str
+    """"segment" (a leaf of the segment tree) or "group" (an inner node: segments merged by
+    similarity). A group's id works wherever a segment id does (filters, members).
+    """
+    parent_id: _builtins.str
+    """The group above it in the tree ("" at the top level) and, for a group, the two nodes
+    below it.
+    """
     @_builtins.property
     def keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def exemplar_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def parents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def children(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -981,10 +997,14 @@ class Segment(_message.Message):
         cohesion: _builtins.float = ...,
         status: _builtins.str = ...,
         parents: _abc.Iterable[_builtins.str] | None = ...,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        parent_id: _builtins.str = ...,
+        children: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_profile_json", b"attribute_profile_json", "cohesion", b"cohesion", "exemplar_user_ids", b"exemplar_user_ids", "keywords", b"keywords", "parents", b"parents", "persistence", b"persistence", "segment_id", b"segment_id", "share", b"share", "size", b"size", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_profile_json", b"attribute_profile_json", "children", b"children", "cohesion", b"cohesion", "exemplar_user_ids", b"exemplar_user_ids", "keywords", b"keywords", "kind", b"kind", "name", b"name", "parent_id", b"parent_id", "parents", b"parents", "persistence", b"persistence", "segment_id", b"segment_id", "share", b"share", "size", b"size", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -994,12 +1014,17 @@ Global___Segment: _TypeAlias = Segment  # noqa: Y015
 class ListSegmentsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCLUDE_GROUPS_FIELD_NUMBER: _builtins.int
+    include_groups: _builtins.bool
+    """Also the groups of segments (the tree's inner nodes), coarsest first."""
     def __init__(
         self,
+        *,
+        include_groups: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_groups", b"include_groups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1011,18 +1036,29 @@ class ListSegmentsResponse(_message.Message):
 
     SEGMENTS_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    METHOD_REASON_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
+    method: _builtins.str
+    """How the segments were found, and why that way (a build asked for K chooses)."""
+    method_reason: _builtins.str
     @_builtins.property
     def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]: ...
     def __init__(
         self,
         *,
         segments: _abc.Iterable[Global___Segment] | None = ...,
         model_version: _builtins.str = ...,
+        groups: _abc.Iterable[Global___Segment] | None = ...,
+        method: _builtins.str = ...,
+        method_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "segments", b"segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "method", b"method", "method_reason", b"method_reason", "model_version", b"model_version", "segments", b"segments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1238,6 +1274,7 @@ class BuildSegmentsRequest(_message.Message):
     MIN_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
     target_segments: _builtins.int
     """Exactly this many segments (k-means in the reduced space); 0 = HDBSCAN decides."""
     reducer: _builtins.str
@@ -1250,6 +1287,10 @@ class BuildSegmentsRequest(_message.Message):
     """Where users outside the fit sample are placed: "local" (default, in the server) or
     "ray" (chunks on Ray workers; the server's --ray-address, else a local Ray).
     """
+    method: _builtins.str
+    """With target_segments: "auto" (default: each method runs, a label-free criterion
+    chooses), "kmeans", "umap-kmeans" or "tree".
+    """
     def __init__(
         self,
         *,
@@ -1258,10 +1299,11 @@ class BuildSegmentsRequest(_message.Message):
         min_cluster_size: _builtins.int = ...,
         sample_size: _builtins.int = ...,
         engine: _builtins.str = ...,
+        method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "min_cluster_size", b"min_cluster_size", "reducer", b"reducer", "sample_size", b"sample_size", "target_segments", b"target_segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "method", b"method", "min_cluster_size", b"min_cluster_size", "reducer", b"reducer", "sample_size", b"sample_size", "target_segments", b"target_segments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1276,11 +1318,18 @@ class BuildSegmentsResponse(_message.Message):
     SECONDS_FIELD_NUMBER: _builtins.int
     OUTLIER_SHARE_FIELD_NUMBER: _builtins.int
     USERS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    METHOD_REASON_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     segments: _builtins.int
     seconds: _builtins.float
     outlier_share: _builtins.float
     users: _builtins.int
+    method: _builtins.str
+    method_reason: _builtins.str
+    groups: _builtins.int
+    """Groups of segments in the tree (inner nodes)."""
     def __init__(
         self,
         *,
@@ -1289,10 +1338,13 @@ class BuildSegmentsResponse(_message.Message):
         seconds: _builtins.float = ...,
         outlier_share: _builtins.float = ...,
         users: _builtins.int = ...,
+        method: _builtins.str = ...,
+        method_reason: _builtins.str = ...,
+        groups: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "outlier_share", b"outlier_share", "seconds", b"seconds", "segments", b"segments", "users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "method", b"method", "method_reason", b"method_reason", "model_version", b"model_version", "outlier_share", b"outlier_share", "seconds", b"seconds", "segments", b"segments", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

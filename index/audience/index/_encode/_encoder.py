@@ -184,6 +184,16 @@ class ProfileEncoder:
                 vectors[i] = unit(p.text_vector)
         return vectors
 
+    def term_vectors(self, terms: Sequence[str]) -> np.ndarray:
+        """Short texts (keywords) encoded as a user's only text would be, one unit row each:
+        what a segment's keywords are compared by (semantic and lexical channels)."""
+        items = [[TextItem(t)] for t in terms]
+        texts = self.channels.text_vectors(items)
+        lexical = self.channels.lexical_vectors(items)
+        no_attrs = np.zeros(self.channels.attr_dim, dtype=np.float32)
+        rows = [self.channels.combine(t, lx, no_attrs) for t, lx in zip(texts, lexical)]
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
     def check_text_vectors(self, profiles: Sequence[Profile], fingerprint: str) -> None:
         """InvalidQuery / PreconditionFailed unless every given text vector was made by this
         encoder's model and settings (`fingerprint`) and fits a profile with texts."""

@@ -1,13 +1,13 @@
 """Segments: built offline from the user vectors, served online.
 
-    _params.py    SegmentParams: what a build is asked for (checked; saved with the model)
-    _builder.py   SegmentBuilder: sample -> project -> reduce -> cluster -> place -> ids ->
-                  describe, over a Population; knows no store
-    _stages.py    the swappable stages: reducers, clusterers, the describer; default_stages
-    _describe.py  keywords (c-TF-IDF) and attribute profiles per segment
-    _ids.py       stable ids across builds (member overlap) and lineage
-    _model.py     SegmentModel: the fitted model, saved and loaded (JSON + .npz + sha256)
-    _place.py     where users outside the fit sample are placed: here, or on Ray
+_params.py    SegmentParams: what a build is asked for (checked; saved with the model)
+_builder.py   SegmentBuilder: sample -> project -> reduce -> cluster -> place -> ids ->
+              describe, over a Population; knows no store
+_stages.py    the swappable stages: reducers, clusterers, the describer; default_stages
+_describe.py  keywords (c-TF-IDF) and attribute profiles per segment
+_ids.py       stable ids across builds (member overlap) and lineage
+_model.py     SegmentModel: the fitted model, saved and loaded (JSON + .npz + sha256)
+_place.py     where users outside the fit sample are placed: here, or on Ray
 """
 
 from ._builder import Clustering, Population, SegmentBuilder, with_text_dims

@@ -7,13 +7,18 @@ what it needs of the stored users comes in a `Population`.
                and one k-NN search, not a million-point clustering
     project    PCA to `pca_dims` (persisted: it places users for the k-NN assignment)
     reduce     the reducer's space for the clusterer (default UMAP, cosine, to 5 dims)
-    cluster    the clusterer labels the fit sample (default HDBSCAN; k-means for exactly K)
+    cluster    the clusterer labels the fit sample (default HDBSCAN). Asked for exactly K
+               with the default stages, the build runs every method of _choose.py and keeps
+               the one a label-free criterion prefers (`params.method` forces one)
     place      an outlier of the fit, and every user outside the sample, joins the segment
                most of its k nearest clustered fit users (in PCA space) belong to when that
                share is at least `min_vote`; otherwise it stays an outlier. The placer runs
                here or on Ray (_place.py)
     ids        matched to the previous model's segments by member overlap (_ids.py)
-    describe   the describer on a uniform sample of at most 30,000 users
+    tree       segments merged by Ward's criterion into groups, coarse to fine (_tree.py);
+               groups get ids (grp-NNNN) matched to the previous model's groups the same way
+    describe   the describer on a uniform sample of at most 30,000 users, segments and
+               groups alike
 """
 
 from __future__ import annotations
@@ -22,16 +27,31 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
 from .._errors import PreconditionFailed
 from .._types import Progress
+from ._choose import Choice, choose
 from ._ids import match_segments
 from ._model import Segment, SegmentModel, project, used_dims
 from ._params import SegmentParams
 from ._place import LocalPlacer, Placer
-from ._stages import Clusterer, Describer, FitSample, Reducer, Stages, default_stages
+from ._stages import (
+    Clusterer,
+    ClusterResult,
+    Describer,
+    FitSample,
+    HdbscanClusterer,
+    KMeansClusterer,
+    Reducer,
+    Stages,
+    UmapReducer,
+    default_stages,
+    relabel,
+)
+from ._tree import SegmentTree
 
 log = logging.getLogger("audience.index")
 
@@ -51,6 +71,7 @@ class Population:
     # iids -> {iid: (texts as [[text, weight, timestamp]], attributes)} of those still stored
     texts_and_attributes: Callable[[Sequence[int]], dict[int, tuple[list, dict]]]
     sequence: int = 0  # the store's sequence when the vectors were read
+    embed_terms: Callable[[Sequence[str]], np.ndarray] | None = None  # keywords' diversity
 
 
 @dataclass
@@ -67,6 +88,7 @@ class Clustering:
     persistence: dict[int, float]
     coords: np.ndarray  # every user in PCA space (normalised), for exemplars and cohesion
     timings: dict[str, float]
+    choice: Choice | None = None  # how a build asked for K found its segments
 
 
 class SegmentBuilder:
@@ -85,6 +107,9 @@ class SegmentBuilder:
     ) -> None:
         self.params = params or SegmentParams()
         self.placer = placer or LocalPlacer()  # where the users outside the sample are placed
+        # Asked for K with the default stages: the methods of _choose.py compete.
+        self.choosing = self.params.target_segments > 0 and not (reducer or clusterer)
+        self.choosing &= self.params.reducer == "umap"
         default = default_stages(self.params, min_group_size=min_group_size)
         self.stages = Stages(
             reducer or default.reducer,
@@ -121,17 +146,25 @@ class SegmentBuilder:
         if progress:
             progress("reduce", 1, 3)
 
-        t0 = time.perf_counter()
-        space = self.stages.reducer.reduce(FitSample(sample, fit_coords, progress))
-        if space is not fit_coords:
-            timings["reduce_s"] = time.perf_counter() - t0
-        if progress:
-            progress("reduce", 2, 3)
-
-        t0 = time.perf_counter()
-        found = self.stages.clusterer.cluster(space)
+        choice = None
+        fit = FitSample(sample, fit_coords, progress)
+        if self.choosing:
+            t0 = time.perf_counter()
+            choice = choose(self._methods(fit), sample, params.seed)
+            found = next(c.result for c in choice.candidates if c.method == choice.method)
+            timings["cluster_s"] = time.perf_counter() - t0
+            log.info("Segments - Method: %s (%s)", choice.method, choice.reason)
+        else:
+            t0 = time.perf_counter()
+            space = self.stages.reducer.reduce(fit)
+            if space is not fit_coords:
+                timings["reduce_s"] = time.perf_counter() - t0
+            if progress:
+                progress("reduce", 2, 3)
+            t0 = time.perf_counter()
+            found = self.stages.clusterer.cluster(space)
+            timings["cluster_s"] = time.perf_counter() - t0
         fit_labels = np.asarray(found.labels, np.int32)
-        timings["cluster_s"] = time.perf_counter() - t0
         if progress:
             progress("cluster", 1, 1)
 
@@ -161,7 +194,35 @@ class SegmentBuilder:
             found.persistence,
             coords,
             timings,
+            choice,
         )
+
+    def _methods(self, fit: FitSample) -> dict[str, Callable[[], ClusterResult]]:
+        """The candidates for exactly K segments (all of them, or the one asked for)."""
+        p = self.params
+        k = p.target_segments
+        kmeans = KMeansClusterer(k, seed=p.seed)
+        umap_of = partial(UmapReducer, dims=p.umap_dims, neighbors=p.umap_neighbors, seed=p.seed)
+        hdbscan = HdbscanClusterer(
+            min_cluster_size=p.min_cluster_size, min_samples=p.min_samples, backend=p.backend
+        )
+
+        def tree() -> ClusterResult:
+            found = hdbscan.cluster(umap_of(on="pca").reduce(fit))
+            n = int(found.labels.max()) + 1
+            if n <= k:
+                return found
+            cut = SegmentTree.of(*_centres(fit.pca, found.labels, n)).cut(k)
+            labels = np.array([cut[lab] if lab >= 0 else -1 for lab in found.labels], np.int32)
+            result = ClusterResult(relabel(labels), found.strength, {})
+            return replace(result, persistence=dict.fromkeys(range(k), 1.0))
+
+        runs = {
+            "kmeans": lambda: kmeans.cluster(fit.vectors),
+            "umap-kmeans": lambda: kmeans.cluster(umap_of(on="vectors").reduce(fit)),
+            "tree": tree,
+        }
+        return runs if p.method == "auto" else {p.method: runs[p.method]}
 
     # ------------------------------------------------------------ the whole build
 
@@ -185,47 +246,64 @@ class SegmentBuilder:
         new_members = {
             int(lab): np.sort(iids[labels == lab]) for lab in np.unique(labels) if lab >= 0
         }
-        old_members: dict[str, np.ndarray] = {}
-        next_number = 1
-        if previous is not None:
-            next_number = int(previous.stats.get("next_number", 1))
-            for seg in previous.segments:
-                mem = previous.member_iids[previous.member_labels == seg.label]
-                old_members[seg.segment_id] = np.sort(mem)
-        id_of, status, lineage, next_number = match_segments(new_members, old_members, next_number)
+        n_leaves = len(new_members)
+        tree = SegmentTree.of(*_centres(clustering.coords, labels, n_leaves))
+        under = tree.groups()  # node -> its segments' labels
+        group_members = {
+            node: np.sort(np.concatenate([new_members[lab] for lab in held]))
+            for node, held in under.items()
+        }
+        stats_before = previous.stats if previous is not None else {}
+        old = _old_members(previous)
+        id_of, status, lineage, next_number = match_segments(
+            new_members, old[0], int(stats_before.get("next_number", 1))
+        )
+        group_id, group_status, _, next_group = match_segments(
+            group_members, old[1], int(stats_before.get("next_group_number", 1)), prefix="grp"
+        )
+        id_of.update(group_id)
+        status.update(group_status)
 
         t1 = time.perf_counter()
-        described = self._describe(users, labels)
+        described = self._describe(users, labels, under)
         if progress:
             progress("describe", 1, 1)
 
-        segments = []
+        parent = tree.parent()
+        children = tree.children()
         n = len(iids)
-        for lab, members in new_members.items():
-            rows_of = np.flatnonzero(labels == lab)
+        segments, groups = [], []
+        for lab, members in [*new_members.items(), *group_members.items()]:
+            held = under.get(lab, [lab])
+            rows_of = np.flatnonzero(np.isin(labels, held))
             z = clustering.coords[rows_of]
             centre = z.mean(axis=0)
             centre /= np.linalg.norm(centre) or 1.0
             sims = z @ centre
             top = rows_of[np.argsort(-sims)[:EXEMPLARS]]
             d = described.get(lab)
-            segments.append(
-                Segment(
-                    segment_id=id_of[lab],
-                    label=lab,
-                    size=len(members),
-                    share=len(members) / n,
-                    keywords=d.keywords if d else [],
-                    exemplar_user_ids=[
-                        users.user_id[int(iids[j])] for j in top if int(iids[j]) in users.user_id
-                    ],
-                    persistence=clustering.persistence.get(lab, 0.0),
-                    cohesion=round(float(sims.mean()), 4),
-                    status=status[lab][0],
-                    parents=status[lab][1],
-                    attribute_profile=d.attribute_profile if d else {},
-                )
+            seg = Segment(
+                segment_id=id_of[lab],
+                label=lab,
+                size=len(members),
+                share=len(members) / n,
+                keywords=d.keywords if d else [],
+                exemplar_user_ids=[
+                    users.user_id[int(iids[j])] for j in top if int(iids[j]) in users.user_id
+                ],
+                persistence=clustering.persistence.get(lab, 0.0),
+                cohesion=round(float(sims.mean()), 4),
+                status=status[lab][0],
+                parents=status[lab][1],
+                attribute_profile=d.attribute_profile if d else {},
+                name=d.name if d else "",
+                kind="group" if lab in under else "segment",
+                parent_id=id_of[parent[lab]] if lab in parent else "",
+                children=[id_of[c] for c in children[lab]] if lab in under else [],
+                leaf_labels=list(held) if lab in under else [],
             )
+            (groups if lab in under else segments).append(seg)
+        groups.sort(key=lambda g: -g.label)  # the coarsest (latest merge) first
         segments.sort(key=lambda s: -s.size)
         outliers = float((labels < 0).mean())
         seconds = round(time.perf_counter() - t0, 2)
@@ -237,6 +315,9 @@ class SegmentBuilder:
             "outlier_share": round(outliers, 4),
             "seconds": seconds,
             "next_number": next_number,
+            "next_group_number": next_group,
+            "tree": tree.to_json(),
+            "choice": clustering.choice.summary() if clustering.choice else None,
             **{k: round(v, 2) for k, v in clustering.timings.items()},
             "describe_s": round(time.perf_counter() - t1, 2),
             "stages": self.stages.names(),
@@ -257,6 +338,7 @@ class SegmentBuilder:
             member_strength=clustering.strength,
             lineage=lineage,
             stats=stats,
+            groups=groups,
         )
         log.info(
             "Segments - Completed: %d segments, %.1f%% outliers, %.1fs",
@@ -266,8 +348,9 @@ class SegmentBuilder:
         )
         return model
 
-    def _describe(self, users: Population, labels: np.ndarray) -> dict:
-        """The describer on a uniform sample of users (texts and attributes from the store)."""
+    def _describe(self, users: Population, labels: np.ndarray, groups: dict) -> dict:
+        """The describer on a uniform sample of users (texts and attributes from the store),
+        for the segments and the groups of segments."""
         iids = users.iids
         rng = np.random.default_rng(self.params.seed)
         pick = np.sort(rng.choice(len(iids), size=min(len(iids), DESCRIBE_SAMPLE), replace=False))
@@ -275,7 +358,29 @@ class SegmentBuilder:
         keep = [j for j in pick if int(iids[j]) in rows]
         docs = ["\n".join(t[0] for t in rows[int(iids[j])][0]) for j in keep]
         attrs = [rows[int(iids[j])][1] for j in keep]
-        return self.stages.describer.describe(labels[keep], docs, attrs)
+        return self.stages.describer.describe(
+            labels[keep], docs, attrs, groups=groups, embed=users.embed_terms
+        )
+
+
+def _centres(coords: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean of each label's rows, member count), labels 0..n-1."""
+    sizes = np.bincount(labels[labels >= 0], minlength=n).astype(np.float64)
+    sums = np.zeros((n, coords.shape[1]))
+    np.add.at(sums, labels[labels >= 0], coords[labels >= 0])
+    return sums / np.maximum(sizes, 1)[:, None], sizes
+
+
+def _old_members(previous: SegmentModel | None) -> tuple[dict, dict]:
+    """The previous model's members per segment id and per group id."""
+    if previous is None:
+        return {}, {}
+    leaves, grouped = {}, {}
+    for seg in [*previous.segments, *previous.groups]:
+        held = previous.labels_under(seg.segment_id)
+        mem = np.sort(previous.member_iids[np.isin(previous.member_labels, held)])
+        (grouped if seg.kind == "group" else leaves)[seg.segment_id] = mem
+    return leaves, grouped
 
 
 def with_text_dims(params: SegmentParams, text_dims: int, attribute_dims: int) -> SegmentParams:

@@ -7,9 +7,13 @@ import numpy as np
 
 
 def match_segments(
-    new_members: dict[int, np.ndarray], old_members: dict[str, np.ndarray], next_number: int
+    new_members: dict[int, np.ndarray],
+    old_members: dict[str, np.ndarray],
+    next_number: int,
+    prefix: str = "seg",
 ) -> tuple[dict[int, str], dict[int, tuple[str, list[str]]], list[dict], int]:
-    """Give new clusters ids: the old id of the segment they mostly continue, else a new one.
+    """Give new clusters ids: the old id of the segment they mostly continue, else a new one
+    (`prefix`-NNNN: "seg" for segments, "grp" for the tree's groups of segments).
 
     Returns (id per label, (status, parents) per label, lineage entries, next free number).
     """
@@ -34,7 +38,7 @@ def match_segments(
         if lab in id_of:
             status[lab] = ("kept", [id_of[lab]])
         else:
-            id_of[lab] = f"seg-{next_number:04d}"
+            id_of[lab] = f"{prefix}-{next_number:04d}"
             next_number += 1
             if len(parents) >= 2:
                 status[lab] = ("merged", parents)

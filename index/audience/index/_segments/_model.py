@@ -40,6 +40,11 @@ class Segment:
     status: str = "new"  # kept | split | merged | new
     parents: list[str] = field(default_factory=list)  # previous segment ids it came from
     attribute_profile: dict = field(default_factory=dict)
+    name: str = ""  # from the top keywords, e.g. "bash / script / command"
+    kind: str = "segment"  # "segment" (a leaf of the tree) or "group" (of segments)
+    parent_id: str = ""  # the group above it in the tree ("" at the top level)
+    children: list[str] = field(default_factory=list)  # a group's two nodes below
+    leaf_labels: list[int] = field(default_factory=list)  # a group's segments' labels
 
 
 class SegmentModel:
@@ -60,6 +65,7 @@ class SegmentModel:
         member_strength: np.ndarray,
         lineage: list[dict],
         stats: dict,
+        groups: list[Segment] | None = None,
     ) -> None:
         self.version = version
         self.params = params
@@ -73,12 +79,18 @@ class SegmentModel:
         self.member_strength = member_strength.astype(np.float32)
         self.lineage = lineage
         self.stats = stats
-        self.by_id = {s.segment_id: s for s in segments}
+        self.groups = list(groups or [])  # the tree's inner nodes, coarsest first
+        self.by_id = {s.segment_id: s for s in [*segments, *self.groups]}
         self.by_label = {s.label: s for s in segments}
         clustered = self.fit_labels >= 0
         self._knn_labels = self.fit_labels[clustered]
         self._knn = faiss.IndexFlatIP(self.fit_coords.shape[1])
         self._knn.add(np.ascontiguousarray(self.fit_coords[clustered]))
+
+    def labels_under(self, segment_id: str) -> list[int]:
+        """The segment labels a segment or a group of segments holds (KeyError if unknown)."""
+        seg = self.by_id[segment_id]
+        return list(seg.leaf_labels) if seg.kind == "group" else [seg.label]
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         used = used_dims(vectors, self.params.dims_used)
@@ -117,6 +129,7 @@ class SegmentModel:
             "version": self.version,
             "params": asdict(self.params),
             "segments": [asdict(s) for s in self.segments],
+            "groups": [asdict(s) for s in self.groups],
             "lineage": self.lineage,
             "stats": self.stats,
             "arrays_sha256": hashlib.sha256(data).hexdigest(),
@@ -164,6 +177,7 @@ class SegmentModel:
             version=doc["version"],
             params=SegmentParams(**doc["params"]),
             segments=[Segment(**s) for s in doc["segments"]],
+            groups=[Segment(**s) for s in doc.get("groups", [])],  # none before the tree
             lineage=doc["lineage"],
             stats=doc["stats"],
             **arrays,
@@ -181,7 +195,7 @@ def withdraw_exemplars(root: Path, erased: Callable[[str, dict], bool]) -> int:
         except (OSError, ValueError):
             continue
         gone = 0
-        for seg in doc.get("segments", []):
+        for seg in [*doc.get("segments", []), *doc.get("groups", [])]:
             kept = [u for u in seg.get("exemplar_user_ids", []) if not erased(u, doc["stats"])]
             gone += len(seg.get("exemplar_user_ids", [])) - len(kept)
             seg["exemplar_user_ids"] = kept
@@ -195,6 +209,20 @@ def withdraw_exemplars(root: Path, erased: Callable[[str, dict], bool]) -> int:
 class SegmentList:
     model_version: str
     segments: list[Segment]
+    groups: list[Segment] = field(default_factory=list)  # the tree's inner nodes
+    method: str = ""
+    method_reason: str = ""
+
+    @classmethod
+    def of(cls, model: SegmentModel) -> SegmentList:
+        how = model.stats.get("choice") or {}
+        return cls(
+            model.version,
+            list(model.segments),
+            list(model.groups),
+            how.get("method", ""),
+            how.get("reason", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -208,10 +236,14 @@ class SegmentBuild:
     outlier_share: float
     seconds: float
     stages: dict[str, str]  # stage -> what ran, e.g. {"clusterer": "hdbscan(...)"}
+    method: str = ""  # how the segments were found, e.g. "umap-kmeans"
+    method_reason: str = ""  # why that method (a build asked for K chooses among several)
+    groups: int = 0  # inner nodes of the segment tree
 
     @classmethod
     def of(cls, model: SegmentModel) -> SegmentBuild:
         s = model.stats
+        choice = s.get("choice") or {}
         return cls(
             model_version=model.version,
             segments=s["segments"],
@@ -220,6 +252,9 @@ class SegmentBuild:
             outlier_share=s["outlier_share"],
             seconds=s["seconds"],
             stages=dict(s.get("stages", {})),
+            method=choice.get("method", ""),
+            method_reason=choice.get("reason", ""),
+            groups=len(model.groups),
         )
 
 

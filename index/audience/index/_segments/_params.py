@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._config import HDBSCAN_BACKENDS, SEGMENT_REDUCERS
+from .._config import HDBSCAN_BACKENDS, SEGMENT_METHODS, SEGMENT_REDUCERS
 from .._errors import InvalidQuery
 
 
@@ -17,7 +17,10 @@ class SegmentParams:
     umap_neighbors: int = 15
     min_cluster_size: int | None = None  # None: 1% of the fit sample, at least 10
     min_samples: int = 30  # tuned on the StackOverflow titles (NMI 0.77 vs 0.75 at 15)
-    target_segments: int = 0  # 0: HDBSCAN decides; K: exactly K segments (k-means)
+    target_segments: int = 0  # 0: HDBSCAN decides; K: exactly K segments (see `method`)
+    # With target_segments: "auto" runs every method and keeps the best by a label-free
+    # criterion (_choose.py); "kmeans", "umap-kmeans" or "tree" runs that one only.
+    method: str = "auto"
     sample_size: int = 20_000
     knn: int = 15
     min_vote: float = 0.35
@@ -33,6 +36,8 @@ class SegmentParams:
     def __post_init__(self) -> None:
         if self.reducer not in SEGMENT_REDUCERS:
             raise InvalidQuery("reducer", f"must be one of {', '.join(SEGMENT_REDUCERS)}")
+        if self.method not in SEGMENT_METHODS:
+            raise InvalidQuery("method", f"must be one of {', '.join(SEGMENT_METHODS)}")
         if self.backend not in HDBSCAN_BACKENDS:
             raise InvalidQuery("backend", f"must be one of {', '.join(HDBSCAN_BACKENDS)}")
         for name, least in (("target_segments", 0), ("sample_size", 50), ("pca_dims", 2)):

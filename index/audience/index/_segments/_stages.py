@@ -6,21 +6,23 @@ takes any object with the method of its stage; `default_stages` builds the defau
 
     Reducer.reduce(sample) -> space           PcaReducer, UmapReducer
     Clusterer.cluster(space) -> ClusterResult  HdbscanClusterer, KMeansClusterer (exactly K)
-    Describer.describe(labels, docs, attributes) -> {label: SegmentDescription}
+    Describer.describe(labels, docs, attributes, groups=, embed=)
+                                            -> {label or group: SegmentDescription}
                                                CtfidfDescriber
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .._types import Progress
 from ._describe import SegmentDescription, describe_segments
+from ._keywords import Embed
 from ._params import SegmentParams
 
 
@@ -56,7 +58,12 @@ class Describer(Protocol):
         labels: np.ndarray,
         docs: Sequence[str],
         attributes: Sequence[Mapping[str, float | str | bool]],
-    ) -> dict[int, SegmentDescription]: ...
+        *,
+        groups: Mapping[Hashable, Sequence[int]] | None = None,
+        embed: Embed | None = None,
+    ) -> dict[Any, SegmentDescription]:
+        """One description per segment label, and per group key (its segments' labels)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -347,9 +354,18 @@ class CtfidfDescriber:
         labels: np.ndarray,
         docs: Sequence[str],
         attributes: Sequence[Mapping[str, float | str | bool]],
-    ) -> dict[int, SegmentDescription]:
+        *,
+        groups: Mapping[Hashable, Sequence[int]] | None = None,
+        embed: Embed | None = None,
+    ) -> dict[Any, SegmentDescription]:
         return describe_segments(
-            labels, docs, attributes, top_n=self.top_n, min_group_size=self.min_group_size
+            labels,
+            docs,
+            attributes,
+            top_n=self.top_n,
+            min_group_size=self.min_group_size,
+            groups=groups,
+            embed=embed,
         )
 
     def __repr__(self) -> str:
