@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -288,11 +289,7 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
     out: dict = {"dataset": dataset, "users": len(users), "labels": k_true}
 
     def labels_of(client: AudienceClient) -> list[str]:
-        seg_of = {}
-        for seg in client.list_segments():
-            for u in client.stream_segment_members(seg.segment_id):
-                seg_of[u.user_id] = seg.segment_id
-        return [seg_of.get(uid, "outlier") for uid in ids]
+        return labels_by_segment(client, ids)
 
     def scores(pred: list[str]) -> dict:
         return {
@@ -363,6 +360,20 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
             out["reassign_agreement"] = sum(x == pred[i] for x, i in zip(agree, sample)) / len(
                 sample
             )
+            tree = client.segment_tree()
+            level = tree_level(tree, k_true)
+            out["nmi_tree_true_k"] = scores([level.get(s, s) for s in pred])["nmi"]
+            out["tree_groups"] = len(tree.groups)
+            out["tree_level_nodes"] = len(set(level.values()))
+            out["keyword_noise_rate"] = noise_rate([s.keywords[:10] for s in tree.segments])
+            out["markup_keywords"] = sorted(
+                {w for s in tree.segments for w in s.keywords[:10] if MARKUP.search(w)}
+            )
+            out["segment_names"] = [s.name for s in tree.segments]
+            out["top_level"] = [
+                {"segment_id": t.segment_id, "size": t.size, "name": t.name}
+                for t in tree.top_level()
+            ]
             log(f"build segments (target_segments={k_true}) ...")
             target = client.build_segments(target_segments=k_true)
             tk = scores(labels_of(client))
@@ -373,8 +384,15 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
                     "segments_target_k": target.segments,
                     "outlier_share_target_k": target.outlier_share,
                     "build_target_k_s": target.seconds,
+                    "method_target_k": target.method,
+                    "method_reason_target_k": target.method_reason,
                 }
             )
+            out["methods"] = {}
+            for method in args.methods:
+                log(f"build segments (target_segments={k_true}, method={method}) ...")
+                forced = client.build_segments(target_segments=k_true, method=method)
+                out["methods"][method] = {**scores(labels_of(client)), "build_s": forced.seconds}
     if args.scale and not getattr(args, "_scaled", False):  # once, on the first data set
         args._scaled = True
         out["scale"] = bench_scale(vectors, args.scale)
@@ -398,6 +416,21 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
         f"{out['ari_target_k']:>8.3f}{out['segments_target_k']:>6}"
         f"{out['outlier_share_target_k']:>8.3f}{out['build_target_k_s']:>8.1f}"
     )
+    for method, m in out["methods"].items():
+        print(
+            f"  {'Audience, target_segments=' + str(k_true) + ', ' + method:<42}{m['nmi']:>8.3f}"
+            f"{m['ari']:>8.3f}{k_true:>6}{'':>8}{m['build_s']:>8.1f}"
+        )
+    print(
+        f"  {'tree level with ' + str(out['tree_level_nodes']) + ' nodes (free build)':<42}"
+        f"{out['nmi_tree_true_k']:>8.3f}"
+    )
+    print(f"  target_segments chose {out['method_target_k']}: {out['method_reason_target_k']}")
+    print(
+        f"  keyword noise rate {out['keyword_noise_rate']:.3f} (share of top-10 keywords in the "
+        f"top 10 of over half the segments); markup keywords: {out['markup_keywords'] or 'none'}"
+    )
+    print(f"  top level: {', '.join(t['name'] or t['segment_id'] for t in out['top_level'])}")
     print(
         f"  AssignSegments agrees with the build for {100 * out['reassign_agreement']:.1f}% "
         "of a 2,000-user sample"
@@ -409,6 +442,50 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
             f"({sc['segments']} segments, {100 * sc['outlier_share']:.1f}% outliers)"
         )
     return out
+
+
+MARKUP = re.compile(r"^(nbsp|amp|quot|lt|gt|urllink|http|https|www|com|html|href)$")
+
+
+def tree_level(tree, k: int) -> dict[str, str]:
+    """segment id -> the node holding it at the tree's level with k nodes (groups are listed
+    coarsest first: undoing merges in that order walks down the levels)."""
+    frontier = [t.segment_id for t in tree.top_level()]
+    children = {g.segment_id: g.children for g in tree.groups}
+    for g in tree.groups:
+        if len(frontier) >= k:
+            break
+        if g.segment_id in frontier:
+            frontier.remove(g.segment_id)
+            frontier += children[g.segment_id]
+    out = {}
+    for node in frontier:
+        todo = [node]
+        while todo:
+            n = todo.pop()
+            if n in children:
+                todo += children[n]
+            else:
+                out[n] = node
+    return out
+
+
+def labels_by_segment(client: AudienceClient, ids: list[str]) -> list[str]:
+    seg_of = {}
+    for seg in client.list_segments():
+        for u in client.stream_segment_members(seg.segment_id):
+            seg_of[u.user_id] = seg.segment_id
+    return [seg_of.get(uid, "outlier") for uid in ids]
+
+
+def noise_rate(keyword_lists: list[list[str]]) -> float:
+    """Share of top-10 keywords that are in the top 10 of more than half of the segments."""
+    from collections import Counter
+
+    seen = Counter(w for kws in keyword_lists for w in set(kws))
+    common = {w for w, n in seen.items() if n > len(keyword_lists) / 2}
+    total = sum(len(kws) for kws in keyword_lists)
+    return sum(w in common for kws in keyword_lists for w in kws) / total if total else 0.0
 
 
 def _brief(profile: dict) -> dict:
@@ -496,6 +573,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="also time the clustering of this many replicated users (e.g. 1000000)",
+    )
+    sg.add_argument(
+        "--methods",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=["kmeans", "umap-kmeans", "tree"],
+        help="also build with target_segments = the true k and each of these methods forced",
     )
     sg.add_argument("--seed", type=int, default=1)
     sg.add_argument("--quiet", action="store_true")

@@ -165,7 +165,7 @@ def test_segments_commands(server, tmp_path: Path, capsys) -> None:
         )
         == 0
     )
-    assert "3 segments over 90 users" in capsys.readouterr().out
+    assert "3 segments (1 group above them) over 90 users" in capsys.readouterr().out
     assert main(["segments", "list", "--target", target, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert len(listed) == 3 and sum(s["size"] for s in listed) <= 90
@@ -178,8 +178,18 @@ def test_segments_commands(server, tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out.split() == [s["segment_id"] for s in listed]
     assert main(["segments", "show", sid, "--target", target]) == 0
     card = capsys.readouterr().out
-    assert card.startswith(f"{sid}: {listed[0]['size']} users (")
+    assert card.startswith(f"{sid} (segment): ") and f"  {listed[0]['size']} users (" in card
     assert "keywords:" in card and "exemplars:" in card and "{" not in card
+    assert "in the tree: under grp-" in card
+    assert main(["segments", "list", "--target", target, "--tree"]) == 0
+    drawn = capsys.readouterr().out.splitlines()
+    assert drawn[0].endswith("3 segments in 1 group") and drawn[1].startswith("grp-0001 ")
+    assert sum(line.startswith("  seg-") for line in drawn) == 2  # two under the group
+    assert main(["segments", "build", "--target", target, "--target-segments", "3"]) == 0
+    built = capsys.readouterr().out
+    assert "\nfound by " in built and "neighbour agreement" in built
+    assert main(["segments", "show", sid, "--target", target]) == 0
+    assert "segments found by " in capsys.readouterr().out
     assert main(["segments", "show", sid, "--target", target, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["segment_id"] == sid
     assert main(["users", "show", "cook-0", "--target", target]) == 0

@@ -247,3 +247,62 @@ def test_no_segments_and_no_users(tmp_path: Path) -> None:
     index = write_report(model, tmp_path)
     assert "No segments." in index.read_text(encoding="utf-8")
     assert (tmp_path / "map.png").read_bytes()[:8] == PNG
+
+
+def test_page_for_marketers_summary_tree_and_folded_internals(tmp_path: Path) -> None:
+    """Summary table first (names, shares, keywords, what sets each segment apart by lift),
+    then the tree; an attribute that moves nowhere (a star sign) is left out; the build's
+    internals are folded away at the end."""
+    from audience.server._report_page import attribute_spread
+
+    def sign(lift: float) -> dict:
+        v = {"value": "leo", "share": 0.5, "population_share": 0.5, "lift": lift}
+        return {"type": "categorical", "count": 50, "values": [v]}
+
+    def gender(lift: float) -> dict:
+        v = {"value": "female", "share": 0.5 * lift, "population_share": 0.5, "lift": lift}
+        return {"type": "categorical", "count": 50, "values": [v]}
+
+    def seg(i: int, name: str, g: float, s: float, parent: str) -> Segment:
+        return Segment(
+            segment_id=f"seg-000{i + 1}",
+            label=i,
+            size=100 - 10 * i,
+            share=(100 - 10 * i) / 290,
+            keywords=name.split(" / "),
+            name=name,
+            cohesion=0.6 - 0.2 * i,
+            parent_id=parent,
+            attribute_profile={"sign": sign(s), "gender": gender(g)},
+        )
+
+    segments = [
+        seg(0, "bread / oven / dough", 1.6, 1.04, "grp-0001"),
+        seg(1, "steak / grill / smoke", 0.8, 0.97, "grp-0001"),
+        seg(2, "python / pip / numpy", 0.6, 1.02, ""),
+    ]
+    food = Segment(
+        segment_id="grp-0001",
+        label=3,
+        size=190,
+        share=190 / 290,
+        keywords=["bread", "steak"],
+        name="bread / steak",
+        kind="group",
+        children=["seg-0001", "seg-0002"],
+        leaf_labels=[0, 1],
+    )
+    model = _model([100, 90, 80], 20, segments, stats={"next_number": 4, "reduce_umap_s": 1.5})
+    model.groups = [food]
+    spread = attribute_spread(segments)
+    assert list(spread) == ["gender"]  # sign never moves by more than 10%
+    page = write_report(model, tmp_path / "r").read_text(encoding="utf-8")
+    order = [page.index(h) for h in ("<h2>Summary", "<h2>Segment tree", "<h2>Map", "<details>")]
+    assert order == sorted(order)
+    summary = page[page.index("<h2>Summary") : page.index("<h2>Segment tree")]
+    assert "bread / oven / dough" in summary and "gender female x1.6" in summary
+    assert "sign" not in summary and "tight" in summary and "loose" in summary
+    tree = page[page.index("<h2>Segment tree") : page.index("<h2>Map")]
+    assert tree.index("bread / steak") < tree.index("bread / oven / dough")  # group above
+    assert "next_number" in page[page.index("<details>") :]  # internals folded at the end
+    assert "next_number" not in page[: page.index("<details>")]

@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ._report_page import tightness
+
 TEXT_CHARS = 100  # a stored text is shown up to this many characters
 TOP_VALUES = 3  # categorical values shown per attribute in a segment card
 
@@ -109,7 +111,10 @@ def segment_rows(segments: Sequence[Any]) -> list[str]:
 def segment_tree(tree: Any) -> list[str]:
     """The groups and segments as an indented tree, coarsest first."""
     nodes = {s.segment_id: s for s in [*tree.groups, *tree.segments]}
-    out = [f"{tree.model_version}: {len(tree.segments)} segments in {len(tree.groups)} groups"]
+    out = [
+        f"{tree.model_version}: {len(tree.segments)} segments in "
+        f"{plural(len(tree.groups), 'group')}"
+    ]
     if tree.method:
         out.append(f"found by {tree.method}: {tree.method_reason}")
 
@@ -154,9 +159,8 @@ def segment_card(s: Any, tree: Any = None) -> list[str]:
     return out
 
 
-def tightness(cohesion: float) -> str:
-    """Cohesion in a word: members' mean cosine to the centre (PCA space, 0..1)."""
-    return "tight" if cohesion >= 0.5 else "medium" if cohesion >= 0.3 else "loose"
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _attribute_line(name: str, entry: dict) -> tuple[float, str] | None:
@@ -238,7 +242,8 @@ def job_result(job: Any) -> str:
         return f"rebuilt: {r.users} users, generation {r.generation}, {r.seconds:.1f}s"
     if job.kind == "build-segments" and r is not None:
         return (
-            f"segments {r.model_version}: {r.segments} segments ({r.groups} groups above them) "
+            f"segments {r.model_version}: {r.segments} segments ({plural(r.groups, 'group')} "
+            "above them) "
             f"over {r.users} users, {100 * r.outlier_share:.1f}% outliers, {r.seconds:.1f}s"
             + (f"\nfound by {r.method}: {r.method_reason}" if r.method else "")
         )

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._report_page import html_page
+from ._report_page import attribute_spread, html_page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,6 +59,11 @@ _CJK_FONTS = (  # the first installed ones join the fallback list, so CJK text r
 _MAX_PANELS = 12  # attribute panels per card; more are counted, not drawn
 _MAX_VALUES = 6  # categorical values per panel
 _MAX_LABEL_CHARS = 18  # category labels in a panel are cut to this
+_LEGEND_MAX = 30  # segments named in the map's legend (the largest)
+
+
+def _legend_label(seg: Segment) -> str:
+    return _cut(f"{seg.segment_id}  {seg.name}" if seg.name else seg.segment_id, 40)
 
 
 def write_report(
@@ -87,8 +92,9 @@ def write_report(
         warnings.filterwarnings("ignore", message=r"(?s).*missing from font")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"umap\b")
         _save_figure(_map_figure(model, colours, max_map_points, seed), out_dir / "map.png")
+        order = list(attribute_spread(segments))  # most distinctive first; flat ones left out
         for seg in segments:
-            fig = _card_figure(seg, colours[seg.label])
+            fig = _card_figure(seg, colours[seg.label], order)
             _save_figure(fig, out_dir / files[seg.segment_id])
 
     page = html_page(model, segments, colours, files)
@@ -199,6 +205,7 @@ def _pca_2d(coords: np.ndarray) -> np.ndarray:
 def _map_figure(model: SegmentModel, colours: dict[int, str], max_points: int, seed: int) -> Figure:
     from matplotlib import patheffects
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     coords = np.asarray(model.fit_coords)
     labels = np.asarray(model.fit_labels)
@@ -207,7 +214,7 @@ def _map_figure(model: SegmentModel, colours: dict[int, str], max_points: int, s
     take = np.sort(rng.choice(n_total, size=min(n_total, max_points), replace=False))
     coords, labels = coords[take], labels[take]
 
-    fig = Figure(figsize=(9, 7.5))
+    fig = Figure(figsize=(12, 7.5))
     ax = fig.add_subplot()
     ax.set_xticks([])
     ax.set_yticks([])
@@ -259,6 +266,15 @@ def _map_figure(model: SegmentModel, colours: dict[int, str], max_points: int, s
             color="black",
             path_effects=halo,
         )
+    handles = [
+        Line2D([], [], marker="o", ls="", color=colours[s.label], label=_legend_label(s))
+        for s in sorted(model.segments, key=lambda s: -s.size)[:_LEGEND_MAX]
+        if s.label in colours
+    ]
+    handles.append(Line2D([], [], marker="o", ls="", color=_OUTLIER_COLOUR, label="outliers"))
+    ax.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False
+    )
     n_out = int(out.sum())
     ax.set_title(
         f"{len(xy):,} of {n_total:,} fit-sample users, {method}; "
@@ -272,8 +288,9 @@ def _map_figure(model: SegmentModel, colours: dict[int, str], max_points: int, s
 # ---------------------------------------------------------------------- cards
 
 
-def _card_figure(seg: Segment, colour: str) -> Figure:
-    """The segment's attribute profile: one small panel per attribute, two per row."""
+def _card_figure(seg: Segment, colour: str, order: Sequence[str] | None = None) -> Figure:
+    """The segment's attribute profile: one small panel per attribute, two per row, the
+    attributes in `order` (those that tell segments apart, most first; None: all)."""
     from matplotlib.figure import Figure
 
     profile = seg.attribute_profile if isinstance(seg.attribute_profile, dict) else {}
@@ -283,8 +300,12 @@ def _card_figure(seg: Segment, colour: str) -> Figure:
             title, colour, "attribute profile withheld", str(profile.get("reason") or "")
         )
     names = [k for k, v in profile.items() if isinstance(v, dict)]
+    flat = [k for k in names if order is not None and k not in order]
+    if order is not None:
+        names = [k for k in order if k in names]
     if not names:
-        return _message_card(title, colour, "no attributes", "")
+        why = f"left out, the same in every segment: {', '.join(flat)}" if flat else ""
+        return _message_card(title, colour, "no attributes that set segments apart", why)
     shown, hidden = names[:_MAX_PANELS], len(names) - _MAX_PANELS
     ncols = 1 if len(shown) == 1 else 2
     nrows = math.ceil(len(shown) / ncols)
@@ -305,11 +326,13 @@ def _card_figure(seg: Segment, colour: str) -> Figure:
     for ax in axes[len(shown) :]:
         ax.set_visible(False)
     _card_title(fig, title, colour)
-    if hidden > 0:
+    notes = [f"+{hidden} more attributes not shown"] if hidden > 0 else []
+    notes += [f"left out, the same in every segment: {', '.join(flat)}"] if flat else []
+    if notes:
         fig.text(
             0.99,
             0.005,
-            f"+{hidden} more attributes not shown",
+            "; ".join(notes),
             ha="right",
             va="bottom",
             fontsize=8,

@@ -1,5 +1,9 @@
-"""The HTML of the segment report (see _report.py): version, build stats, the map, one card
-per segment. Every string that comes from data is HTML-escaped."""
+"""The HTML of the segment report (see _report.py), for marketers: a summary table first (name,
+size, share, top keywords, the attributes that most set each segment apart, by lift), the
+segment tree, the map with its legend, one card per segment; build internals last, folded
+away. Attributes are ordered by how much they tell segments apart, and one that moves in no
+segment (lift within 10%, median within 10%) is left out and named as such. Every string
+that comes from data is HTML-escaped."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ if TYPE_CHECKING:
     from audience.index._segments import Segment, SegmentModel
 
 _MAX_EXEMPLARS = 20  # exemplar user ids listed per card
+_FLAT = 0.1  # an attribute whose lifts stay within 1 +- this in every segment tells nothing
+_MIN_SHARE = 0.05  # a value held by fewer members is not called distinctive
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans", "Noto Sans CJK SC",
@@ -47,6 +53,17 @@ img { max-width: 100%; height: auto; }
       list-style: none; }
 .kw li { background: #f1f3f4; border-radius: 1rem; padding: .1rem .6rem; font-size: .9rem; }
 .exemplars { font-size: .85rem; margin-top: .5rem; word-break: break-all; }
+table.summary { border-collapse: collapse; width: 100%; background: #fff; font-size: .9rem; }
+table.summary td, table.summary th { border-bottom: 1px solid #e4e4e4; padding: .35rem .5rem;
+       text-align: left; vertical-align: top; }
+table.summary th { background: #f0f0f0; }
+td.num { text-align: right; white-space: nowrap; }
+ul.tree, ul.tree ul { list-style: none; margin: 0; padding-left: 1.3rem; }
+ul.tree { padding-left: 0; }
+ul.tree li { margin: .15rem 0; }
+ul.tree .group { font-weight: 600; }
+details { margin-top: 2rem; }
+summary { cursor: pointer; color: #444; }
 """
 
 
@@ -63,6 +80,11 @@ def html_page(
 ) -> str:
     n_fit = len(model.fit_labels)
     n_out = int(np.sum(np.asarray(model.fit_labels) < 0))
+    users = int(model.stats.get("users", 0)) if isinstance(model.stats, dict) else 0
+    spread = attribute_spread(segments)
+    choice = (model.stats or {}).get("choice") or {}
+    how = f" Found by {_e(choice['method'])}: {_e(choice.get('reason', ''))}." if choice else ""
+    groups = list(getattr(model, "groups", []) or [])
     parts = [
         "<!doctype html>",
         '<html lang="en">',
@@ -75,24 +97,34 @@ def html_page(
         "<body>",
         "<header>",
         "<h1>Audience segments</h1>",
-        f'<p class="muted">Model version <code>{_e(model.version)}</code> · '
-        f"{len(segments):,} segments · fit sample of {n_fit:,} users, {n_out:,} outliers</p>",
+        f"<p>{len(segments):,} segments"
+        + (f" in {len(groups):,} groups" if groups else "")
+        + (f" over {users:,} users" if users else "")
+        + f", {_e(_share(model))} outliers (users like no segment enough to join one).{how}</p>",
+        f'<p class="muted">Model version <code>{_e(model.version)}</code>. Each segment is '
+        "named by its top keywords; <em>tight</em> segments hold users who write about the "
+        "same thing, <em>loose</em> ones share a theme more broadly. Lift: how much more "
+        "common a value is in the segment than among all users (x2 = twice as common).</p>",
         "</header>",
         "<section>",
-        "<h2>Build</h2>",
-        _stats_table(model.stats),
+        "<h2>Summary</h2>",
+        _summary_table(segments, colours, spread),
         "</section>",
+    ]
+    if groups:
+        parts += ["<section>", "<h2>Segment tree</h2>", _tree_html(model, colours), "</section>"]
+    parts += [
         "<section>",
         "<h2>Map</h2>",
         '<img class="map" src="map.png" alt="2-D map of the fit-sample users, '
-        'coloured by segment">',
+        'coloured by segment, with a legend">',
         "</section>",
         "<section>",
         "<h2>Segments</h2>",
     ]
     if not segments:
         parts.append('<p class="muted">No segments.</p>')
-    parts += [_card_html(s, colours[s.label], files[s.segment_id]) for s in segments]
+    parts += [_card_html(s, colours[s.label], files[s.segment_id], spread) for s in segments]
     parts.append("</section>")
     gone = [e for e in model.lineage or [] if isinstance(e, dict) and e.get("status") == "gone"]
     if gone:
@@ -105,8 +137,128 @@ def html_page(
                 + "</li>"
             )
         parts += ["</ul>", "</section>"]
-    parts += ["</body>", "</html>", ""]
+    parts += [
+        "<details>",
+        f"<summary>Build details (for operators; fit sample {n_fit:,} users, "
+        f"{n_out:,} outliers)</summary>",
+        _stats_table(model.stats),
+        "</details>",
+        "</body>",
+        "</html>",
+        "",
+    ]
     return "\n".join(parts)
+
+
+def _share(model: SegmentModel) -> str:
+    stats = model.stats if isinstance(model.stats, dict) else {}
+    share = stats.get("outlier_share")
+    return f"{100 * float(share):.1f}%" if isinstance(share, (int, float)) else "some"
+
+
+def tightness(cohesion: float) -> str:
+    """Cohesion (members' mean cosine to the centre, 0..1) in a word."""
+    return "tight" if cohesion >= 0.5 else "medium" if cohesion >= 0.3 else "loose"
+
+
+def attribute_spread(segments: Sequence[Segment]) -> dict[str, float]:
+    """attribute -> how far it moves across segments (the largest |lift - 1| of a value held
+    by 5% of a segment, or relative change of a median), most distinctive first; attributes
+    that stay within 10% everywhere are left out."""
+    spread: dict[str, float] = {}
+    for seg in segments:
+        profile = seg.attribute_profile if isinstance(seg.attribute_profile, dict) else {}
+        for name, entry in profile.items():
+            if isinstance(entry, dict):
+                spread[name] = max(spread.get(name, 0.0), _moves(entry))
+    kept = {k: v for k, v in spread.items() if v > _FLAT}
+    return dict(sorted(kept.items(), key=lambda kv: -kv[1]))
+
+
+def _moves(entry: dict) -> float:
+    if entry.get("withheld"):
+        return 0.0
+    if entry.get("type") == "numeric":
+        med, pop = entry.get("median"), entry.get("population_median")
+        if med is None or pop is None:
+            return 0.0
+        return abs(med - pop) / max(abs(pop), 1e-9)
+    return max(
+        (
+            abs(float(v.get("lift") or 1.0) - 1.0)
+            for v in entry.get("values") or []
+            if isinstance(v, dict) and float(v.get("share") or 0) >= _MIN_SHARE
+        ),
+        default=0.0,
+    )
+
+
+def distinctive(seg: Segment, spread: dict[str, float], top: int = 2) -> list[str]:
+    """The segment's most distinctive attribute values, as short phrases."""
+    profile = seg.attribute_profile if isinstance(seg.attribute_profile, dict) else {}
+    found: list[tuple[float, str]] = []
+    for name in spread:
+        entry = profile.get(name)
+        if not isinstance(entry, dict) or entry.get("withheld"):
+            continue
+        if entry.get("type") == "numeric":
+            med, pop = entry.get("median"), entry.get("population_median")
+            if med is not None and pop is not None and _moves(entry) > _FLAT:
+                found.append((_moves(entry), f"{name} median {med:g} (all: {pop:g})"))
+            continue
+        for v in entry.get("values") or []:
+            lift = float(v.get("lift") or 1.0)
+            if float(v.get("share") or 0) >= _MIN_SHARE and lift >= 1 + _FLAT * 2:
+                found.append((lift - 1, f"{name} {v.get('value')} x{lift:.1f}"))
+    found.sort(key=lambda x: -x[0])
+    return [text for _, text in found[:top]]
+
+
+def _summary_table(
+    segments: Sequence[Segment], colours: dict[int, str], spread: dict[str, float]
+) -> str:
+    if not segments:
+        return '<p class="muted">No segments.</p>'
+    head = (
+        "<tr><th></th><th>segment</th><th>users</th><th>share</th><th>top keywords</th>"
+        "<th>stands out by</th><th>how alike</th></tr>"
+    )
+    rows = []
+    for s in segments:
+        rows.append(
+            f'<tr><td><span class="swatch" style="background:{_e(colours[s.label])}"></span></td>'
+            f'<td><a href="#{_e(s.segment_id)}">{_e(s.name or s.segment_id)}</a><br>'
+            f'<code class="muted">{_e(s.segment_id)}</code></td>'
+            f'<td class="num">{s.size:,}</td><td class="num">{s.share * 100:.1f}%</td>'
+            f"<td>{_e(', '.join(s.keywords[:5])) or '–'}</td>"
+            f"<td>{_e('; '.join(distinctive(s, spread))) or '–'}</td>"
+            f"<td>{tightness(s.cohesion)}</td></tr>"
+        )
+    return f'<table class="summary">{head}{"".join(rows)}</table>'
+
+
+def _tree_html(model: SegmentModel, colours: dict[int, str]) -> str:
+    """Groups and segments as nested lists, coarsest first."""
+    nodes = {s.segment_id: s for s in [*model.groups, *model.segments]}
+
+    def item(node: Segment) -> str:
+        swatch = (
+            f'<span class="swatch" style="background:{_e(colours[node.label])}"></span> '
+            if node.kind != "group" and node.label in colours
+            else ""
+        )
+        text = (
+            f'<span class="{_e(node.kind)}">{swatch}{_e(node.name or node.segment_id)}</span> '
+            f'<span class="muted">{node.size:,} users ({node.share * 100:.1f}%) · '
+            f"<code>{_e(node.segment_id)}</code></span>"
+        )
+        kids = [nodes[c] for c in node.children if c in nodes]
+        inner = "<ul>" + "".join(item(k) for k in kids) + "</ul>" if kids else ""
+        return f"<li>{text}{inner}</li>"
+
+    top = [s for s in nodes.values() if not s.parent_id]
+    top.sort(key=lambda s: -s.size)
+    return '<ul class="tree">' + "".join(item(t) for t in top) + "</ul>"
 
 
 def _stats_table(stats: Any) -> str:
@@ -137,21 +289,23 @@ def _display(v: Any) -> str:
     return str(v)
 
 
-def _card_html(seg: Segment, colour: str, file: str) -> str:
+def _card_html(seg: Segment, colour: str, file: str, spread: dict[str, float]) -> str:
     sid = _e(seg.segment_id)
     status = str(seg.status or "new")
     parents = [p for p in seg.parents or [] if p != seg.segment_id]
     lineage = ", ".join(f"<code>{_e(p)}</code>" for p in parents)
     facts = [
-        ("size", f"{seg.size:,}"),
+        ("users", f"{seg.size:,}"),
         ("share", f"{seg.share * 100:.1f}%"),
-        ("persistence", f"{seg.persistence:.3f}"),
-        ("cohesion", f"{seg.cohesion:.3f}"),
+        ("members are", f"{tightness(seg.cohesion)} (similarity {seg.cohesion:.2f})"),
+        ("in group", seg.parent_id or "–"),
     ]
+    standout = "; ".join(distinctive(seg, spread, top=4))
     out = [
         f'<article class="card" id="{sid}">',
         f'<h3><span class="swatch" style="background:{_e(colour)}"></span>'
-        f'<code>{sid}</code><span class="status status-{_e(status)}">{_e(status)}</span>'
+        f"{_e(seg.name or seg.segment_id)} <code>{sid}</code>"
+        f'<span class="status status-{_e(status)}">{_e(status)}</span>'
         + (
             f'<span class="muted" style="font-size:.85rem;font-weight:400">from {lineage}</span>'
             if lineage
@@ -166,6 +320,8 @@ def _card_html(seg: Segment, colour: str, file: str) -> str:
         out.append('<ul class="kw">' + "".join(f"<li>{_e(k)}</li>" for k in seg.keywords) + "</ul>")
     else:
         out.append('<p class="muted">No keywords.</p>')
+    if standout:
+        out.append(f'<p><span class="muted">Stands out by:</span> {_e(standout)}</p>')
     out.append(f'<img src="{_e(quote(file))}" alt="Attribute profile of {sid}" loading="lazy">')
     ids = list(seg.exemplar_user_ids or [])
     if ids:

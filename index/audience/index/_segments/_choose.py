@@ -67,26 +67,30 @@ class Choice:
         }
 
 
-def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """Share of users' 10 nearest neighbours (cosine, among these users) in their segment;
-    outliers (-1) agree with no one."""
+def neighbours(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(judged rows, their 10 nearest other rows by cosine): a sample of at most MAX_JUDGED
+    users and their neighbours among all these users; found once, used for every candidate."""
     import faiss
 
     n = len(vectors)
-    if n <= NEIGHBOURS + 1:
-        return 0.0
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     rng = np.random.default_rng(seed)
     judged = np.sort(rng.choice(n, size=min(n, MAX_JUDGED), replace=False))
-    _, nn = index.search(x[judged], NEIGHBOURS + 1)
-    own = labels[judged]
-    hits = 0
-    for col in range(1, NEIGHBOURS + 1):
-        other = nn[:, col]
-        hits += int(((labels[other] == own) & (own >= 0) & (other >= 0)).sum())
-    return hits / (len(judged) * NEIGHBOURS)
+    k = min(NEIGHBOURS + 1, n)
+    _, nn = index.search(x[judged], k)
+    return judged, nn[:, 1:]
+
+
+def neighbour_agreement(graph: tuple[np.ndarray, np.ndarray], labels: np.ndarray) -> float:
+    """Share of the judged users' nearest neighbours in their segment; outliers (-1) agree
+    with no one."""
+    judged, nn = graph
+    if nn.size == 0:
+        return 0.0
+    own = labels[judged][:, None]
+    return float(((labels[nn] == own) & (own >= 0)).mean())
 
 
 def choose(
@@ -95,14 +99,14 @@ def choose(
     """Run each candidate (method name -> a call giving its labels on the fit sample) and
     keep the one with the best neighbour agreement, "kmeans" unless another is MARGIN
     better."""
+    graph = neighbours(vectors, seed) if len(runs) > 1 else (np.zeros(0, int), np.zeros((0, 0)))
     done = []
     for method, run in runs.items():
         t0 = time.perf_counter()
         result = run()
         seconds = time.perf_counter() - t0
-        done.append(
-            Candidate(method, result, neighbour_agreement(vectors, result.labels, seed), seconds)
-        )
+        agreement = neighbour_agreement(graph, np.asarray(result.labels))
+        done.append(Candidate(method, result, agreement, seconds))
     base = next((c for c in done if c.method == "kmeans"), None)
     best = max(done, key=lambda c: c.agreement)
     if len(done) == 1:
