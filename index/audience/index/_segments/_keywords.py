@@ -58,8 +58,11 @@ _TOKEN = re.compile(
     rf"|[^\W_{_HAN}]+(?:\.[^\W_{_HAN}]+)*(?:\+\+|#(?![^\W_]))?"
 )
 
-# URLs, HTML tags and character entities (&nbsp; &amp; &#39;) are markup, not words.
+# URLs, HTML tags and character entities (&nbsp; &amp; &#39;) are markup, not words; so are
+# their remains once a corpus was stripped of the punctuation ("nbsp", "http") and the
+# placeholders corpora put where a link was (the blog authorship corpus writes "urlLink").
 _MARKUP = re.compile(r"(?:https?://|www\.)\S+|<[^<>]{1,200}>|&#?[a-z0-9]{2,8};", re.IGNORECASE)
+_MARKUP_WORDS = frozenset("nbsp amp quot apos http https www href html urllink".split())
 
 # scikit-learn's English stop words, and the fragments its token pattern never meets: the
 # parts of a contraction split at the apostrophe (don't -> don, t; we'll -> ll).
@@ -111,7 +114,12 @@ def tokenize(text: str) -> list[str]:
             for word in _load_jieba().lcut(tok, HMM=True):
                 if len(word) > 1 and word not in _ZH_STOPWORDS:
                     out.append(word)
-        elif len(tok) > 1 and not tok.replace(".", "").isdigit() and tok not in _EN_STOPWORDS:
+        elif (
+            len(tok) > 1
+            and not tok.replace(".", "").isdigit()
+            and tok not in _EN_STOPWORDS
+            and tok not in _MARKUP_WORDS
+        ):
             out.append(tok)
     return out
 
