@@ -274,3 +274,30 @@ def test_default_stages_say_what_runs() -> None:
 def test_segment_params_are_request_errors(field: str, params: dict) -> None:
     with pytest.raises(InvalidQuery, match=f"^{field}: "):
         SegmentParams(**params)
+
+
+def test_exactly_k_chooses_its_method_by_neighbour_agreement() -> None:
+    """Another method replaces k-means only when its segments keep users with their nearest
+    neighbours clearly (0.05) better; the build reports the choice and the candidates."""
+    from audience.index._segments._choose import choose
+
+    x, truth = blobs()
+    shuffled = np.random.default_rng(1).permutation(truth)
+
+    def result(labels):
+        return lambda: ClusterResult(labels.astype(np.int32), np.ones(len(labels)), {})
+
+    better = choose({"kmeans": result(shuffled), "umap-kmeans": result(truth)}, x)
+    assert better.method == "umap-kmeans" and "best neighbour agreement 1.000" in better.reason
+    tie = choose({"kmeans": result(truth), "umap-kmeans": result(truth)}, x)
+    assert tie.method == "kmeans"
+    mostly = truth.copy()
+    mostly[:2] = (mostly[:2] + 1) % 3  # two users moved: barely worse than the truth
+    close = choose({"kmeans": result(mostly), "umap-kmeans": result(truth)}, x)
+    assert close.method == "kmeans" and "is not 0.05 better" in close.reason
+
+    chosen = SegmentBuilder(SegmentParams(target_segments=3)).build(_population(x))
+    summary = chosen.stats["choice"]
+    assert [c["method"] for c in summary["candidates"]] == ["kmeans", "umap-kmeans", "tree"]
+    assert summary["method"] in ("kmeans", "umap-kmeans", "tree") and summary["reason"]
+    assert len(chosen.segments) == 3 and len(chosen.groups) == 1

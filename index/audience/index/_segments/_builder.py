@@ -214,8 +214,7 @@ class SegmentBuilder:
                 return found
             cut = SegmentTree.of(*_centres(fit.pca, found.labels, n)).cut(k)
             labels = np.array([cut[lab] if lab >= 0 else -1 for lab in found.labels], np.int32)
-            result = ClusterResult(relabel(labels), found.strength, {})
-            return replace(result, persistence=dict.fromkeys(range(k), 1.0))
+            return ClusterResult(relabel(labels), found.strength, dict.fromkeys(range(k), 1.0))
 
         runs = {
             "kmeans": lambda: kmeans.cluster(fit.vectors),
@@ -223,6 +222,24 @@ class SegmentBuilder:
             "tree": tree,
         }
         return runs if p.method == "auto" else {p.method: runs[p.method]}
+
+    def _stage_names(self, choice: Choice | None) -> dict[str, str]:
+        """What ran: the stages, or for a build that chose its method, that method's."""
+        names = self.stages.names()
+        if choice is None:
+            return names
+        p = self.params
+        umap = f"{p.umap_dims} dims, {p.umap_neighbors} neighbours"
+        hdbscan = HdbscanClusterer(min_cluster_size=p.min_cluster_size, min_samples=p.min_samples)
+        names["reducer"], names["clusterer"] = {
+            "kmeans": ("none (the vectors)", f"kmeans(k={p.target_segments})"),
+            "umap-kmeans": (f"umap(of vectors, {umap})", f"kmeans(k={p.target_segments})"),
+            "tree": (
+                f"umap(of pca, {umap})",
+                f"{hdbscan!r} cut at {p.target_segments} by the segment tree",
+            ),
+        }[choice.method]
+        return names
 
     # ------------------------------------------------------------ the whole build
 
@@ -320,7 +337,7 @@ class SegmentBuilder:
             "choice": clustering.choice.summary() if clustering.choice else None,
             **{k: round(v, 2) for k, v in clustering.timings.items()},
             "describe_s": round(time.perf_counter() - t1, 2),
-            "stages": self.stages.names(),
+            "stages": self._stage_names(clustering.choice),
             "build": build_number,
             "store_sequence": users.sequence,
         }
