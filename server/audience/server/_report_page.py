@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 _MAX_EXEMPLARS = 20  # exemplar user ids listed per card
 _FLAT = 0.1  # an attribute whose lifts stay within 1 +- this in every segment tells nothing
 _MIN_SHARE = 0.05  # a value held by fewer members is not called distinctive
+_Z = 3.5  # a move chance explains less often than once in ~4,000 (many values are tested)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans", "Noto Sans CJK SC",
@@ -162,35 +163,46 @@ def tightness(cohesion: float) -> str:
 
 
 def attribute_spread(segments: Sequence[Segment]) -> dict[str, float]:
-    """attribute -> how far it moves across segments (the largest |lift - 1| of a value held
-    by 5% of a segment, or relative change of a median), most distinctive first; attributes
-    that stay within 10% everywhere are left out."""
+    """attribute -> how far it moves across segments (the largest |lift - 1| of a value, or
+    relative change of a median), most distinctive first. Only moves that chance does not
+    explain count (z >= 3.5 against the population's share or median): an attribute that
+    moves nowhere, like a star sign, is left out."""
     spread: dict[str, float] = {}
     for seg in segments:
         profile = seg.attribute_profile if isinstance(seg.attribute_profile, dict) else {}
         for name, entry in profile.items():
             if isinstance(entry, dict):
-                spread[name] = max(spread.get(name, 0.0), _moves(entry))
+                moves = [effect for effect, _, _ in _moves(entry)]
+                spread[name] = max([spread.get(name, 0.0), *moves])
     kept = {k: v for k, v in spread.items() if v > _FLAT}
     return dict(sorted(kept.items(), key=lambda kv: -kv[1]))
 
 
-def _moves(entry: dict) -> float:
-    if entry.get("withheld"):
-        return 0.0
+def _moves(entry: dict) -> list[tuple[float, float, str]]:
+    """(effect, lift or ratio, value) of each value (or the median) that moved beyond chance:
+    effect = |lift - 1| for a value held by 5% of the members, |median / population's - 1|
+    for a number; z from the binomial (a share) or the quartiles (a median)."""
+    count = entry.get("count") or 0
+    if entry.get("withheld") or not count:
+        return []
     if entry.get("type") == "numeric":
         med, pop = entry.get("median"), entry.get("population_median")
         if med is None or pop is None:
-            return 0.0
-        return abs(med - pop) / max(abs(pop), 1e-9)
-    return max(
-        (
-            abs(float(v.get("lift") or 1.0) - 1.0)
-            for v in entry.get("values") or []
-            if isinstance(v, dict) and float(v.get("share") or 0) >= _MIN_SHARE
-        ),
-        default=0.0,
-    )
+            return []
+        sd = max((entry.get("q3") or med) - (entry.get("q1") or med), 1e-9) / 1.35
+        z = abs(med - pop) / (sd / count**0.5)
+        ratio = med / pop if pop else 1.0
+        return [(abs(ratio - 1.0), ratio, "median")] if z >= _Z else []
+    out = []
+    for v in entry.get("values") or []:
+        share, pop = float(v.get("share") or 0), float(v.get("population_share") or 0)
+        if share < _MIN_SHARE or not 0 < pop < 1:
+            continue
+        z = abs(share - pop) / (pop * (1 - pop) / count) ** 0.5
+        lift = float(v.get("lift") or 1.0)
+        if z >= _Z:
+            out.append((abs(lift - 1.0), lift, str(v.get("value"))))
+    return out
 
 
 def distinctive(seg: Segment, spread: dict[str, float], top: int = 2) -> list[str]:
@@ -199,17 +211,16 @@ def distinctive(seg: Segment, spread: dict[str, float], top: int = 2) -> list[st
     found: list[tuple[float, str]] = []
     for name in spread:
         entry = profile.get(name)
-        if not isinstance(entry, dict) or entry.get("withheld"):
+        if not isinstance(entry, dict):
             continue
-        if entry.get("type") == "numeric":
-            med, pop = entry.get("median"), entry.get("population_median")
-            if med is not None and pop is not None and _moves(entry) > _FLAT:
-                found.append((_moves(entry), f"{name} median {med:g} (all: {pop:g})"))
-            continue
-        for v in entry.get("values") or []:
-            lift = float(v.get("lift") or 1.0)
-            if float(v.get("share") or 0) >= _MIN_SHARE and lift >= 1 + _FLAT * 2:
-                found.append((lift - 1, f"{name} {v.get('value')} x{lift:.1f}"))
+        for effect, lift, value in _moves(entry):
+            if value == "median":
+                pop = entry["population_median"]
+                text = f"{name} median {entry['median']:g} (all: {pop:g})"
+                if effect > _FLAT:
+                    found.append((effect, text))
+            elif lift >= 1 + 2 * _FLAT:
+                found.append((effect, f"{name} {value} x{lift:.1f}"))
     found.sort(key=lambda x: -x[0])
     return [text for _, text in found[:top]]
 

@@ -7,8 +7,9 @@
                function words (no library here ships a Chinese list), so a Chinese segment
                is described by words, never by single characters.
     counts     each segment's documents (at most `max_docs_per_segment`, sampled with
-               `seed`) form one class document; a group of segments (an inner node of the
-               segment tree) is the sum of its segments' rows
+               `seed`) form one class document, each user's words counted once (a word one
+               blogger repeats fifty times is one user's word, not a segment's); a group of
+               segments (an inner node of the segment tree) is the sum of its segments' rows
     scores     class-based TF-IDF (c-TF-IDF, as BERTopic defines it): for term t, class c
                    tf(t, c) = count(t, c) / count(., c)     idf(t) = log(1 + A / f(t))
                (A = mean terms per segment, f(t) = count of t in all segments)
@@ -271,7 +272,7 @@ def _class_counts(
         for m in members:
             doc = docs[m]
             if doc:
-                counter.update(tokenize(doc))
+                counter.update(set(tokenize(doc)))  # users, not repetitions
         row = len(seg_list)
         seg_list.append(int(seg))
         if counter:
