@@ -23,13 +23,23 @@ BROAD = {
 NARROW = {narrow: broad for broad, topics in BROAD.items() for narrow in topics}
 
 
+# What the narrow topics of one broad interest share.
+SHARED = {
+    "food": "food recipe kitchen dinner tasty cook".split(),
+    "software": "code developer app bug build release".split(),
+}
+
+
 def population(n_per_topic: int, seed: int = 0, prefix: str = "") -> list[Profile]:
     rng = random.Random(seed)
     out = []
-    for topics in BROAD.values():
+    for broad, topics in BROAD.items():
         for narrow, words in topics.items():
             for i in range(n_per_topic):
-                texts = [" ".join(rng.choices(words, k=7)) for _ in range(2)]
+                texts = [
+                    " ".join(rng.choices(words, k=6) + rng.choices(SHARED[broad], k=3))
+                    for _ in range(2)
+                ]
                 out.append(Profile(f"{prefix}{narrow}-{i}", texts=texts))
     return out
 
@@ -84,7 +94,8 @@ def test_tree_top_level_separates_the_broad_interests(tree_server) -> None:
 def test_a_group_filters_like_a_segment(tree_server) -> None:
     _, c, _ = tree_server
     tree = c.segment_tree()
-    food = next(g for g in tree.top_level() if "bread" in members_text(c, g.segment_id))
+    food = next(g for g in tree.top_level() if "baking-0" in members(c, g.segment_id))
+    assert {"food", "recipe", "kitchen"} & set(food.keywords)  # what its topics share
     assert c.estimate_reach(segment_ids=[food.segment_id]).reach == 80
     found = c.find_lookalikes(["baking-0"], k=50, segment_ids=[food.segment_id])
     assert len(found.users) == 50 and found.eligible == 79  # the seed is not in its audience
@@ -93,10 +104,6 @@ def test_a_group_filters_like_a_segment(tree_server) -> None:
     assert all(NARROW[narrow_of(u.user_id)] == "software" for u in away.users)
     with pytest.raises(NotFound, match="grp-9999"):
         c.estimate_reach(segment_ids=["grp-9999"])
-
-
-def members_text(c: AudienceClient, segment_id: str) -> str:
-    return " ".join(c.get_segment(segment_id).keywords)
 
 
 def test_tree_survives_restart_and_ids_stay_across_a_rebuild(tree_server, start_server) -> None:

@@ -35,6 +35,7 @@ from .._errors import PreconditionFailed
 from .._types import Progress
 from ._choose import Choice, choose
 from ._ids import match_segments
+from ._keywords import term_gram
 from ._model import Segment, SegmentModel, project, used_dims
 from ._params import SegmentParams
 from ._place import LocalPlacer, Placer
@@ -263,8 +264,14 @@ class SegmentBuilder:
         new_members = {
             int(lab): np.sort(iids[labels == lab]) for lab in np.unique(labels) if lab >= 0
         }
-        n_leaves = len(new_members)
-        tree = SegmentTree.of(*_centres(clustering.coords, labels, n_leaves))
+        t1 = time.perf_counter()
+        sample = self._describe_sample(users, labels)
+        gram = term_gram(sample[0], sample[1], len(new_members))
+        tree = (
+            SegmentTree.of_gram(gram, np.ones(len(gram)))
+            if gram is not None
+            else SegmentTree.of(*_centres(clustering.coords, labels, len(new_members)))
+        )
         under = tree.groups()  # node -> its segments' labels
         group_members = {
             node: np.sort(np.concatenate([new_members[lab] for lab in held]))
@@ -281,8 +288,7 @@ class SegmentBuilder:
         id_of.update(group_id)
         status.update(group_status)
 
-        t1 = time.perf_counter()
-        described = self._describe(users, labels, under)
+        described = self.stages.describer.describe(*sample, groups=under, embed=users.embed_terms)
         if progress:
             progress("describe", 1, 1)
 
@@ -365,9 +371,11 @@ class SegmentBuilder:
         )
         return model
 
-    def _describe(self, users: Population, labels: np.ndarray, groups: dict) -> dict:
-        """The describer on a uniform sample of users (texts and attributes from the store),
-        for the segments and the groups of segments."""
+    def _describe_sample(
+        self, users: Population, labels: np.ndarray
+    ) -> tuple[np.ndarray, list[str], list[dict]]:
+        """(labels, documents, attributes) of a uniform sample of users still stored, what
+        the describer and the tree read."""
         iids = users.iids
         rng = np.random.default_rng(self.params.seed)
         pick = np.sort(rng.choice(len(iids), size=min(len(iids), DESCRIBE_SAMPLE), replace=False))
@@ -375,9 +383,7 @@ class SegmentBuilder:
         keep = [j for j in pick if int(iids[j]) in rows]
         docs = ["\n".join(t[0] for t in rows[int(iids[j])][0]) for j in keep]
         attrs = [rows[int(iids[j])][1] for j in keep]
-        return self.stages.describer.describe(
-            labels[keep], docs, attrs, groups=groups, embed=users.embed_terms
-        )
+        return labels[keep], docs, attrs
 
 
 def _centres(coords: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-__all__ = ["segment_keywords", "segment_name", "stop_terms", "tokenize"]
+__all__ = ["segment_keywords", "segment_name", "stop_terms", "term_gram", "tokenize"]
 
 Embed = Callable[[Sequence[str]], np.ndarray]  # terms -> unit rows, one per term
 
@@ -164,6 +164,26 @@ def segment_keywords(
     picked = {key: _candidates(counts, r, top_n, terms) for key, r in rows.items()}
     similar = _similarity(terms, {t for cand in picked.values() for t, _ in cand}, embed)
     return {key: _mmr(cand, top_n, similar) for key, cand in picked.items()}
+
+
+def term_gram(
+    labels: np.ndarray, docs: Sequence[str], n: int, *, max_docs_per_segment: int = 5000
+) -> np.ndarray | None:
+    """Dot products (n x n) of the unit c-TF-IDF rows of segments 0..n-1, what the segment
+    tree compares them by; None when a segment has no words."""
+    labels = check_labels(labels, len(docs), "docs")
+    segments, _, counts = _class_counts(labels, docs, max_docs_per_segment, 0)
+    if segments != list(range(n)) or counts.shape[1] == 0:
+        return None
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    rows = counts.sum(axis=1).A1
+    if (rows == 0).any():
+        return None
+    idf = np.log1p((counts.sum() / n) / np.maximum(counts.sum(axis=0).A1, 1e-300))
+    scores = sp.csr_matrix(sp.diags(1.0 / rows) @ counts @ sp.diags(idf))
+    norms = np.sqrt(scores.multiply(scores).sum(axis=1).A1)
+    unit = sp.diags(1.0 / np.maximum(norms, 1e-300)) @ scores
+    return np.asarray((unit @ unit.T).todense())
 
 
 def segment_name(keywords: Sequence[str]) -> str:
