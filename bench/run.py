@@ -392,7 +392,11 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
             for method in args.methods:
                 log(f"build segments (target_segments={k_true}, method={method}) ...")
                 forced = client.build_segments(target_segments=k_true, method=method)
-                out["methods"][method] = {**scores(labels_of(client)), "build_s": forced.seconds}
+                out["methods"][method] = {
+                    **scores(labels_of(client)),
+                    "segments": forced.segments,
+                    "build_s": forced.seconds,
+                }
     if args.scale and not getattr(args, "_scaled", False):  # once, on the first data set
         args._scaled = True
         out["scale"] = bench_scale(vectors, args.scale)
@@ -419,7 +423,7 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
     for method, m in out["methods"].items():
         print(
             f"  {'Audience, target_segments=' + str(k_true) + ', ' + method:<42}{m['nmi']:>8.3f}"
-            f"{m['ari']:>8.3f}{k_true:>6}{'':>8}{m['build_s']:>8.1f}"
+            f"{m['ari']:>8.3f}{m['segments']:>6}{'':>8}{m['build_s']:>8.1f}"
         )
     print(
         f"  {'tree level with ' + str(out['tree_level_nodes']) + ' nodes (free build)':<42}"
