@@ -18,8 +18,10 @@ StackOverflow 0.777 / 0.727 and 0.851 / 0.738 (chosen); blogs by industry 0.415 
 
     candidates  "kmeans"        k-means on the vectors (the build's dimensions)
                 "umap-kmeans"   k-means on UMAP (cosine, 5 dims) of the vectors
-                "tree"          HDBSCAN as the free build runs it, then the segment tree's
-                                level with K nodes (outliers stay outliers)
+                "tree"          HDBSCAN as the free build runs it, its segments merged
+                                to K by Ward on their mean vectors (texts are read only
+                                after clustering; outliers stay outliers); never more
+                                than HDBSCAN's segments
 """
 
 from __future__ import annotations
