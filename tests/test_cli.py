@@ -165,7 +165,7 @@ def test_segments_commands(server, tmp_path: Path, capsys) -> None:
         )
         == 0
     )
-    assert "3 segments (1 group above them) over 90 users" in capsys.readouterr().out
+    assert "3 segments over 90 users (1 group above them)" in capsys.readouterr().out
     assert main(["segments", "list", "--target", target, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert len(listed) == 3 and sum(s["size"] for s in listed) <= 90

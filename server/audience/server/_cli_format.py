@@ -242,10 +242,9 @@ def job_result(job: Any) -> str:
         return f"rebuilt: {r.users} users, generation {r.generation}, {r.seconds:.1f}s"
     if job.kind == "build-segments" and r is not None:
         return (
-            f"segments {r.model_version}: {r.segments} segments ({plural(r.groups, 'group')} "
-            "above them) "
-            f"over {r.users} users, {100 * r.outlier_share:.1f}% outliers, {r.seconds:.1f}s"
-            + (f"\nfound by {r.method}: {r.method_reason}" if r.method else "")
+            f"segments {r.model_version}: {r.segments} segments over {r.users} users "
+            f"({plural(r.groups, 'group')} above them), {100 * r.outlier_share:.1f}% outliers, "
+            f"{r.seconds:.1f}s" + (f"\nfound by {r.method}: {r.method_reason}" if r.method else "")
         )
     return f"{job.job_id} {job.state.lower()}"
 
