@@ -295,6 +295,10 @@ def test_exactly_k_chooses_its_method_by_neighbour_agreement() -> None:
     mostly[:2] = (mostly[:2] + 1) % 3  # two users moved: barely worse than the truth
     close = choose({"kmeans": result(mostly), "umap-kmeans": result(truth)}, x)
     assert close.method == "kmeans" and "is not 0.05 better" in close.reason
+    # Asked for 3: a method that found 2 is not chosen, however well its users agree.
+    two = np.where(truth == 2, 1, truth)
+    asked = choose({"kmeans": result(shuffled), "tree": result(two)}, x, k=3)
+    assert asked.method == "kmeans" and "tree found 2 of 3" in asked.reason
 
     chosen = SegmentBuilder(SegmentParams(target_segments=3)).build(_population(x))
     summary = chosen.stats["choice"]

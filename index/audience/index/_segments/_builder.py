@@ -151,7 +151,7 @@ class SegmentBuilder:
         fit = FitSample(sample, fit_coords, progress)
         if self.choosing:
             t0 = time.perf_counter()
-            choice = choose(self._methods(fit), sample, params.seed)
+            choice = choose(self._methods(fit), sample, params.seed, params.target_segments)
             found = next(c.result for c in choice.candidates if c.method == choice.method)
             timings["cluster_s"] = time.perf_counter() - t0
             log.info("Segments - Method: %s (%s)", choice.method, choice.reason)

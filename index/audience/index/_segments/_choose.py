@@ -96,11 +96,15 @@ def neighbour_agreement(graph: tuple[np.ndarray, np.ndarray], labels: np.ndarray
 
 
 def choose(
-    runs: dict[str, Callable[[], ClusterResult]], vectors: np.ndarray, seed: int = 0
+    runs: dict[str, Callable[[], ClusterResult]],
+    vectors: np.ndarray,
+    seed: int = 0,
+    k: int = 0,
 ) -> Choice:
     """Run each candidate (method name -> a call giving its labels on the fit sample) and
     keep the one with the best neighbour agreement, "kmeans" unless another is MARGIN
-    better."""
+    better. With `k`, a candidate that found fewer segments than asked for is not chosen
+    while another found them all."""
     graph = neighbours(vectors, seed) if len(runs) > 1 else (np.zeros(0, int), np.zeros((0, 0)))
     done = []
     for method, run in runs.items():
@@ -109,16 +113,19 @@ def choose(
         seconds = time.perf_counter() - t0
         agreement = neighbour_agreement(graph, np.asarray(result.labels))
         done.append(Candidate(method, result, agreement, seconds))
-    base = next((c for c in done if c.method == "kmeans"), None)
-    best = max(done, key=lambda c: c.agreement)
     if len(done) == 1:
-        return Choice(best.method, "asked for", tuple(done))
+        return Choice(done[0].method, "asked for", tuple(done))
+    found = {c.method: len(np.unique(c.result.labels[c.result.labels >= 0])) for c in done}
+    whole = [c for c in done if found[c.method] >= k] or done
+    short = [f"{c.method} found {found[c.method]} of {k}" for c in done if c not in whole]
+    base = next((c for c in whole if c.method == "kmeans"), None)
+    best = max(whole, key=lambda c: c.agreement)
     if base is not None and best is not base and best.agreement < base.agreement + MARGIN:
         reason = (
             f"neighbour agreement {base.agreement:.3f}; {best.method} {best.agreement:.3f} "
             f"is not {MARGIN} better"
         )
-        return Choice("kmeans", reason, tuple(done))
-    others = ", ".join(f"{c.method} {c.agreement:.3f}" for c in done if c is not best)
-    reason = f"best neighbour agreement {best.agreement:.3f} ({others})"
-    return Choice(best.method, reason, tuple(done))
+        return Choice("kmeans", reason + "".join(f"; {s}" for s in short), tuple(done))
+    others = ", ".join(f"{c.method} {c.agreement:.3f}" for c in whole if c is not best)
+    reason = f"best neighbour agreement {best.agreement:.3f}" + (f" ({others})" if others else "")
+    return Choice(best.method, reason + "".join(f"; {s}" for s in short), tuple(done))
