@@ -16,7 +16,8 @@
     distinct   a keyword must be over-represented in its class: lift = tf(t, c) / tf(t, all)
                at least 1 + (1 - share) / 2 (1.5 for a small segment, 1 for everyone). Terms
                that every segment uses alike ("said", "nbsp", "urllink", "how") never
-               qualify: the corpus's own stop terms, found from the data (`stop_terms`)
+               qualify: the corpus's own stop terms, found from the data (`stop_terms` lists
+               them)
     diverse    from the best 3 x top_n candidates, maximal marginal relevance (MMR): the next
                keyword maximises 0.7 x score - 0.3 x its similarity to those already taken,
                similarity being 1 for a term inside another ("file", "files") and, when an
@@ -193,7 +194,8 @@ def segment_name(keywords: Sequence[str]) -> str:
 
 def stop_terms(labels: np.ndarray, docs: Sequence[str], *, top: int = 20) -> list[str]:
     """The corpus's own stop terms: the most frequent terms used by more than half of the
-    segments and over-represented (lift 1.5) in none: never a keyword, shown for the record."""
+    segments and over-represented (lift 1.5) in none, so never a small segment's keyword; for
+    looking into a corpus (the build does not need the list: the lift rule is the filter)."""
     labels = check_labels(labels, len(docs), "docs")
     segments, terms, counts = _class_counts(labels, docs, 5000, 0)
     if len(segments) < 2 or not terms:
