@@ -27,7 +27,7 @@ from ._catalog import SEGMENTS_DIR, Catalog, membership
 from ._config import EngineConfig
 from ._durable import AfterCommit, disk_full_as
 from ._encode import ProfileEncoder, TextEmbedder
-from ._errors import PreconditionFailed, UnknownSegment
+from ._errors import PreconditionFailed
 from ._jobs import JOBS_DIR, JobRunner, uncancellable
 from ._lookalike import LookalikeScorer, SeedStrategy
 from ._publish import Published, publish_generation
@@ -314,10 +314,7 @@ class Engine:
         return SegmentList.of(self.catalog.segment_model())
 
     def get_segment(self, segment_id: str) -> Segment:
-        seg = self.catalog.segment_model().by_id.get(segment_id)
-        if seg is None:
-            raise UnknownSegment(f"segment_id: unknown segment {segment_id!r}")
-        return seg
+        return self.catalog.segment_model().node(segment_id)
 
     def user_segments(self, user_ids: Sequence[str]) -> list[Membership]:
         """The segment of each stored user (users written after the last build are placed
@@ -342,8 +339,7 @@ class Engine:
         self, segment_id: str, chunk: int = 1000, include_attributes: Sequence[str] = ()
     ) -> Iterator[ScoredUsers]:
         """Members of a segment, strongest first, in chunks (with these stored attributes)."""
-        seg = self.get_segment(segment_id)
-        labels = self.catalog.segment_model().labels_under(seg.segment_id)
+        labels = self.catalog.segment_model().labels_under(segment_id)  # one model, read once
         with self._rw.read():
             members = self.catalog.segment_members(labels)
         with_attrs = partial(self.catalog.with_attributes, names=include_attributes)

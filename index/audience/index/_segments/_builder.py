@@ -398,11 +398,15 @@ def _old_members(previous: SegmentModel | None) -> tuple[dict, dict]:
     """The previous model's members per segment id and per group id."""
     if previous is None:
         return {}, {}
-    leaves, grouped = {}, {}
-    for seg in [*previous.segments, *previous.groups]:
-        held = previous.labels_under(seg.segment_id)
-        mem = np.sort(previous.member_iids[np.isin(previous.member_labels, held)])
-        (grouped if seg.kind == "group" else leaves)[seg.segment_id] = mem
+    of_label = {
+        seg.label: np.sort(previous.member_iids[previous.member_labels == seg.label])
+        for seg in previous.segments
+    }
+    leaves = {seg.segment_id: of_label[seg.label] for seg in previous.segments}
+    grouped = {
+        g.segment_id: np.sort(np.concatenate([of_label[lab] for lab in g.leaf_labels]))
+        for g in previous.groups
+    }
     return leaves, grouped
 
 

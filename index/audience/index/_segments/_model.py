@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from .._durable import read_sealed_json, seal_json, write_durably
+from .._errors import UnknownSegment
 from ._params import SegmentParams
 
 log = logging.getLogger("audience.index")
@@ -87,9 +88,16 @@ class SegmentModel:
         self._knn = faiss.IndexFlatIP(self.fit_coords.shape[1])
         self._knn.add(np.ascontiguousarray(self.fit_coords[clustered]))
 
+    def node(self, segment_id: str) -> Segment:
+        """A segment or a group of segments by id (UnknownSegment if this model has none)."""
+        seg = self.by_id.get(segment_id)
+        if seg is None:
+            raise UnknownSegment(f"segment_id: unknown segment {segment_id!r}")
+        return seg
+
     def labels_under(self, segment_id: str) -> list[int]:
-        """The segment labels a segment or a group of segments holds (KeyError if unknown)."""
-        seg = self.by_id[segment_id]
+        """The segment labels a segment or a group of segments holds."""
+        seg = self.node(segment_id)
         return list(seg.leaf_labels) if seg.kind == "group" else [seg.label]
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
