@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import _erasure as erasure
 from ._backup import BackupResult, write_backup
-from ._catalog import SEGMENTS_DIR, Catalog, membership
+from ._catalog import Catalog, membership
 from ._config import EngineConfig
 from ._durable import AfterCommit, disk_full_as
 from ._encode import ProfileEncoder, TextEmbedder
@@ -33,17 +33,9 @@ from ._lookalike import LookalikeScorer, SeedStrategy
 from ._publish import Published, publish_generation
 from ._recovery import open_data_dir
 from ._refit import reencode_store, with_refitted_lexical
-from ._rwlock import RWLock
-from ._segments import (
-    Placer,
-    Population,
-    Segment,
-    SegmentBuild,
-    SegmentBuilder,
-    SegmentList,
-    SegmentParams,
-    with_text_dims,
-)
+from ._rwlock import EngineLocks, RWLock
+from ._segmenting import build_and_serve
+from ._segments import Placer, Segment, SegmentBuild, SegmentList, SegmentParams
 from ._types import (
     DeleteResult,
     Filter,
@@ -287,28 +279,10 @@ class Engine:
         if not self._build_lock.acquire(blocking=False):
             raise PreconditionFailed("a segment build is already running")
         try:
-            enc, c = self.encoder, self.catalog
-            params = with_text_dims(params or SegmentParams(), enc.text_dims, enc.attr_dims)
-            min_group = self.config.segment_min_group_size
-            builder = SegmentBuilder(params, min_group_size=min_group, placer=placer)
-            with self._rw.read():
-                iids, vectors = c.all_user_vectors()
-                previous, seq, user_id = c.segments, c.store.sequence, dict(c.uid_of.items())
-            texts = c.store.texts_and_attributes
-            users = Population(iids, vectors, user_id, texts, seq, enc.term_vectors)
-            model = builder.build(users, previous, progress)
-            del users, vectors
-            with self._writer:  # no delete between the check of exemplars and the save
-                gone = {u for s in model.by_id.values() for u in s.exemplar_user_ids}
-                erasure.withdraw_from_served(model, {u for u in gone if u not in c.iid_of})
-                with disk_full_as("segments not saved; the previous model is still served"):
-                    model.save(self.config.data_dir / SEGMENTS_DIR)
-                membership_of = c.membership_of(model)
-                with self._rw.write():
-                    c.serve_segments(model, membership_of)
+            locks, enc = EngineLocks(self._rw, self._writer), self.encoder
+            return build_and_serve(self.catalog, enc, self.config, locks, params, progress, placer)
         finally:
             self._build_lock.release()
-        return SegmentBuild.of(model)
 
     def list_segments(self) -> SegmentList:
         return SegmentList.of(self.catalog.segment_model())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 
 
 class RWLock:
@@ -44,3 +45,19 @@ class RWLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class EngineLocks:
+    """The engine's locks, for a part that runs a long job and swaps its result in:
+    `read()` / `write()` of the readers-writer lock, and `writer`, held by one writer at a time
+    (upsert, delete, rebuild, save)."""
+
+    rw: RWLock
+    writer: threading.Lock
+
+    def read(self) -> AbstractContextManager:
+        return self.rw.read()
+
+    def write(self) -> AbstractContextManager:
+        return self.rw.write()
