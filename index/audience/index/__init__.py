@@ -69,6 +69,13 @@ _EXPORTS = {
     "StoredUser": "._types",
     "TextItem": "._types",
     "UpsertResult": "._types",
+    "FitResult": "._types",
+    "PredictedValue": "._types",
+    "PredictorInfo": "._types",
+    "PredictQuery": "._types",
+    "TagScore": "._types",
+    "UserPrediction": "._types",
+    "FIT_PREDICTORS": "._predicting",
     "Engine": "._engine",
     "Job": "._jobs",
     "JobRunner": "._jobs",
@@ -180,6 +187,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     )
     from ._jobs import Job, JobRunner
     from ._lookalike import LookalikeScorer
+    from ._predicting import FIT_PREDICTORS
     from ._publish import GENERATION, Published, fetch_generation, read_current
     from ._search import Search, SeedSet
     from ._segments import (
@@ -208,10 +216,14 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         AudienceQuality,
         DeleteResult,
         Filter,
+        FitResult,
         LookalikeQuery,
         LookalikeResult,
         LookalikeStream,
         Membership,
+        PredictedValue,
+        PredictorInfo,
+        PredictQuery,
         Profile,
         Progress,
         ReachEstimate,
@@ -224,8 +236,10 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         SnapshotResult,
         Stats,
         StoredUser,
+        TagScore,
         TextItem,
         UpsertResult,
+        UserPrediction,
     )
     from ._validate import Validator
     from ._vectors import FlatIndex, VectorIndex

@@ -3,34 +3,49 @@
 Every attribute any user has is filterable, declared in the encoder's schema or not.
 Numbers (and flags, as 1/0) live in a float column (NaN = missing); texts in a code column
 (-1 = missing).
+
+Predicted values (_predict/) live in columns of their own, never in the stored ones, with the
+confidence of each: a filter on `predicted.NAME` reads only them; a filter on NAME with
+`predicted` set reads the stored value and, for users without one, the predicted value whose
+confidence is at least `min_confidence`.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ._errors import InvalidQuery
 from ._types import AttrValue, Filter, category_key
 
+PREDICTED = "predicted."  # the prefix that names a predicted column in a filter
 _LOOKS_LIKE_RANGE = re.compile(r"^\s*\d+(?:\.\d+)?\s*-\s*\d+(?:\.\d+)?\s*$")
 
 
 class _Column:
-    __slots__ = ("numbers", "codes", "lookup")
+    __slots__ = ("numbers", "codes", "lookup", "confidence", "in_range")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, predicted: bool = False) -> None:
         self.numbers = np.full(capacity, np.nan)
         self.codes = np.full(capacity, -1, dtype=np.int32)
         self.lookup: dict[str, int] = {}
+        # a predicted column: each value's confidence, and for numbers P(in a range)
+        self.confidence = np.full(capacity, np.nan, np.float32) if predicted else None
+        self.in_range: InRange | None = None
 
     def grow(self, capacity: int) -> None:
         extra = capacity - len(self.numbers)
         self.numbers = np.concatenate([self.numbers, np.full(extra, np.nan)])
         self.codes = np.concatenate([self.codes, np.full(extra, -1, dtype=np.int32)])
+        if self.confidence is not None:
+            more = np.full(extra, np.nan, np.float32)
+            self.confidence = np.concatenate([self.confidence, more])
+
+    def has_value(self) -> np.ndarray:
+        return (self.codes >= 0) | ~np.isnan(self.numbers)
 
     def equals(self, value: AttrValue) -> np.ndarray:
         if isinstance(value, (bool, int, float)):
@@ -39,10 +54,18 @@ class _Column:
         return self.codes == code if code is not None else np.zeros(len(self.codes), dtype=bool)
 
 
+InRange = Callable[[np.ndarray, "float | None", "float | None"], np.ndarray]
+
+
 class AttributeTable:
     def __init__(self) -> None:
         self.alive = np.zeros(1024, dtype=bool)
         self._columns: dict[str, _Column] = {}
+        self._predicted: dict[str, _Column] = {}  # stored attribute name -> its predictions
+
+    @property
+    def predicted_names(self) -> list[str]:
+        return sorted(self._predicted)
 
     @property
     def names(self) -> list[str]:
@@ -53,7 +76,7 @@ class AttributeTable:
             return
         capacity = max(iid + 1, 2 * len(self.alive))
         self.alive = np.concatenate([self.alive, np.zeros(capacity - len(self.alive), bool)])
-        for col in self._columns.values():
+        for col in [*self._columns.values(), *self._predicted.values()]:
             col.grow(capacity)
 
     def set(self, iid: int, attributes: Mapping[str, AttrValue]) -> None:
@@ -76,6 +99,48 @@ class AttributeTable:
         if iid < len(self.alive):
             self.alive[iid] = False
 
+    def stored(self, name: str, iids: np.ndarray) -> list[AttrValue | None]:
+        """The stored values of one attribute for these iids (None where missing)."""
+        col = self._columns.get(name)
+        if col is None:
+            return [None] * len(iids)
+        key_of = {code: key for key, code in col.lookup.items()}
+        out: list[AttrValue | None] = []
+        for iid in iids:
+            code, number = int(col.codes[iid]), float(col.numbers[iid])
+            out.append(key_of[code] if code >= 0 else None if np.isnan(number) else number)
+        return out
+
+    def set_predicted(
+        self,
+        name: str,
+        iids: np.ndarray,
+        *,
+        classes: Sequence[str] = (),
+        codes: np.ndarray | None = None,
+        numbers: np.ndarray | None = None,
+        confidence: np.ndarray | None = None,
+        in_range: InRange | None = None,
+    ) -> None:
+        """Predicted values of `name` for these iids: class codes into `classes` with their
+        confidence, or numbers with `in_range(values, lo, hi)` giving P(true value in range)."""
+        if len(iids):
+            self._ensure(int(np.max(iids)))
+        col = self._predicted.get(name)
+        if col is None or list(col.lookup) != list(classes):
+            col = self._predicted[name] = _Column(len(self.alive), predicted=True)
+            col.lookup = {c: i for i, c in enumerate(classes)}
+        col.in_range = in_range
+        assert col.confidence is not None
+        if codes is not None:
+            col.codes[iids] = codes
+        if numbers is not None:
+            col.numbers[iids] = numbers
+        col.confidence[iids] = confidence if confidence is not None else np.nan
+
+    def drop_predicted(self, name: str) -> None:
+        self._predicted.pop(name, None)
+
     def count(self) -> int:
         return int(self.alive.sum())
 
@@ -85,34 +150,83 @@ class AttributeTable:
         attribute that holds only numbers is an InvalidQuery (naming the range syntax)."""
         mask = self.alive.copy()
         for i, f in enumerate(filters):
-            col = self._columns.get(f.attribute)
-            if col is None:
-                raise InvalidQuery(
-                    f"filters[{i}].attribute", f"no stored user has attribute {f.attribute!r}"
-                )
-            if f.equals is not None or f.any_of is not None:
-                field = f"filters[{i}].{'equals' if f.equals is not None else 'any_of'}"
-                hit = np.zeros(len(mask), dtype=bool)
-                for value in [f.equals] if f.equals is not None else list(f.any_of or ()):
-                    self._check_kind(col, f.attribute, value, field)
-                    one = col.equals(value)
-                    if warnings is not None and not one[self.alive].any():
-                        warnings.append(self._unknown_value(col, f.attribute, value, field))
-                    hit |= one
+            name = f.attribute
+            only_predicted = name.startswith(PREDICTED) and name not in self._columns
+            if only_predicted or f.predicted:
+                name = name[len(PREDICTED) :] if only_predicted else name
+                guessed = self._predicted_hit(i, f, name)
+                if only_predicted:
+                    hit = guessed
+                else:
+                    col = self._columns.get(name)
+                    stored = self._hit(i, f, col, warnings) if col is not None else guessed & False
+                    known = col.has_value() if col is not None else stored
+                    hit = stored | (~known & guessed)
             else:
-                x = col.numbers
-                hit = ~np.isnan(x)
-                with np.errstate(invalid="ignore"):
-                    if f.gte is not None:
-                        hit &= x >= f.gte
-                    if f.gt is not None:
-                        hit &= x > f.gt
-                    if f.lte is not None:
-                        hit &= x <= f.lte
-                    if f.lt is not None:
-                        hit &= x < f.lt
+                col = self._columns.get(name)
+                if col is None:
+                    raise InvalidQuery(
+                        f"filters[{i}].attribute", f"no stored user has attribute {name!r}"
+                    )
+                hit = self._hit(i, f, col, warnings)
             mask &= ~hit if f.negate else hit
         return mask
+
+    def _hit(self, i: int, f: Filter, col: _Column, warnings: list[str] | None) -> np.ndarray:
+        if f.equals is not None or f.any_of is not None:
+            field = f"filters[{i}].{'equals' if f.equals is not None else 'any_of'}"
+            hit = np.zeros(len(self.alive), dtype=bool)
+            for value in [f.equals] if f.equals is not None else list(f.any_of or ()):
+                self._check_kind(col, f.attribute, value, field)
+                one = col.equals(value)
+                if warnings is not None and not one[self.alive].any():
+                    warnings.append(self._unknown_value(col, f.attribute, value, field))
+                hit |= one
+            return hit
+        x = col.numbers
+        hit = ~np.isnan(x)
+        with np.errstate(invalid="ignore"):
+            if f.gte is not None:
+                hit &= x >= f.gte
+            if f.gt is not None:
+                hit &= x > f.gt
+            if f.lte is not None:
+                hit &= x <= f.lte
+            if f.lt is not None:
+                hit &= x < f.lt
+        return hit
+
+    def _predicted_hit(self, i: int, f: Filter, name: str) -> np.ndarray:
+        """Users whose predicted `name` meets the condition with confidence >= the floor."""
+        col = self._predicted.get(name)
+        if col is None:
+            raise InvalidQuery(
+                f"filters[{i}].attribute",
+                f"no model predicts {name!r}; fit one first (audience predict fit {name})",
+            )
+        assert col.confidence is not None
+        if col.in_range is None:  # a category: its answer, as sure as asked
+            if f.is_range:
+                raise InvalidQuery(f"filters[{i}]", f"predicted {name} is a category, not a number")
+            values = [f.equals] if f.equals is not None else list(f.any_of or ())
+            hit = np.zeros(len(self.alive), dtype=bool)
+            for value in values:
+                code = col.lookup.get(category_key(value))
+                if code is not None:
+                    hit |= col.codes == code
+            with np.errstate(invalid="ignore"):
+                return hit & (col.confidence >= f.min_confidence)
+        if not f.is_range:
+            raise InvalidQuery(
+                f"filters[{i}]",
+                f"predicted {name} is a number: ask for a range (e.g. {name}=18..30)",
+            )
+        lo = f.gte if f.gte is not None else f.gt
+        hi = f.lte if f.lte is not None else f.lt
+        has = ~np.isnan(col.numbers)
+        sure = np.zeros(len(self.alive), dtype=bool)
+        sure[has] = col.in_range(col.numbers[has], lo, hi) >= max(f.min_confidence, 0.5)
+        return sure
 
     @staticmethod
     def _check_kind(col: _Column, name: str, value: AttrValue, field: str) -> None:

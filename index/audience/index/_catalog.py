@@ -6,6 +6,7 @@
     attrs        every stored attribute as a column over iids, for filters
     index        the vector index served, and `generations`, its saved generations
     segments     the segment model served, and `segment_of`, iid -> (label, strength)
+    predictors   the attribute models served (_predict/); their answers are columns of attrs
 
 The catalog takes no locks: the engine reads it under its read lock and changes it under its
 write lock (one writer at a time), so readers see it before a change or after, never half.
@@ -27,6 +28,7 @@ from ._config import EngineConfig
 from ._durable import DataDirLock
 from ._encode import ProfileEncoder, from_f32, text_items
 from ._errors import DataDamaged, SegmentsNotBuilt, UnknownSegment, UnknownUser
+from ._predict import AttributeModel, predict_into
 from ._segments import SegmentModel
 from ._store import ProfileStore
 from ._types import (
@@ -78,6 +80,8 @@ class Catalog:
         self.uid_of = UserIdTable()
         self.segments: SegmentModel | None = None
         self.segment_of: dict[int, tuple[int, float]] = {}
+        self.predictors: dict[str, AttributeModel] = {}
+        self.written_since_fit: set[int] | None = None  # while predictors are being fitted
         self.generation = 0  # the index generation last saved or loaded
         self.unsaved = 0  # changes since that generation
         self.warnings: list[str] = []  # what opening had to repair (damaged files)
@@ -180,6 +184,10 @@ class Catalog:
             self.iid_of[user_id] = iid
             self.uid_of.set(iid, user_id)
             self.attrs.set(iid, attrs)
+        for model in self.predictors.values():
+            predict_into(self.attrs, model, ids, vectors)
+        if self.written_since_fit is not None:
+            self.written_since_fit.update(int(i) for i in ids)
         self.unsaved += len(ids)
 
     def drop(self, found: Sequence[tuple[str, int]]) -> None:

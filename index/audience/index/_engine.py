@@ -4,7 +4,8 @@ typed results for the server.
     Catalog            what is stored and served (_catalog.py)
     ProfileEncoder     profiles -> user vectors (_encode/)
     LookalikeScorer    seeds -> audience (_lookalike.py)
-    SegmentBuilder     user vectors -> segment model (_segments/)
+    SegmentBuilder     user vectors -> segment model (_segments/, _segmenting.py)
+    Predicting         attributes learned from the users who have them (_predicting.py)
     Validator          every check on a request (_validate.py)
 
 Locks: searches share the read lock; a change to what is served is swapped in under the write
@@ -30,6 +31,7 @@ from ._encode import ProfileEncoder, TextEmbedder
 from ._errors import PreconditionFailed
 from ._jobs import JOBS_DIR, JobRunner, uncancellable
 from ._lookalike import LookalikeScorer, SeedStrategy
+from ._predicting import Predicting
 from ._publish import Published, publish_generation
 from ._recovery import open_data_dir
 from ._refit import reencode_store, with_refitted_lexical
@@ -39,10 +41,13 @@ from ._segments import Placer, Segment, SegmentBuild, SegmentList, SegmentParams
 from ._types import (
     DeleteResult,
     Filter,
+    FitResult,
     LookalikeQuery,
     LookalikeResult,
     LookalikeStream,
     Membership,
+    PredictorInfo,
+    PredictQuery,
     Profile,
     Progress,
     ReachEstimate,
@@ -53,6 +58,7 @@ from ._types import (
     Stats,
     StoredUser,
     UpsertResult,
+    UserPrediction,
 )
 from ._validate import Validator
 
@@ -83,6 +89,8 @@ class Engine:
         self._closed = False
         self._later = AfterCommit(catalog.pending, RETRY_AFTER_S)  # work after a commit
         self.jobs = JobRunner(config.data_dir / JOBS_DIR)  # long jobs run by the server
+        self._locks = EngineLocks(self._rw, self._writer)
+        self._predicting = Predicting(catalog, config.data_dir, self._locks)
 
     @classmethod
     def open(
@@ -98,6 +106,8 @@ class Engine:
         t0 = time.perf_counter()
         opened = open_data_dir(config, embedder, progress)
         engine = cls(opened.config, opened.catalog, opened.encoder, strategy)
+        loaded = engine._predicting.load(engine.encoder)  # damaged or stale: refitted in a job
+        engine._refit_later(sorted(set(loaded.refit)), everything=loaded.refit_all)
         n, seconds = len(engine.catalog.iid_of), time.perf_counter() - t0
         log.info("Engine - Ready: %d users in %.1fs", n, seconds)
         return engine
@@ -198,10 +208,12 @@ class Engine:
                 with self._rw.write():
                     catalog.index = index
                     self._swap_encoder(enc)
+                    stale = self._predicting.stale(enc)  # fitted in the old vector space
             catalog.unsaved = max(1, len(index))
             generation = self._save_locked()
             seconds = time.perf_counter() - t0
             log.info("Rebuild - Completed: %d users in %.1fs", len(index), seconds)
+        self._refit_later(stale)
         return RebuildResult(len(index), generation, seconds)
 
     def backup(self, out: Path, progress: Progress | None = None) -> BackupResult:
@@ -274,13 +286,12 @@ class Engine:
         placer: Placer | None = None,
     ) -> SegmentBuild:
         """Cluster the indexed users into segments, describe them, keep ids stable, and swap
-        the new model in. Writes go on meanwhile; users written after the snapshot of the
-        vectors are placed on demand until the next build."""
+        the new model in (_segmenting.py). Writes go on meanwhile."""
         if not self._build_lock.acquire(blocking=False):
             raise PreconditionFailed("a segment build is already running")
         try:
-            locks, enc = EngineLocks(self._rw, self._writer), self.encoder
-            return build_and_serve(self.catalog, enc, self.config, locks, params, progress, placer)
+            c, enc, locks = self.catalog, self.encoder, self._locks
+            return build_and_serve(c, enc, self.config, locks, params, progress, placer)
         finally:
             self._build_lock.release()
 
@@ -318,3 +329,22 @@ class Engine:
             members = self.catalog.segment_members(labels)
         with_attrs = partial(self.catalog.with_attributes, names=include_attributes)
         return map(with_attrs, members.chunks(chunk))
+
+    # ------------------------------------------------------------ predictions
+
+    def fit_predictors(
+        self, attributes: Sequence[str] = (), progress: Progress | None = None
+    ) -> FitResult:
+        """Fit, save and serve a model per attribute (none named: each that can be)."""
+        return self._predicting.fit(self.encoder, attributes, progress)
+
+    def predictors(self) -> list[PredictorInfo]:
+        return self._predicting.predictors()
+
+    def predict(self, query: PredictQuery) -> list[UserPrediction]:  # users stored or not
+        self.validate.predict(query)
+        with self._rw.read():
+            return self._predicting.predict(self.encoder, query)
+
+    def _refit_later(self, attributes: Sequence[str], everything: bool = False) -> None:
+        self._predicting.refit_later(self.jobs, self.fit_predictors, attributes, everything)

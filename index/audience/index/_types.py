@@ -57,6 +57,10 @@ class Filter:
     lt: float | None = None
     any_of: tuple[AttrValue, ...] | None = None
     negate: bool = False
+    # stored-or-predicted: users without a stored value are matched by their predicted value
+    # (attribute "predicted.NAME": by the predicted value only), if its confidence is at least
+    predicted: bool = False
+    min_confidence: float = 0.0
 
     @property
     def is_range(self) -> bool:
@@ -258,3 +262,72 @@ class Stats:
     lexical_documents: int
     lexical_weight: float
     warnings: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- predictions
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    """Stored users by id and profiles not stored; the attributes to predict (none: every
+    fitted one); with `tags` (a list, empty for the served segments' keywords) zero-shot tags."""
+
+    user_ids: tuple[str, ...] = ()
+    profiles: tuple[Profile, ...] = ()
+    attributes: tuple[str, ...] = ()
+    tags: tuple[str, ...] | None = None
+    max_tags: int = 5
+    min_tag_score: float = 1.0  # standard deviations above an ordinary user
+
+
+@dataclass(frozen=True)
+class PredictedValue:
+    """A model's answer for one attribute of one user, never the stored value itself."""
+
+    attribute: str
+    value: AttrValue  # a category's value, or a number
+    confidence: float  # calibrated probability of `value` (categories; 0 for numbers)
+    stored: AttrValue | None = None  # the user's stored value, when there is one
+    alternatives: tuple[tuple[str, float], ...] = ()  # the likeliest values, with probabilities
+    error: float = 0.0  # numbers: the model's held-out mean absolute error
+
+
+@dataclass(frozen=True)
+class TagScore:
+    tag: str
+    score: float  # how far above an ordinary user this user is, in standard deviations
+    similarity: float  # cosine of the user's text vector and the tag's
+
+
+@dataclass(frozen=True)
+class UserPrediction:
+    user_id: str
+    values: tuple[PredictedValue, ...]
+    tags: tuple[TagScore, ...] = ()
+
+
+@dataclass(frozen=True)
+class PredictorInfo:
+    """A fitted model of one attribute and its quality on users it was not fitted on."""
+
+    attribute: str
+    kind: str  # "categorical" | "numeric"
+    method: str  # "linear" | "knn"
+    classes: tuple[str, ...]
+    users: int  # labelled users it was fitted on
+    accuracy: float
+    macro_f1: float
+    majority_accuracy: float
+    majority_macro_f1: float
+    mae: float
+    baseline_mae: float
+    version: int
+    fitted_at: float
+    candidates: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    predictors: tuple[PredictorInfo, ...]
+    skipped: tuple[str, ...]  # "attribute: why"
+    seconds: float

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._config import Limits
 from ._errors import InvalidQuery, LimitExceeded
-from ._types import Filter, LookalikeQuery, Profile
+from ._types import Filter, LookalikeQuery, PredictQuery, Profile
 
 
 class Validator:
@@ -124,6 +124,23 @@ class Validator:
             for v in values:
                 if isinstance(v, float) and not math.isfinite(v):
                     raise InvalidQuery(where, "values must be finite")
+            if not 0.0 <= f.min_confidence <= 1.0:  # NaN fails too
+                raise InvalidQuery(f"{where}.min_confidence", "must be in [0, 1]")
+
+    def predict(self, q: PredictQuery) -> None:
+        if not (q.user_ids or q.profiles):
+            raise InvalidQuery("user_ids", "give at least one user id or profile")
+        if q.user_ids:
+            self.ids(q.user_ids, "user_ids")
+        if q.profiles:
+            self.profiles(q.profiles)
+        users, most = len(q.user_ids) + len(q.profiles), self.limits.max_batch_users
+        if users > most:
+            raise LimitExceeded("user_ids + profiles", users, most)
+        if not 1 <= q.max_tags <= 100:
+            raise InvalidQuery("max_tags", "must be in 1..100")
+        if not math.isfinite(q.min_tag_score):
+            raise InvalidQuery("min_tag_score", "must be finite")
 
     def query(self, q: LookalikeQuery, max_k: int, beyond: str = "") -> None:
         """A lookalike query for a call that returns at most `max_k` users (`beyond`: what

@@ -1,0 +1,128 @@
+"""The predictors a data dir serves: one fitted model per attribute in `predictors/`, loaded
+at start (a damaged or stale one is named for a refit), and what they answer for users.
+
+A predictor is stale when the vector space it was fitted in is gone (a rebuild of the index
+refits the lexical channel): its answers would be noise, so it is not served until refitted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._attrs import AttributeTable
+from .._types import AttrValue, PredictedValue
+from ._model import CATEGORICAL, AttributeModel, PredictorDamaged, text_features
+
+log = logging.getLogger("audience.index")
+
+PREDICTORS_DIR = "predictors"
+CHUNK = 65_536  # users predicted per matrix product
+ALTERNATIVES = 3  # values (with their probabilities) returned beside a category's answer
+
+
+@dataclass
+class Loaded:
+    models: dict[str, AttributeModel]
+    refit: list[str]  # attributes whose model is damaged or stale
+    refit_all: bool  # a damaged file whose attribute cannot be read: refit every attribute
+
+
+def load_predictors(directory: Path, fingerprint: str, warnings: list[str]) -> Loaded:
+    found = Loaded({}, [], False)
+    for manifest in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            model = AttributeModel.load(manifest)
+        except PredictorDamaged as exc:
+            name = _attribute_named_in(manifest)
+            what = f"attribute {name!r}" if name else f"file {manifest.name}"
+            warnings.append(f"the predictor of {what} is damaged ({exc}); refitting it")
+            log.warning("Predict - a predictor file is damaged (%s); refitting", manifest.name)
+            if name:
+                found.refit.append(name)
+            else:
+                found.refit_all = True
+            continue
+        if model.fingerprint != fingerprint:
+            log.info("Predict - %s was fitted in another vector space; refitting", manifest.stem)
+            found.refit.append(model.attribute)
+            continue
+        found.models[model.attribute] = model
+    return found
+
+
+def _attribute_named_in(manifest: Path) -> str | None:
+    """The attribute a damaged manifest names, if it can still be read as JSON."""
+    try:
+        name = json.loads(manifest.read_text()).get("attribute")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def remove_files(directory: Path, model: AttributeModel) -> None:
+    from ._model import file_stem
+
+    for suffix in (".json", ".npz"):
+        (directory / f"{file_stem(model.attribute)}{suffix}").unlink(missing_ok=True)
+
+
+def predict_into(
+    attrs: AttributeTable,
+    model: AttributeModel,
+    iids: np.ndarray,
+    vectors: np.ndarray | Callable[[np.ndarray], np.ndarray],
+) -> None:
+    """Fill the predicted column of `model.attribute` for these users: `vectors` are their
+    user vectors, or a function giving them for a chunk of iids."""
+    for start in range(0, len(iids), CHUNK):
+        ids = iids[start : start + CHUNK]
+        v = vectors(ids) if callable(vectors) else vectors[start : start + CHUNK]
+        x = text_features(v, model.text_dims)
+        if model.kind == CATEGORICAL:
+            codes, confidence = model.decide(model.probabilities(x))
+            attrs.set_predicted(
+                model.attribute, ids, classes=model.classes, codes=codes, confidence=confidence
+            )
+        else:
+            numbers = model.numbers(x)
+            attrs.set_predicted(
+                model.attribute, ids, numbers=numbers, in_range=model.in_range_confidence
+            )
+
+
+def answers(
+    models: Sequence[AttributeModel],
+    vectors: np.ndarray,
+    stored: Sequence[dict[str, AttrValue]],
+) -> Iterator[list[PredictedValue]]:
+    """Per user (a row of `vectors`), each model's answer beside the stored value."""
+    per_model = []
+    for model in models:
+        x = text_features(vectors, model.text_dims)
+        if model.kind == CATEGORICAL:
+            p = model.probabilities(x)
+            codes, confidence = model.decide(p)
+            per_model.append((model, p, codes, confidence))
+        else:
+            per_model.append((model, model.numbers(x), None, None))
+    for row in range(len(vectors)):
+        out = []
+        for model, p, codes, confidence in per_model:
+            known = stored[row].get(model.attribute)
+            if codes is None:
+                value = round(float(p[row]), 6)
+                out.append(
+                    PredictedValue(model.attribute, value, 0.0, known, (), model.quality.mae)
+                )
+                continue
+            order = np.argsort(-p[row])[:ALTERNATIVES]
+            alternatives = tuple((model.classes[c], round(float(p[row, c]), 4)) for c in order)
+            value, sure = model.classes[int(codes[row])], round(float(confidence[row]), 4)
+            out.append(PredictedValue(model.attribute, value, sure, known, alternatives))
+        yield out
