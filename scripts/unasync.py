@@ -2,8 +2,10 @@
 """Generate the blocking client from the asyncio one (httpcore's scripts/unasync.py, as a
 plan for one file):
 
-    client/audience/client/_async.py       (hand-written)  ->  client/audience/client/_sync.py
-    client/audience/client/_async_jobs.py  (hand-written)  ->  client/audience/client/_sync_jobs.py
+    (in client/audience/client/, the hand-written file -> the generated one)
+    _async.py          ->  _sync.py
+    _async_jobs.py     ->  _sync_jobs.py
+    _async_predict.py  ->  _sync_predict.py
 
 Token replacements (`async def` -> `def`, `await ` -> nothing, `grpc.aio` -> `grpc`, ...),
 then a few phrases of the docstrings; a line marked `# unasync: remove` is left out.
@@ -24,6 +26,7 @@ CLIENT = ROOT / "client" / "audience" / "client"
 PLAN = [
     (CLIENT / "_async.py", CLIENT / "_sync.py"),
     (CLIENT / "_async_jobs.py", CLIENT / "_sync_jobs.py"),
+    (CLIENT / "_async_predict.py", CLIENT / "_sync_predict.py"),
 ]
 
 HEADER = "# Generated from {} by scripts/unasync.py: edit {}, then run it again.\n"
@@ -39,6 +42,8 @@ TOKENS = [
     (r"\bAsyncAudienceClient\b", "AudienceClient"),
     (r"\bAsyncJobCalls\b", "JobCalls"),
     (r"\b_async_jobs\b", "_sync_jobs"),
+    (r"\bAsyncPredictCalls\b", "PredictCalls"),
+    (r"\b_async_predict\b", "_sync_predict"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsyncProfiles\b", "Profiles"),
     (r"\basync_run_many\b", "run_many"),
@@ -60,8 +65,7 @@ PHRASES = [
     (
         "for asyncio: methods are coroutines, streams are async\n"
         "    iterators. One client per event loop; the channel opens on first use.",
-        "that blocks: safe to share between threads; the channel\n"
-        "    opens on first use.",
+        "that blocks: safe to share between threads; the channel\n    opens on first use.",
     ),
 ]
 

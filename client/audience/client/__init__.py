@@ -34,6 +34,7 @@ from ._errors import (
     Unimplemented,
     map_rpc_error,
 )
+from ._predictions import FitResult, PredictedValue, Predictor, TagScore, UserPrediction
 from ._sync import AudienceClient
 from ._types import (
     STRATEGIES,
@@ -80,12 +81,15 @@ __all__ = [
     "EncoderExport",
     "FailedPrecondition",
     "Filter",
+    "FitResult",
     "InvalidArgument",
     "Job",
     "LookalikeQuery",
     "LookalikeResult",
     "NotFound",
     "PermissionDenied",
+    "PredictedValue",
+    "Predictor",
     "Profile",
     "PublishResult",
     "ReachEstimate",
@@ -100,11 +104,13 @@ __all__ = [
     "ServerError",
     "SnapshotResult",
     "Stats",
+    "TagScore",
     "Text",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "UpsertResult",
+    "UserPrediction",
     "UserRecord",
     "UserSegment",
     "map_rpc_error",

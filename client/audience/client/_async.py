@@ -18,6 +18,7 @@ import grpc.aio  # unasync: remove
 
 from . import _convert as cv
 from ._async_jobs import AsyncJobCalls
+from ._async_predict import AsyncPredictCalls
 from ._channel import Stubs, open_stubs
 from ._concurrency import AsyncProfiles, async_batches, async_run_many
 from ._errors import AudienceError, map_rpc_error
@@ -60,7 +61,7 @@ from ._types import (
 T = TypeVar("T")
 
 
-class AsyncAudienceClient(AsyncJobCalls):
+class AsyncAudienceClient(AsyncJobCalls, AsyncPredictCalls):
     """Client of the Audience service for asyncio: methods are coroutines, streams are async
     iterators. One client per event loop; the channel opens on first use.
 

@@ -33,6 +33,7 @@ class Stubs:
         self.read_profiles = pb_grpc.ProfilesStub(reads)  # GetUser
         self.lookalike = pb_grpc.LookalikeStub(reads)
         self.segments = pb_grpc.SegmentsStub(reads)
+        self.predictions = pb_grpc.PredictionsStub(reads)
         self.admin = pb_grpc.AdminStub(writes)
         self.health = health_pb2_grpc.HealthStub(reads)
 

@@ -44,6 +44,7 @@ from ._convert_profiles import (
     upsert_request as upsert_request,
 )
 from ._errors import InvalidArgument, ServerError
+from ._predictions import fit_result
 from ._proto import audience_pb2 as pb
 from ._types import (
     AudienceQuality,
@@ -81,7 +82,9 @@ def filter_to_pb(value: Filter | str) -> pb.Filter:
     if not isinstance(flt, Filter):
         raise InvalidArgument(f"a filter must be a Filter or a str, not {type(value).__name__}")
     name = flt.attribute
-    msg = pb.Filter(attribute=name, negate=bool(flt.negate))
+    msg = pb.Filter(attribute=name, negate=bool(flt.negate), predicted=bool(flt.predicted))
+    if flt.min_confidence:
+        msg.min_confidence = _float(f"filter {name!r} min_confidence", flt.min_confidence)
     if flt.equals is not None:
         msg.equals.CopyFrom(attribute_to_pb(name, flt.equals))
     elif flt.any_of is not None:
@@ -447,11 +450,13 @@ def user_segments(msg: Any) -> list[UserSegment]:
 
 def job(msg: pb.Job) -> Job:
     kind = msg.WhichOneof("result")
-    result: RebuildResult | SegmentBuild | None = None
+    result: Any = None
     if kind == "rebuild_index":
         result = rebuild_result(msg.rebuild_index)
     elif kind == "build_segments":
         result = segment_build(msg.build_segments)
+    elif kind == "fit_predictors":
+        result = fit_result(msg.fit_predictors)
     return Job(
         job_id=msg.job_id,
         kind=msg.kind,

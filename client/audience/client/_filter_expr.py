@@ -6,6 +6,8 @@
     age>=30  age>30      lower bounds        age<=65  age<65   upper bounds
     age=18..65           inclusive range     age=18..  age=..65  open-ended ranges
     region in EU,US      set membership      region not in EU,US
+    gender=female@0.8    stored, or predicted with confidence >= 0.8 for users without one
+    predicted.gender=female@0.8              predicted only (any confidence without @)
 
 Values that look like decimal numbers (``31``, ``-2.5``, ``1e3``) become floats; everything
 else stays text. Quote a value (``"31"`` or ``'a, b'``) to keep it text and to use commas or
@@ -26,12 +28,26 @@ _IN = re.compile(
 _CMP = re.compile(rf"^\s*(?P<name>{_NAME})\s*(?P<op>==|!=|>=|<=|=|>|<)\s*(?P<value>.*?)\s*$", re.S)
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _RANGE_OPS = {">=": "gte", ">": "gt", "<=": "lte", "<": "lt"}
+_CONFIDENCE = re.compile(r"@\s*(?P<floor>(?:0|1)(?:\.\d*)?|\.\d+)\s*$")
+PREDICTED = "predicted."
 
 
 def parse_filter(expr: str) -> dict[str, Any]:
     """Parse one expression into ``Filter`` keyword arguments; raise InvalidArgument."""
     if not isinstance(expr, str):
         raise InvalidArgument(f"filter expression must be a str, not {type(expr).__name__}")
+    floor = _CONFIDENCE.search(expr)
+    if floor is None:
+        return _parse(expr)
+    confidence = float(floor["floor"])
+    if confidence > 1:
+        raise InvalidArgument(f"filter {expr!r}: a confidence is in 0..1")
+    parsed = _parse(expr[: floor.start()])
+    predicted_only = parsed["attribute"].startswith(PREDICTED)
+    return {**parsed, "predicted": not predicted_only, "min_confidence": confidence}
+
+
+def _parse(expr: str) -> dict[str, Any]:
     match = _IN.match(expr)
     if match:
         values = _split_list(expr, match["values"] or "")

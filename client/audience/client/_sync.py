@@ -17,6 +17,7 @@ import grpc
 
 from . import _convert as cv
 from ._sync_jobs import JobCalls
+from ._sync_predict import PredictCalls
 from ._channel import Stubs, open_stubs
 from ._concurrency import Profiles, batches, run_many
 from ._errors import AudienceError, map_rpc_error
@@ -59,7 +60,7 @@ from ._types import (
 T = TypeVar("T")
 
 
-class AudienceClient(JobCalls):
+class AudienceClient(JobCalls, PredictCalls):
     """Client of the Audience service that blocks: safe to share between threads; the channel
     opens on first use.
 

@@ -7,10 +7,13 @@ import sys
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import InvalidArgument
 from ._filter_expr import parse_filter
+
+if TYPE_CHECKING:
+    from ._predictions import FitResult
 
 AttributeScalar = float | int | str | bool
 
@@ -129,8 +132,10 @@ class Filter:
 
     Exactly one kind of condition: ``equals``, ``any_of``, or range bounds
     (``gte``/``gt``/``lte``/``lt``, numbers). ``negate`` keeps the users that do NOT match,
-    users lacking the attribute included. Build with :meth:`eq`, :meth:`one_of`,
-    :meth:`range` or :meth:`parse`.
+    users lacking the attribute included. ``predicted``: a user without a stored value
+    matches by the value a fitted model predicts, if its confidence is at least
+    ``min_confidence`` (an attribute named ``predicted.NAME`` reads only predictions).
+    Build with :meth:`eq`, :meth:`one_of`, :meth:`range` or :meth:`parse`.
     """
 
     attribute: str
@@ -141,6 +146,8 @@ class Filter:
     lte: float | None = None
     lt: float | None = None
     negate: bool = False
+    predicted: bool = False
+    min_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.attribute, str):
@@ -184,7 +191,9 @@ class Filter:
 
     @classmethod
     def parse(cls, expr: str) -> Filter:
-        """Parse ``age>=30``, ``region in EU,US``, ``age=18..65``, ``region!=EU`` and friends.
+        """Parse ``age>=30``, ``region in EU,US``, ``age=18..65``, ``region!=EU`` and friends;
+        a trailing ``@0.8`` (``gender=female@0.8``) also takes predicted values of at least that
+        confidence for users without a stored one.
 
         Numeric-looking values become floats, others stay text; raises InvalidArgument.
         """
@@ -535,12 +544,13 @@ class SegmentBuild:
 
 @dataclass(frozen=True)
 class Job:
-    """A long job on the server (rebuild-index, build-segments): started by a ``start_*``
+    """A long job on the server (rebuild-index, build-segments, fit-predictors): started by a
+    ``start_*``
     call, watched with ``get_job`` / ``wait_job``, stopped with ``cancel_job``.
 
     state: "RUNNING", "SUCCEEDED", "FAILED" or "CANCELLED"; done once it is not RUNNING.
     stage, stage_done, stage_total: what it is doing and how far into it.
-    result: the RebuildResult or SegmentBuild of a job that succeeded, else None.
+    result: the RebuildResult, SegmentBuild or FitResult of a job that succeeded, else None.
     error, error_code: why it failed or was cancelled, and the gRPC status name.
     """
 
@@ -555,7 +565,7 @@ class Job:
     updated_at: float = 0.0
     finished_at: float = 0.0
     cancel_requested: bool = False
-    result: RebuildResult | SegmentBuild | None = None
+    result: RebuildResult | SegmentBuild | FitResult | None = None
     error: str = ""
     error_code: str = ""
 

@@ -287,6 +287,16 @@ def uncancellable() -> Iterator[None]:
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
+    """A result as JSON-able fields: numbers, texts, and lists of them or of plain records
+    (a fit's predictors); anything else (paths, models) is left out."""
     if is_dataclass(value) and not isinstance(value, type):
-        return {k: v for k, v in asdict(value).items() if isinstance(v, (int, float, str))}
+        return {k: v for k, v in asdict(value).items() if _plain(v)}
     return {}
+
+
+def _plain(v: Any) -> bool:
+    if isinstance(v, (int, float, str)):
+        return True
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    return isinstance(v, (list, tuple)) and all(_plain(x) for x in v)

@@ -33,6 +33,7 @@ from ._servicers import (
     AdminServicer,
     EngineHolder,
     LookalikeServicer,
+    PredictionsServicer,
     ProfilesServicer,
     ProgressLog,
     SegmentsServicer,
@@ -42,7 +43,7 @@ log = logging.getLogger("audience.server")
 
 SERVICE_NAMES = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("Profiles", "Lookalike", "Segments", "Admin")
+    for name in ("Profiles", "Lookalike", "Segments", "Predictions", "Admin")
 )
 
 
@@ -77,6 +78,7 @@ class AudienceServer:
         pb_grpc.add_ProfilesServicer_to_server(ProfilesServicer(self.holder), self._server)
         pb_grpc.add_LookalikeServicer_to_server(LookalikeServicer(self.holder), self._server)
         pb_grpc.add_SegmentsServicer_to_server(SegmentsServicer(self.holder), self._server)
+        pb_grpc.add_PredictionsServicer_to_server(PredictionsServicer(self.holder), self._server)
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.holder), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

@@ -1,6 +1,6 @@
 """Bearer-token authentication with roles, as one server interceptor.
 
-    reader  Lookalike.*, Segments.*
+    reader  Lookalike.*, Segments.*, Predictions.*
     writer  reader + Profiles.*
     admin   writer + Admin.*
 
@@ -26,6 +26,7 @@ RANK = {role: i for i, role in enumerate(ROLES)}
 SERVICE_ROLE = {
     "audience.v1.Lookalike": "reader",
     "audience.v1.Segments": "reader",
+    "audience.v1.Predictions": "reader",
     "audience.v1.Profiles": "writer",
     "audience.v1.Admin": "admin",
 }

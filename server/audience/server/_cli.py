@@ -58,6 +58,7 @@ from ._cli_jobs import (
     cmd_rebuild,
     cmd_segments_build,
 )
+from ._cli_predict import add_predict_commands
 from ._config import DEFAULT_PORT
 
 
@@ -430,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("segment_id")
     export_flags(s)
     s.set_defaults(func=cmd_export_segment, timeout=None)
+
+    add_predict_commands(sub, client_flags, job_flags)
 
     s = sub.add_parser("users", help="look at stored users")
     usersub = s.add_subparsers(dest="users_command", required=True)

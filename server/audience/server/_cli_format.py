@@ -246,6 +246,11 @@ def job_result(job: Any) -> str:
             f"({plural(r.groups, 'group')} above them), {100 * r.outlier_share:.1f}% outliers, "
             f"{r.seconds:.1f}s" + (f"\nfound by {r.method}: {r.method_reason}" if r.method else "")
         )
+    if job.kind == "fit-predictors" and r is not None:
+        fitted = ", ".join(p.attribute for p in r.predictors) or "none"
+        lines = [f"fitted {plural(len(r.predictors), 'model')} ({fitted}) in {r.seconds:.1f}s"]
+        lines += [f"skipped {why}" for why in r.skipped]
+        return "\n".join(lines) + "\nsee their quality with `audience predict list`"
     return f"{job.job_id} {job.state.lower()}"
 
 

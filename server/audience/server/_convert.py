@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import TypeVar
 
 from audience.client._proto import audience_pb2 as pb
 from audience.index import (
+    FIT_PREDICTORS,
     AttrValue,
     AudienceQuality,
     Filter,
+    FitResult,
     InvalidQuery,
     Job,
     LookalikeQuery,
     LookalikeResult,
     LookalikeStream,
     Membership,
+    PredictorInfo,
+    PredictQuery,
     Profile,
     ScoredUsers,
     Seed,
@@ -30,6 +35,7 @@ from audience.index import (
     SegmentParams,
     StoredUser,
     TextItem,
+    UserPrediction,
 )
 
 DEFAULT_K = 100
@@ -93,23 +99,22 @@ def filters_from_pb(filters: Sequence[pb.Filter]) -> tuple[Filter, ...]:
     for i, f in enumerate(filters):
         where = f"filters[{i}]"
         cond = f.WhichOneof("condition")
+        common = {"negate": f.negate, "predicted": f.predicted, "min_confidence": f.min_confidence}
         if cond == "equals":
             out.append(
-                Filter(
-                    f.attribute, equals=_filter_value(f.equals, f"{where}.equals"), negate=f.negate
-                )
+                Filter(f.attribute, equals=_filter_value(f.equals, f"{where}.equals"), **common)
             )
         elif cond == "any_of":
             values = tuple(
                 _filter_value(v, f"{where}.any_of[{j}]") for j, v in enumerate(f.any_of.values)
             )
-            out.append(Filter(f.attribute, any_of=values, negate=f.negate))
+            out.append(Filter(f.attribute, any_of=values, **common))
         elif cond == "range":
             r = f.range
             bounds = {n: getattr(r, n) for n in ("gte", "gt", "lte", "lt") if r.HasField(n)}
             if not bounds:
                 raise InvalidQuery(f"{where}.range", "needs at least one of gte, gt, lte, lt")
-            out.append(Filter(f.attribute, negate=f.negate, **bounds))
+            out.append(Filter(f.attribute, **common, **bounds))
         else:
             raise InvalidQuery(where, "needs one of equals, range, any_of")
     return tuple(out)
@@ -261,7 +266,11 @@ def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
 REBUILD_INDEX, BUILD_SEGMENTS, BACKUP = "rebuild-index", "build-segments", "backup"
 PUBLISH = "publish"
 JOB_KINDS = (REBUILD_INDEX, BUILD_SEGMENTS, BACKUP, PUBLISH)
-_RESULT_FIELD = {REBUILD_INDEX: "rebuild_index", BUILD_SEGMENTS: "build_segments"}
+_RESULT_FIELD = {
+    REBUILD_INDEX: "rebuild_index",
+    BUILD_SEGMENTS: "build_segments",
+    FIT_PREDICTORS: "fit_predictors",
+}
 
 
 def job_to_pb(job: Job) -> pb.Job:
@@ -285,6 +294,59 @@ def job_to_pb(job: Job) -> pb.Job:
     field = _RESULT_FIELD.get(job.kind)
     if job.result and field:
         result = getattr(msg, field)
+        if job.kind == FIT_PREDICTORS:  # nested messages: built field by field
+            result.CopyFrom(fit_to_pb(job.result))
+            return msg
         known = result.DESCRIPTOR.fields_by_name
         result.CopyFrom(type(result)(**{k: v for k, v in job.result.items() if k in known}))
     return msg
+
+
+# ---------------------------------------------------------------- predictions
+
+
+def predict_query_from_pb(r: pb.PredictRequest) -> PredictQuery:
+    return PredictQuery(
+        user_ids=tuple(r.user_ids),
+        profiles=tuple(profiles_from_pb(r.profiles)),
+        attributes=tuple(r.attributes),
+        tags=tuple(r.tags) if r.with_tags else None,
+        max_tags=r.max_tags or 5,
+        min_tag_score=r.min_tag_score if r.HasField("min_tag_score") else 1.0,
+    )
+
+
+def predictions_to_pb(found: Sequence[UserPrediction]) -> pb.PredictResponse:
+    out = pb.PredictResponse()
+    for user in found:
+        u = out.users.add(user_id=user.user_id)
+        for v in user.values:
+            value = u.values.add(
+                attribute=v.attribute,
+                value=value_to_pb(v.value),
+                confidence=v.confidence,
+                error=v.error,
+                alternatives=[
+                    pb.ValueProbability(value=a, probability=p) for a, p in v.alternatives
+                ],
+            )
+            if v.stored is not None:
+                value.stored.CopyFrom(value_to_pb(v.stored))
+        for t in user.tags:
+            u.tags.add(tag=t.tag, score=t.score, similarity=t.similarity)
+    return out
+
+
+def predictor_to_pb(p: PredictorInfo | dict) -> pb.Predictor:
+    fields = asdict(p) if isinstance(p, PredictorInfo) else dict(p)
+    fields["classes"] = list(fields.get("classes", ()))
+    return pb.Predictor(**fields)
+
+
+def fit_to_pb(done: FitResult | dict) -> pb.FitPredictorsResponse:
+    fields = asdict(done) if isinstance(done, FitResult) else done
+    return pb.FitPredictorsResponse(
+        predictors=[predictor_to_pb(p) for p in fields.get("predictors", ())],
+        skipped=list(fields.get("skipped", ())),
+        seconds=fields.get("seconds", 0.0),
+    )

@@ -18,8 +18,10 @@ import grpc
 from audience.client._proto import audience_pb2 as pb
 from audience.client._proto import audience_pb2_grpc as pb_grpc
 from audience.index import (
+    FIT_PREDICTORS,
     BackupResult,
     Engine,
+    FitResult,
     IndexNotReady,
     InvalidQuery,
     PreconditionFailed,
@@ -36,8 +38,12 @@ from ._convert import (
     REBUILD_INDEX,
     diagnostics_to_pb,
     filters_from_pb,
+    fit_to_pb,
     job_to_pb,
     memberships_to_pb,
+    predict_query_from_pb,
+    predictions_to_pb,
+    predictor_to_pb,
     profiles_from_pb,
     query_from_pb,
     segment_params_from_pb,
@@ -209,6 +215,22 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
         )
 
 
+class PredictionsServicer(pb_grpc.PredictionsServicer):
+    def __init__(self, holder: EngineHolder) -> None:
+        self._holder = holder
+
+    def PredictAttributes(
+        self, request: pb.PredictRequest, context: grpc.ServicerContext
+    ) -> pb.PredictResponse:
+        return predictions_to_pb(self._holder.engine.predict(predict_query_from_pb(request)))
+
+    def ListPredictors(
+        self, request: pb.ListPredictorsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPredictorsResponse:
+        found = self._holder.engine.predictors()
+        return pb.ListPredictorsResponse(predictors=[predictor_to_pb(p) for p in found])
+
+
 class SegmentsServicer(pb_grpc.SegmentsServicer):
     def __init__(self, holder: EngineHolder) -> None:
         self._holder = holder
@@ -291,6 +313,16 @@ class AdminServicer(pb_grpc.AdminServicer):
     ) -> pb.Job:
         return job_to_pb(self._holder.writable.jobs.start(*self._build_segments(request)))
 
+    def FitPredictors(
+        self, request: pb.FitPredictorsRequest, context: grpc.ServicerContext
+    ) -> pb.FitPredictorsResponse:
+        return fit_to_pb(self._holder.writable.jobs.run(*self._fit_predictors(request)))
+
+    def StartFitPredictors(
+        self, request: pb.FitPredictorsRequest, context: grpc.ServicerContext
+    ) -> pb.Job:
+        return job_to_pb(self._holder.writable.jobs.start(*self._fit_predictors(request)))
+
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return job_to_pb(self._holder.engine.jobs.get(request.job_id))
 
@@ -351,6 +383,18 @@ class AdminServicer(pb_grpc.AdminServicer):
 
         asked = ("reducer", "target_segments", "min_cluster_size", "sample_size")
         return BUILD_SEGMENTS, work, {"engine": where, **{k: getattr(params, k) for k in asked}}
+
+    def _fit_predictors(self, request: pb.FitPredictorsRequest) -> JobSpec:
+        engine, log_progress, attributes = (
+            self._holder.engine,
+            ProgressLog(),
+            list(request.attributes),
+        )
+
+        def work(progress: Progress) -> FitResult:
+            return engine.fit_predictors(attributes, tee(log_progress, progress))
+
+        return FIT_PREDICTORS, work, {"attributes": attributes}
 
     def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.ServicerContext

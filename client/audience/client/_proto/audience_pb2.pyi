@@ -279,9 +279,18 @@ class Filter(_message.Message):
     RANGE_FIELD_NUMBER: _builtins.int
     ANY_OF_FIELD_NUMBER: _builtins.int
     NEGATE_FIELD_NUMBER: _builtins.int
+    PREDICTED_FIELD_NUMBER: _builtins.int
+    MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     attribute: _builtins.str
     negate: _builtins.bool
     """Keep the users that do NOT match the condition (users lacking the attribute included)."""
+    predicted: _builtins.bool
+    """Stored-or-predicted: a user without a stored value matches by the value a fitted model
+    predicts (FitPredictors), if its confidence is at least min_confidence. An attribute
+    named "predicted.NAME" reads only the predictions. A predicted number matches a range
+    when the model puts the true value in it with probability >= max(min_confidence, 0.5).
+    """
+    min_confidence: _builtins.float
     @_builtins.property
     def equals(self) -> Global___AttributeValue: ...
     @_builtins.property
@@ -296,10 +305,12 @@ class Filter(_message.Message):
         range: Global___Range | None = ...,
         any_of: Global___ValueSet | None = ...,
         negate: _builtins.bool = ...,
+        predicted: _builtins.bool = ...,
+        min_confidence: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "condition", b"condition", "equals", b"equals", "range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "attribute", b"attribute", "condition", b"condition", "equals", b"equals", "negate", b"negate", "range", b"range"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "attribute", b"attribute", "condition", b"condition", "equals", b"equals", "min_confidence", b"min_confidence", "negate", b"negate", "predicted", b"predicted", "range", b"range"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["equals", "range", "any_of"]  # noqa: Y015
     _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
@@ -935,6 +946,316 @@ class EstimateReachResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EstimateReachResponse: _TypeAlias = EstimateReachResponse  # noqa: Y015
+
+@_typing.final
+class PredictRequest(_message.Message):
+    """---------------------------------------------------------------- Predictions (reader)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    WITH_TAGS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    MAX_TAGS_FIELD_NUMBER: _builtins.int
+    MIN_TAG_SCORE_FIELD_NUMBER: _builtins.int
+    with_tags: _builtins.bool
+    """Zero-shot interest tags: with_tags, against these tag names (empty: the served
+    segments' keywords).
+    """
+    max_tags: _builtins.int
+    """At most this many tags per user (default 5), each at least min_tag_score standard
+    deviations above an ordinary user's similarity to the tag (default 1).
+    """
+    min_tag_score: _builtins.float
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Stored users, and profiles not stored (encoded as an upsert would, not stored)."""
+
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Profile]: ...
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Attributes to predict; empty = every fitted one."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        profiles: _abc.Iterable[Global___Profile] | None = ...,
+        attributes: _abc.Iterable[_builtins.str] | None = ...,
+        with_tags: _builtins.bool = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        max_tags: _builtins.int = ...,
+        min_tag_score: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_tag_score", b"_min_tag_score", "min_tag_score", b"min_tag_score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_tag_score", b"_min_tag_score", "attributes", b"attributes", "max_tags", b"max_tags", "min_tag_score", b"min_tag_score", "profiles", b"profiles", "tags", b"tags", "user_ids", b"user_ids", "with_tags", b"with_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_tag_score: _TypeAlias = _typing.Literal["min_tag_score"]  # noqa: Y015
+    _WhichOneofArgType__min_tag_score: _TypeAlias = _typing.Literal["_min_tag_score", b"_min_tag_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_tag_score) -> _WhichOneofReturnType__min_tag_score | None: ...
+
+Global___PredictRequest: _TypeAlias = PredictRequest  # noqa: Y015
+
+@_typing.final
+class ValueProbability(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    probability: _builtins.float
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        probability: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["probability", b"probability", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueProbability: _TypeAlias = ValueProbability  # noqa: Y015
+
+@_typing.final
+class PredictedValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTRIBUTE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
+    ALTERNATIVES_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    attribute: _builtins.str
+    confidence: _builtins.float
+    """A category: the calibrated probability of value. A number: 0 (see error)."""
+    error: _builtins.float
+    """A number: the model's held-out mean absolute error."""
+    @_builtins.property
+    def value(self) -> Global___AttributeValue: ...
+    @_builtins.property
+    def stored(self) -> Global___AttributeValue:
+        """The user's stored value, when there is one: a prediction never replaces it."""
+
+    @_builtins.property
+    def alternatives(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValueProbability]: ...
+    def __init__(
+        self,
+        *,
+        attribute: _builtins.str = ...,
+        value: Global___AttributeValue | None = ...,
+        confidence: _builtins.float = ...,
+        stored: Global___AttributeValue | None = ...,
+        alternatives: _abc.Iterable[Global___ValueProbability] | None = ...,
+        error: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stored", b"stored", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "attribute", b"attribute", "confidence", b"confidence", "error", b"error", "stored", b"stored", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictedValue: _TypeAlias = PredictedValue  # noqa: Y015
+
+@_typing.final
+class TagScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    score: _builtins.float
+    """Standard deviations above an ordinary user's similarity to the tag."""
+    similarity: _builtins.float
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+        score: _builtins.float = ...,
+        similarity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["score", b"score", "similarity", b"similarity", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagScore: _TypeAlias = TagScore  # noqa: Y015
+
+@_typing.final
+class UserPrediction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___PredictedValue]: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___TagScore]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        values: _abc.Iterable[Global___PredictedValue] | None = ...,
+        tags: _abc.Iterable[Global___TagScore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tags", b"tags", "user_id", b"user_id", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserPrediction: _TypeAlias = UserPrediction  # noqa: Y015
+
+@_typing.final
+class PredictResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserPrediction]: ...
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___UserPrediction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class Predictor(_message.Message):
+    """A fitted model and its quality on users it was not fitted on (5-fold cross-validation)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CandidatesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ATTRIBUTE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    MACRO_F1_FIELD_NUMBER: _builtins.int
+    MAJORITY_ACCURACY_FIELD_NUMBER: _builtins.int
+    MAJORITY_MACRO_F1_FIELD_NUMBER: _builtins.int
+    MAE_FIELD_NUMBER: _builtins.int
+    BASELINE_MAE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FITTED_AT_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    attribute: _builtins.str
+    kind: _builtins.str
+    """"categorical" | "numeric" """
+    method: _builtins.str
+    """"linear" | "knn" """
+    users: _builtins.int
+    accuracy: _builtins.float
+    macro_f1: _builtins.float
+    majority_accuracy: _builtins.float
+    majority_macro_f1: _builtins.float
+    mae: _builtins.float
+    baseline_mae: _builtins.float
+    version: _builtins.int
+    fitted_at: _builtins.float
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def candidates(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        attribute: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        method: _builtins.str = ...,
+        classes: _abc.Iterable[_builtins.str] | None = ...,
+        users: _builtins.int = ...,
+        accuracy: _builtins.float = ...,
+        macro_f1: _builtins.float = ...,
+        majority_accuracy: _builtins.float = ...,
+        majority_macro_f1: _builtins.float = ...,
+        mae: _builtins.float = ...,
+        baseline_mae: _builtins.float = ...,
+        version: _builtins.int = ...,
+        fitted_at: _builtins.float = ...,
+        candidates: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "attribute", b"attribute", "baseline_mae", b"baseline_mae", "candidates", b"candidates", "classes", b"classes", "fitted_at", b"fitted_at", "kind", b"kind", "macro_f1", b"macro_f1", "mae", b"mae", "majority_accuracy", b"majority_accuracy", "majority_macro_f1", b"majority_macro_f1", "method", b"method", "users", b"users", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Predictor: _TypeAlias = Predictor  # noqa: Y015
+
+@_typing.final
+class ListPredictorsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPredictorsRequest: _TypeAlias = ListPredictorsRequest  # noqa: Y015
+
+@_typing.final
+class ListPredictorsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def predictors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Predictor]: ...
+    def __init__(
+        self,
+        *,
+        predictors: _abc.Iterable[Global___Predictor] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["predictors", b"predictors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPredictorsResponse: _TypeAlias = ListPredictorsResponse  # noqa: Y015
 
 @_typing.final
 class Segment(_message.Message):
@@ -1659,6 +1980,7 @@ class Job(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     REBUILD_INDEX_FIELD_NUMBER: _builtins.int
     BUILD_SEGMENTS_FIELD_NUMBER: _builtins.int
+    FIT_PREDICTORS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
@@ -1683,6 +2005,8 @@ class Job(_message.Message):
     def rebuild_index(self) -> Global___RebuildIndexResponse: ...
     @_builtins.property
     def build_segments(self) -> Global___BuildSegmentsResponse: ...
+    @_builtins.property
+    def fit_predictors(self) -> Global___FitPredictorsResponse: ...
     def __init__(
         self,
         *,
@@ -1699,18 +2023,70 @@ class Job(_message.Message):
         cancel_requested: _builtins.bool = ...,
         rebuild_index: Global___RebuildIndexResponse | None = ...,
         build_segments: Global___BuildSegmentsResponse | None = ...,
+        fit_predictors: Global___FitPredictorsResponse | None = ...,
         error: _builtins.str = ...,
         error_code: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["build_segments", b"build_segments", "rebuild_index", b"rebuild_index", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_segments", b"build_segments", "fit_predictors", b"fit_predictors", "rebuild_index", b"rebuild_index", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_segments", b"build_segments", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "done", b"done", "error", b"error", "error_code", b"error_code", "finished_at", b"finished_at", "job_id", b"job_id", "kind", b"kind", "rebuild_index", b"rebuild_index", "result", b"result", "stage", b"stage", "stage_done", b"stage_done", "stage_total", b"stage_total", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_segments", b"build_segments", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "done", b"done", "error", b"error", "error_code", b"error_code", "finished_at", b"finished_at", "fit_predictors", b"fit_predictors", "job_id", b"job_id", "kind", b"kind", "rebuild_index", b"rebuild_index", "result", b"result", "stage", b"stage", "stage_done", b"stage_done", "stage_total", b"stage_total", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["rebuild_index", "build_segments"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["rebuild_index", "build_segments", "fit_predictors"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class FitPredictorsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Attributes to fit a model for; empty = every stored attribute enough users have."""
+
+    def __init__(
+        self,
+        *,
+        attributes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FitPredictorsRequest: _TypeAlias = FitPredictorsRequest  # noqa: Y015
+
+@_typing.final
+class FitPredictorsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREDICTORS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    seconds: _builtins.float
+    @_builtins.property
+    def predictors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Predictor]: ...
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"attribute: why" for each attribute left without a model."""
+
+    def __init__(
+        self,
+        *,
+        predictors: _abc.Iterable[Global___Predictor] | None = ...,
+        skipped: _abc.Iterable[_builtins.str] | None = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["predictors", b"predictors", "seconds", b"seconds", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FitPredictorsResponse: _TypeAlias = FitPredictorsResponse  # noqa: Y015
 
 @_typing.final
 class GetJobRequest(_message.Message):

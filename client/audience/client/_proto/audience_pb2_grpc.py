@@ -479,6 +479,121 @@ class Lookalike:
             _registered_method=True)
 
 
+class PredictionsStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PredictAttributes = channel.unary_unary(
+                '/audience.v1.Predictions/PredictAttributes',
+                request_serializer=audience_dot_v1_dot_audience__pb2.PredictRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.ListPredictors = channel.unary_unary(
+                '/audience.v1.Predictions/ListPredictors',
+                request_serializer=audience_dot_v1_dot_audience__pb2.ListPredictorsRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.ListPredictorsResponse.FromString,
+                _registered_method=True)
+
+
+class PredictionsServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def PredictAttributes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPredictors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PredictionsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PredictAttributes': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictAttributes,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.PredictRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.PredictResponse.SerializeToString,
+            ),
+            'ListPredictors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPredictors,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.ListPredictorsRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.ListPredictorsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'audience.v1.Predictions', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('audience.v1.Predictions', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Predictions:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def PredictAttributes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Predictions/PredictAttributes',
+            audience_dot_v1_dot_audience__pb2.PredictRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPredictors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Predictions/ListPredictors',
+            audience_dot_v1_dot_audience__pb2.ListPredictorsRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.ListPredictorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class SegmentsStub:
     """Missing associated documentation comment in .proto file."""
 
@@ -752,6 +867,16 @@ class AdminStub:
                 request_serializer=audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.SerializeToString,
                 response_deserializer=audience_dot_v1_dot_audience__pb2.Job.FromString,
                 _registered_method=True)
+        self.FitPredictors = channel.unary_unary(
+                '/audience.v1.Admin/FitPredictors',
+                request_serializer=audience_dot_v1_dot_audience__pb2.FitPredictorsRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.FitPredictorsResponse.FromString,
+                _registered_method=True)
+        self.StartFitPredictors = channel.unary_unary(
+                '/audience.v1.Admin/StartFitPredictors',
+                request_serializer=audience_dot_v1_dot_audience__pb2.FitPredictorsRequest.SerializeToString,
+                response_deserializer=audience_dot_v1_dot_audience__pb2.Job.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/audience.v1.Admin/GetJob',
                 request_serializer=audience_dot_v1_dot_audience__pb2.GetJobRequest.SerializeToString,
@@ -813,6 +938,20 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StartBuildSegments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FitPredictors(self, request, context):
+        """Fit a model per attribute on the users who have it, save and serve it; a job of kind
+        "fit-predictors" (StartFitPredictors returns at once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartFitPredictors(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -889,6 +1028,16 @@ def add_AdminServicer_to_server(servicer, server):
             'StartBuildSegments': grpc.unary_unary_rpc_method_handler(
                     servicer.StartBuildSegments,
                     request_deserializer=audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.Job.SerializeToString,
+            ),
+            'FitPredictors': grpc.unary_unary_rpc_method_handler(
+                    servicer.FitPredictors,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.FitPredictorsRequest.FromString,
+                    response_serializer=audience_dot_v1_dot_audience__pb2.FitPredictorsResponse.SerializeToString,
+            ),
+            'StartFitPredictors': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartFitPredictors,
+                    request_deserializer=audience_dot_v1_dot_audience__pb2.FitPredictorsRequest.FromString,
                     response_serializer=audience_dot_v1_dot_audience__pb2.Job.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
@@ -1034,6 +1183,60 @@ class Admin:
             target,
             '/audience.v1.Admin/StartBuildSegments',
             audience_dot_v1_dot_audience__pb2.BuildSegmentsRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FitPredictors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/FitPredictors',
+            audience_dot_v1_dot_audience__pb2.FitPredictorsRequest.SerializeToString,
+            audience_dot_v1_dot_audience__pb2.FitPredictorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartFitPredictors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audience.v1.Admin/StartFitPredictors',
+            audience_dot_v1_dot_audience__pb2.FitPredictorsRequest.SerializeToString,
             audience_dot_v1_dot_audience__pb2.Job.FromString,
             options,
             channel_credentials,
