@@ -7,6 +7,7 @@ the same run, since absolute numbers on a shared machine drift from run to run.
     python bench/run.py segments --data ../shared/data --json OUT.json [--scale 1000000]
     python bench/run.py perf --json OUT.json [--users 1000000]
     python bench/run.py scale --json OUT.json [--users 1000000]
+    python bench/run.py predict --data ../shared/data --json OUT.json
 
 perf       Ingest through gRPC with the default encoder backend vs plain
            SentenceTransformer.encode, and lookalike precision vs the torch fp32 backend;
@@ -18,6 +19,12 @@ perf       Ingest through gRPC with the default encoder backend vs plain
 scale      Ray batch ingest (1 and 2 workers) beside a local ingest, with lookalike precision
            on both; a primary publishing N users and a read replica: the time until the
            replica serves a publish, and 8-client QPS with and without it (bench/_scale.py).
+
+predict    Blogs: gender, age band and industry (top 10) learned from 200, 1000 and all but
+           a held-out fifth of the bloggers (FitPredictors, PredictAttributes), beside the
+           majority baseline and logistic regression on the semantic channel alone;
+           StackOverflow: zero-shot tags with the 20 tag names, precision@1 beside random
+           (see bench/_predict.py).
 
 segments   The same users, segmented by HDBSCAN (HDBSCAN decides how many; then with
            target_segments = the true number of labels), scored by NMI/ARI against the labels
@@ -59,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import DATASETS, User  # noqa: E402
 from _harness import ServerProcess, encode_baseline, log  # noqa: E402
 from _perf import bench_perf  # noqa: E402
+from _predict import bench_predict  # noqa: E402
 from _scale import bench_scale_out  # noqa: E402
 
 from audience.client import AudienceClient, LookalikeQuery, Profile  # noqa: E402
@@ -610,6 +618,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     pf.add_argument("--seed", type=int, default=1)
     pf.add_argument("--quiet", action="store_true")
+    pr = sub.add_parser("predict", help="learned attributes (blogs) and zero-shot tags (SO)")
+    data_flag(pr)
+    pr.add_argument("--json", type=Path, help="write the results here")
+    pr.add_argument("--max-texts", type=int, default=6, help="posts per blogger (all: 6)")
+    pr.add_argument("--tag-users", type=int, help="StackOverflow titles for the tags (20,000)")
+    pr.add_argument("--skip-tags", action="store_true", help="only the blogs part")
+    pr.add_argument("--batch-size", type=int, default=256, help="users per UpsertUsers")
+    pr.add_argument("--seed", type=int, default=1)
+    pr.add_argument("--quiet", action="store_true")
     sc = sub.add_parser("scale", help="Ray ingest and read replicas, beside one server")
     data_flag(sc)
     sc.add_argument("--json", type=Path, help="write the results here")
@@ -623,8 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    if args.bench in ("perf", "scale"):
-        run = bench_perf if args.bench == "perf" else bench_scale_out
+    if args.bench in ("perf", "scale", "predict"):
+        run = {"perf": bench_perf, "scale": bench_scale_out, "predict": bench_predict}[args.bench]
         result = {
             **run(args),
             "bench": args.bench,

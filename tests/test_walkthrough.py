@@ -1,6 +1,6 @@
 """The README's walk-through, run as written: its sections 'Walk-through: bloggers as users',
-'Segments' and 'Operations', every ```sh block in order, on a slice of the blogs data small
-enough for CI.
+'Segments', 'Predicted attributes' and 'Operations', every ```sh block in order, on a slice
+of the blogs data small enough for CI.
 
 What the test changes, and nothing else: the server gets a data dir and ports of its own
 (DATA_DIR and PORT for `make run`, its metrics port, AUDIENCE_TARGET for the CLI, the port in
@@ -22,7 +22,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOGS = ROOT.parent / "shared" / "data" / "blogs_dev.tsv.gz"
-SECTIONS = ("## Walk-through: bloggers as users", "## Segments", "## Operations")
+SECTIONS = (
+    "## Walk-through: bloggers as users",
+    "## Segments",
+    "## Predicted attributes",
+    "## Operations",
+)
 
 
 def readme_blocks() -> list[str]:

@@ -7,13 +7,10 @@ import sys
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import InvalidArgument
 from ._filter_expr import parse_filter
-
-if TYPE_CHECKING:
-    from ._predictions import FitResult
 
 AttributeScalar = float | int | str | bool
 
@@ -565,7 +562,7 @@ class Job:
     updated_at: float = 0.0
     finished_at: float = 0.0
     cancel_requested: bool = False
-    result: RebuildResult | SegmentBuild | FitResult | None = None
+    result: Any = None  # RebuildResult | SegmentBuild | FitResult (_predictions.py) | None
     error: str = ""
     error_code: str = ""
 
