@@ -45,7 +45,7 @@ def people(n_per_topic: int = 30, seed: int = 0) -> list[Profile]:
 
 @pytest.fixture
 def fitted(start_server):
-    server = start_server(attributes=())
+    server = start_server(attributes=(), segment_min_group_size=0)
     with AudienceClient(f"127.0.0.1:{server.port}", timeout=120) as client:
         client.upsert_users(people())
         result = client.fit_predictors()
@@ -113,6 +113,19 @@ def test_filters_read_predicted_values_with_a_confidence_floor(fitted) -> None:
             client.estimate_reach([bad])
     with pytest.raises(InvalidArgument, match="confidence is in 0..1"):
         client.estimate_reach(["plan=home@1.5"])
+
+
+def test_segment_profiles_show_the_predicted_share_beside_the_stored_one(fitted) -> None:
+    _, client, _ = fitted
+    client.build_segments(reducer="pca", min_cluster_size=20)
+    segments = client.list_segments()
+    assert len(segments) >= 2
+    for seg in segments:
+        stored = seg.attribute_profile["plan"]
+        guessed = seg.attribute_profile["predicted.plan"]
+        assert stored["count"] + guessed["count"] == seg.size  # each member counted once
+        top = max(guessed["values"], key=lambda v: v["share"])["value"]
+        assert top == max(stored["values"], key=lambda v: v["share"])["value"]
 
 
 def test_zero_shot_tags_put_users_with_their_topic(fitted) -> None:

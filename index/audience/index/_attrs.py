@@ -138,6 +138,23 @@ class AttributeTable:
             col.numbers[iids] = numbers
         col.confidence[iids] = confidence if confidence is not None else np.nan
 
+    def predicted_of(self, iids: Sequence[int]) -> dict[int, dict[str, AttrValue]]:
+        """{iid: {"predicted.NAME": the model's answer}} for the users among `iids` that have
+        no stored NAME: what a segment profile shows beside the stored shares."""
+        out: dict[int, dict[str, AttrValue]] = {}
+        ids = np.asarray([i for i in iids if 0 <= i < len(self.alive)], np.int64)
+        for name, col in self._predicted.items():
+            stored = self._columns.get(name)
+            lacking = ids if stored is None else ids[~stored.has_value()[ids]]
+            classes = list(col.lookup)
+            for iid in lacking.tolist():
+                code, number = int(col.codes[iid]), float(col.numbers[iid])
+                if code >= 0:
+                    out.setdefault(iid, {})[PREDICTED + name] = classes[code]
+                elif not np.isnan(number):
+                    out.setdefault(iid, {})[PREDICTED + name] = number
+        return out
+
     def drop_predicted(self, name: str) -> None:
         self._predicted.pop(name, None)
 

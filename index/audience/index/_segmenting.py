@@ -1,9 +1,13 @@
 """A segment build from the engine's side: a snapshot of the indexed users under the read
 lock, the build with no lock held (writes go on; users written after the snapshot are placed
 on demand until the next build), then the model saved and swapped in under the writer lock.
+Members' profiles read their stored attributes and, for an attribute a member has no stored
+value of, the served model's answer as `predicted.NAME`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from . import _erasure as erasure
 from ._catalog import SEGMENTS_DIR, Catalog
@@ -37,7 +41,15 @@ def build_and_serve(
     with locks.read():
         iids, vectors = c.all_user_vectors()
         previous, seq, user_id = c.segments, c.store.sequence, dict(c.uid_of.items())
-    texts = c.store.texts_and_attributes
+
+    def texts(iids: Sequence[int]) -> dict[int, tuple[list, dict]]:
+        """Stored texts and attributes, and the predicted values of users with no stored
+        one (as predicted.NAME), so that profiles show both."""
+        rows = c.store.texts_and_attributes(iids)
+        with locks.read():
+            guessed = c.attrs.predicted_of(list(rows)) if c.predictors else {}
+        return {i: (t, {**a, **guessed.get(i, {})}) for i, (t, a) in rows.items()}
+
     users = Population(iids, vectors, user_id, texts, seq, encoder.term_vectors)
     model = builder.build(users, previous, progress)
     del users, vectors
