@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): constraints.txt pyproject.toml client/pyproject.toml index/pyproject.toml server/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
-	$(PY) -m pip install -q -c constraints.txt -e ./client -e ./index -e ./server --group dev
+	$(PY) -m pip install -q -c constraints.txt -e ./client -e "./index[sentiment]" -e ./server --group dev
 	touch $(STAMP)
 
 run: install

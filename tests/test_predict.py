@@ -238,3 +238,28 @@ def test_numbers_are_predicted_and_unlearnable_attributes_refused() -> None:
     with pytest.raises(NotPredictable, match="distinct values"):
         fit_attribute("id", x, [f"u{i}" for i in range(200)], text_dims=8, fingerprint="f")
     assert time.time() - model.fitted_at < 60
+
+
+def test_built_in_sentiment_is_stored_as_a_derived_attribute(start_server) -> None:
+    server = start_server(attributes=("age:numeric:10:90",), sentiment=True)
+    with AudienceClient(f"127.0.0.1:{server.port}", timeout=120) as client:
+        client.upsert_users(
+            [
+                Profile("happy", texts=["I love this phone, it is wonderful!", "Great day."]),
+                Profile("angry", texts=["This is the worst service ever. Terrible and rude."]),
+                Profile("hao", texts=["这个手机非常好用，质量很好，我很喜欢"]),
+                Profile("cha", texts=["质量太差了，非常失望，再也不买了"]),
+                Profile("own", texts=["Terrible."], attributes={"sentiment": 0.9}),
+                Profile("quiet", attributes={"age": 30}),
+            ]
+        )
+        score = {
+            u: client.get_user(u).profile.attributes.get("sentiment")
+            for u in ("happy", "angry", "hao", "cha", "own", "quiet")
+        }
+    assert score["happy"] > 0.5 and score["angry"] < -0.5, score
+    assert score["hao"] > 0.3 and score["cha"] < -0.3, score  # snownlp, for Chinese
+    assert score["own"] == 0.9  # a sentiment of its own is kept
+    assert score["quiet"] is None  # no texts, no score
+    with AudienceClient(f"127.0.0.1:{server.port}") as client:
+        assert client.estimate_reach(["sentiment>=0.3"]).reach == 3

@@ -140,6 +140,9 @@ class EngineConfig:
     lexical_max_fit_docs: int = 200_000  # fit on a sample of at most this many users
     # Recency decay of text weights within a user, relative to the user's newest text.
     recency_half_life_days: float | None = None
+    # Score each text's sentiment at ingest (VADER / snownlp) and store the user's mean as
+    # the attribute `sentiment` (_encode/_sentiment.py).
+    sentiment: bool = False
     # Segment statistics of groups smaller than this are withheld (k-anonymity).
     segment_min_group_size: int = 0
     # Vector index: "flat" (exact), "hnsw" (graph over fp16 vectors), "hnsw-f32" (over

@@ -162,7 +162,7 @@ class Engine:
         worker computed are used when `text_fingerprint` is this encoder's."""
         self.validate.profiles(profiles)
         self.encoder.check_text_vectors(profiles, text_fingerprint)
-        batch = list({p.user_id: p for p in profiles}.values())
+        batch = self.encoder.derived({p.user_id: p for p in profiles}.values())
         embedded = self.encoder.embed_texts(batch)  # the slow part, outside every lock
         with self._writer:
             # the encoder now: a rebuild (which holds the writer lock) may have replaced it
@@ -313,7 +313,7 @@ class Engine:
         """Segments for profiles that are not stored: encoded as an upsert would, not stored."""
         self.validate.profiles(profiles)
         model = self.catalog.segment_model()
-        encoded = self.encoder.encode(profiles)
+        encoded = self.encoder.encode(self.encoder.derived(profiles))
         labels, strength = model.assign(encoded.vectors)
         return [
             membership(model, p.user_id, int(lab), float(st))

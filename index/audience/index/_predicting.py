@@ -238,6 +238,7 @@ class Predicting:
         else:
             vectors = np.zeros((0, encoder.dim), np.float32)
         if profiles:
+            profiles = encoder.derived(profiles)  # sentiment, when configured
             encoded = encoder.encode(profiles)
             vectors = np.vstack([vectors, encoded.vectors])
             stored += [dict(p.attributes) for p in profiles]

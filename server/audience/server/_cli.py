@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ef-search", type=int, help="default hnsw search depth per query (256)")
     s.add_argument("--recency-half-life-days", type=float, help="decay of older texts (off)")
     s.add_argument(
+        "--sentiment",
+        action="store_true",
+        default=None,
+        help="score each text's sentiment at ingest (VADER; snownlp for Chinese) and store "
+        "the user's mean as the attribute 'sentiment' (-1..1)",
+    )
+    s.add_argument(
         "--lexical-weight",
         type=float,
         help="share of the lexical channel in the text part, 0..1 (default: by the corpus, "

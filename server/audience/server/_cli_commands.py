@@ -66,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         attributes=args.attribute or None,
         attribute_weight=args.attribute_weight,
         recency_half_life_days=args.recency_half_life_days,
+        sentiment=args.sentiment,
         lexical_weight=args.lexical_weight,
         lexical_dim=args.lexical_dim,
         max_workers=args.max_workers,

@@ -30,6 +30,7 @@ from .._types import Profile, TextItem
 from ._channels import Channels, VocabEntry, Vocabulary
 from ._embed import TextEmbedder, make_embedder
 from ._lexical import LexicalModel
+from ._sentiment import SentimentScorer
 
 TextVectors = list[np.ndarray | None]  # a pooled text vector per profile (None: no texts)
 
@@ -104,6 +105,7 @@ class ProfileEncoder:
         vocabulary: Vocabulary,
         lexical: LexicalModel | None = None,
         counter: EmbedCounter | None = None,
+        sentiment: SentimentScorer | None = None,
     ) -> None:
         self.config = config
         self.embedder = embedder
@@ -111,6 +113,7 @@ class ProfileEncoder:
         self.counter = counter or EmbedCounter()
         self.channels = Channels(config, embedder, lexical)
         self.text_fingerprint = config.text_fingerprint(embedder.model_id, embedder.dim)
+        self.sentiment = sentiment or (SentimentScorer() if config.sentiment else None)
 
     @classmethod
     def open(
@@ -133,7 +136,9 @@ class ProfileEncoder:
 
     def with_lexical(self, lexical: LexicalModel | None) -> ProfileEncoder:
         """The same encoder with another lexical model (the vocabulary is shared)."""
-        return ProfileEncoder(self.config, self.embedder, self.vocabulary, lexical, self.counter)
+        return ProfileEncoder(
+            self.config, self.embedder, self.vocabulary, lexical, self.counter, self.sentiment
+        )
 
     # ------------------------------------------------------------ what it makes
 
@@ -171,6 +176,13 @@ class ProfileEncoder:
         return self.channels.attr_dim
 
     # ------------------------------------------------------------ encoding
+
+    def derived(self, profiles: Sequence[Profile]) -> list[Profile]:
+        """The profiles with the attributes derived from their texts (`sentiment`, when
+        configured: _sentiment.py), what is stored and encoded. Outside every lock."""
+        if self.sentiment is None:
+            return list(profiles)
+        return self.sentiment.annotate(profiles)
 
     def embed_texts(self, profiles: Sequence[Profile]) -> TextVectors:
         """The pooled text vector of each profile (None for one with a vector of its own or
