@@ -263,3 +263,9 @@ def test_built_in_sentiment_is_stored_as_a_derived_attribute(start_server) -> No
     assert score["quiet"] is None  # no texts, no score
     with AudienceClient(f"127.0.0.1:{server.port}") as client:
         assert client.estimate_reach(["sentiment>=0.3"]).reach == 3
+
+
+def test_attribute_names_of_predictions_are_not_stored(fitted) -> None:
+    _, client, _ = fitted
+    with pytest.raises(InvalidArgument, match="models' answers, not stored"):
+        client.upsert_users([Profile("x", texts=["hello"], attributes={"predicted.plan": "pro"})])

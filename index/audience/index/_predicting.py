@@ -33,6 +33,7 @@ from ._predict import (
     AttributeModel,
     Loaded,
     NotPredictable,
+    answer_all,
     answers,
     file_stem,
     fit_attribute,
@@ -170,16 +171,18 @@ class Predicting:
                 model.quality.users,
                 time.perf_counter() - t0,
             )
-        progress("serve", 0, 1)
-        with self.locks.writer, self.locks.write():
+        progress("serve", 0, len(fitted))
+        answered = [answer_all(model, iids, vectors) for model in fitted]  # no lock held
+        del vectors
+        with self.locks.writer, self.locks.write():  # swapped in at once
             written, c.written_since_fit = c.written_since_fit or set(), None
-            for model in fitted:
-                predict_into(c.attrs, model, iids, vectors)
-                again = np.array(sorted(i for i in written if i in c.uid_of), np.int64)
-                if len(again):
-                    predict_into(c.attrs, model, again, c.user_vectors)
-                c.predictors[model.attribute] = model
-        progress("serve", 1, 1)
+            again = np.array(sorted(i for i in written if i in c.uid_of), np.int64)
+            for answers_ in answered:
+                answers_.serve(c.attrs)
+                if len(again):  # users written during the fit: their vectors now
+                    predict_into(c.attrs, answers_.model, again, c.user_vectors)
+                c.predictors[answers_.model.attribute] = answers_.model
+        progress("serve", len(fitted), len(fitted))
         seconds = time.perf_counter() - t0
         return FitResult(tuple(info(m) for m in fitted), tuple(skipped), round(seconds, 3))
 

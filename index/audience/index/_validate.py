@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._attrs import PREDICTED
 from ._config import Limits
 from ._errors import InvalidQuery, LimitExceeded
 from ._types import Filter, LookalikeQuery, PredictQuery, Profile
@@ -59,6 +60,11 @@ class Validator:
         for name, value in p.attributes.items():
             if not name or len(name) > 128:
                 raise InvalidQuery(f"{where}.attributes", "names must be 1 to 128 characters")
+            if name.startswith(PREDICTED):
+                raise InvalidQuery(
+                    f"{where}.attributes[{name!r}]",
+                    f"names starting with {PREDICTED!r} are the models' answers, not stored",
+                )
             if value is None:
                 raise InvalidQuery(
                     f"{where}.attributes[{name!r}]",

@@ -4,15 +4,25 @@ tags (_tags.py)."""
 
 from ._fit import NotPredictable, fit_attribute, kind_of
 from ._model import AttributeModel, PredictorDamaged, file_stem, text_features
-from ._predictors import PREDICTORS_DIR, Loaded, answers, load_predictors, predict_into
+from ._predictors import (
+    PREDICTORS_DIR,
+    Answers,
+    Loaded,
+    answer_all,
+    answers,
+    load_predictors,
+    predict_into,
+)
 from ._tags import tag_scores, top_tags
 
 __all__ = [
     "PREDICTORS_DIR",
+    "Answers",
     "AttributeModel",
     "Loaded",
     "NotPredictable",
     "PredictorDamaged",
+    "answer_all",
     "answers",
     "file_stem",
     "fit_attribute",

@@ -72,28 +72,64 @@ def remove_files(directory: Path, model: AttributeModel) -> None:
         (directory / f"{file_stem(model.attribute)}{suffix}").unlink(missing_ok=True)
 
 
+@dataclass
+class Answers:
+    """A model's answers for some users, ready to be served (`AttributeTable.set_predicted`)."""
+
+    model: AttributeModel
+    iids: np.ndarray
+    codes: np.ndarray | None = None  # a category: class index and its probability
+    confidence: np.ndarray | None = None
+    numbers: np.ndarray | None = None  # a number
+
+    def serve(self, attrs: AttributeTable) -> None:
+        m = self.model
+        if m.kind == CATEGORICAL:
+            attrs.set_predicted(
+                m.attribute,
+                self.iids,
+                classes=m.classes,
+                codes=self.codes,
+                confidence=self.confidence,
+            )
+        else:
+            attrs.set_predicted(
+                m.attribute, self.iids, numbers=self.numbers, in_range=m.in_range_confidence
+            )
+
+
+def answer_all(
+    model: AttributeModel,
+    iids: np.ndarray,
+    vectors: np.ndarray | Callable[[np.ndarray], np.ndarray],
+) -> Answers:
+    """The model's answers for these users: `vectors` are their user vectors, or a function
+    giving them for a chunk of iids (read a chunk at a time)."""
+    parts: list[tuple] = []
+    for start in range(0, len(iids), CHUNK):
+        ids = iids[start : start + CHUNK]
+        v = vectors(ids) if callable(vectors) else vectors[start : start + CHUNK]
+        x = text_features(v, model.text_dims)
+        if model.kind == CATEGORICAL:
+            parts.append(model.decide(model.probabilities(x)))
+        else:
+            parts.append((model.numbers(x),))
+    if model.kind == CATEGORICAL:
+        codes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
+        sure = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+        return Answers(model, iids, codes=codes, confidence=sure)
+    numbers = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+    return Answers(model, iids, numbers=numbers)
+
+
 def predict_into(
     attrs: AttributeTable,
     model: AttributeModel,
     iids: np.ndarray,
     vectors: np.ndarray | Callable[[np.ndarray], np.ndarray],
 ) -> None:
-    """Fill the predicted column of `model.attribute` for these users: `vectors` are their
-    user vectors, or a function giving them for a chunk of iids."""
-    for start in range(0, len(iids), CHUNK):
-        ids = iids[start : start + CHUNK]
-        v = vectors(ids) if callable(vectors) else vectors[start : start + CHUNK]
-        x = text_features(v, model.text_dims)
-        if model.kind == CATEGORICAL:
-            codes, confidence = model.decide(model.probabilities(x))
-            attrs.set_predicted(
-                model.attribute, ids, classes=model.classes, codes=codes, confidence=confidence
-            )
-        else:
-            numbers = model.numbers(x)
-            attrs.set_predicted(
-                model.attribute, ids, numbers=numbers, in_range=model.in_range_confidence
-            )
+    """Serve the model's answers for these users (see `answer_all`)."""
+    answer_all(model, iids, vectors).serve(attrs)
 
 
 def answers(
