@@ -17,6 +17,7 @@ from test_segments import POOLS
 from audience.client import AudienceClient, InvalidArgument, Profile
 from audience.index._predict import (
     AttributeModel,
+    Inputs,
     NotPredictable,
     PredictorDamaged,
     fit_attribute,
@@ -139,7 +140,10 @@ def test_zero_shot_tags_put_users_with_their_topic(fitted) -> None:
     assert all(len(u.tags) == 2 and u.tags[0].score >= u.tags[1].score for u in found)
 
 
-def test_a_damaged_model_file_is_detected_and_refitted(start_server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damaged", [".npz", ".answers.npz"])
+def test_a_damaged_model_file_is_detected_and_refitted(
+    start_server, tmp_path: Path, damaged: str
+) -> None:
     data = tmp_path / "data"
     server = start_server(data_dir=data, attributes=())
     with AudienceClient(f"127.0.0.1:{server.port}", timeout=120) as client:
@@ -147,7 +151,8 @@ def test_a_damaged_model_file_is_detected_and_refitted(start_server, tmp_path: P
         client.rebuild_index()  # the lexical channel fitted now, not at the next start
         client.fit_predictors(["plan"])
     server.stop()
-    (npz,) = (data / "predictors").glob("plan-*.npz")
+    files = sorted((data / "predictors").glob("plan-*.npz"))
+    (npz,) = [p for p in files if p.name.endswith(".answers.npz") == (damaged == ".answers.npz")]
     raw = bytearray(npz.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     npz.write_bytes(bytes(raw))
@@ -164,6 +169,26 @@ def test_a_damaged_model_file_is_detected_and_refitted(start_server, tmp_path: P
         (plan,) = client.list_predictors()
         assert plan.version == 2 and plan.accuracy >= 0.9
         assert client.estimate_reach(["predicted.plan=home"]).reach >= 28
+
+
+def test_a_restart_serves_saved_answers_and_answers_users_written_since(
+    start_server, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    server = start_server(data_dir=data, attributes=())
+    with AudienceClient(f"127.0.0.1:{server.port}", timeout=120) as client:
+        client.upsert_users(people())
+        client.rebuild_index()
+        client.fit_predictors(["plan"])
+        client.upsert_users([Profile("cook-late", texts=[" ".join(POOLS["cook"][:8])])])
+        before = client.estimate_reach(["predicted.plan=home"]).reach
+    server.stop()
+    server = start_server(data_dir=data, attributes=())
+    with AudienceClient(f"127.0.0.1:{server.port}", timeout=120) as client:
+        assert len(client.list_jobs(kind="fit-predictors")) == 1  # nothing to refit
+        assert client.estimate_reach(["predicted.plan=home"]).reach == before
+        (late,) = client.predict_attributes(["cook-late"])
+        assert late.value("plan").value == "home"
 
 
 def test_the_cli_fits_lists_and_predicts(fitted, capsys) -> None:
@@ -202,7 +227,8 @@ def test_the_served_linear_model_answers_as_scikit_learn_does() -> None:
         C=model.regularisation, max_iter=1000, class_weight="balanced"
     ).fit(x, y)
     model.temperature = 1.0
-    np.testing.assert_allclose(model.probabilities(x), reference.predict_proba(x), atol=1e-4)
+    answered = model.probabilities(Inputs(x))
+    np.testing.assert_allclose(answered, reference.predict_proba(x), atol=1e-4)
     np.testing.assert_allclose(model.arrays["weights"], weights, atol=1e-6)
 
 
@@ -210,11 +236,12 @@ def test_a_model_survives_saving_and_a_damaged_file_is_refused(tmp_path: Path) -
     x, y = _blobs(200, seed=1)
     labels = [f"c{v}" for v in y]
     model = fit_attribute("kind", x, labels, text_dims=x.shape[1], fingerprint="f")
-    model.save(tmp_path)
+    model.save(tmp_path, {"iids": np.arange(3), "codes": np.array([0, 2, 1])})
     (manifest,) = tmp_path.glob("*.json")
-    again = AttributeModel.load(manifest)
+    again, answers = AttributeModel.load(manifest)
     assert again.classes == model.classes and again.quality == model.quality
-    np.testing.assert_array_equal(again.probabilities(x), model.probabilities(x))
+    assert answers["codes"].tolist() == [0, 2, 1]
+    np.testing.assert_array_equal(again.probabilities(Inputs(x)), model.probabilities(Inputs(x)))
     doc = json.loads(manifest.read_text())
     doc["temperature"] = 9.0
     manifest.write_text(json.dumps(doc))
@@ -228,7 +255,7 @@ def test_numbers_are_predicted_and_unlearnable_attributes_refused() -> None:
     spend = 50 + 10 * x[:, 0] + rng.normal(size=200)
     model = fit_attribute("spend", x, list(spend), text_dims=8, fingerprint="f")
     assert model.kind == "numeric" and model.quality.mae < 0.5 * model.quality.baseline_mae
-    assert np.mean(np.abs(model.numbers(x) - spend)) < 2.0
+    assert np.mean(np.abs(model.numbers(Inputs(x)) - spend)) < 2.0
     inside = model.in_range_confidence(np.array([50.0]), 40.0, 60.0)
     assert 0.99 < inside[0] <= 1.0
     with pytest.raises(NotPredictable, match="at least 30"):

@@ -18,7 +18,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,6 @@ from ._predict import AttributeModel, predict_into
 from ._segments import SegmentModel
 from ._store import ProfileStore
 from ._types import (
-    AttrValue,
     Filter,
     Membership,
     Profile,
@@ -42,6 +41,7 @@ from ._types import (
     SnapshotResult,
     Stats,
     StoredUser,
+    TextItem,
 )
 from ._userids import UserIdTable
 from ._vectors import FlatIndex, Generations, IndexPolicy, Manifest, VectorIndex, build_index
@@ -53,6 +53,11 @@ INDEX_DIR = "index"
 LEXICAL_DIR = "lexical"
 SEGMENTS_DIR = "segments"
 SNAPSHOT_DIR = "snapshots"
+
+
+def document(texts: Sequence[TextItem]) -> str:
+    """A user's texts as one document (what the lexical channel and term models read)."""
+    return "\n".join(t.text for t in texts)
 
 
 def matrix(blobs: Sequence[bytes], dim: int) -> np.ndarray:
@@ -169,23 +174,20 @@ class Catalog:
 
     # ------------------------------------------------------------ changes (write lock)
 
-    def put(
-        self,
-        iids: Sequence[int],
-        user_ids: Sequence[str],
-        attributes: Sequence[Mapping[str, AttrValue]],
-        vectors: np.ndarray,
-    ) -> None:
-        """Serve users the store has just committed (new ones, or new versions)."""
+    def put(self, iids: Sequence[int], profiles: Sequence[Profile], vectors: np.ndarray) -> None:
+        """Serve users the store has just committed (new ones, or new versions): their
+        vectors, attributes and the attribute models' answers."""
         ids = np.array(iids, dtype=np.int64)
         self.index.remove(ids)
         self.index.add(ids, vectors)
-        for iid, user_id, attrs in zip(iids, user_ids, attributes):
-            self.iid_of[user_id] = iid
-            self.uid_of.set(iid, user_id)
-            self.attrs.set(iid, attrs)
-        for model in self.predictors.values():
-            predict_into(self.attrs, model, ids, vectors)
+        for iid, p in zip(iids, profiles):
+            self.iid_of[p.user_id] = iid
+            self.uid_of.set(iid, p.user_id)
+            self.attrs.set(iid, p.attributes)
+        if self.predictors:
+            docs = [document(p.texts) for p in profiles]
+            for model in self.predictors.values():
+                predict_into(self.attrs, model, ids, vectors, lambda _: docs)
         if self.written_since_fit is not None:
             self.written_since_fit.update(int(i) for i in ids)
         self.unsaved += len(ids)
@@ -230,6 +232,11 @@ class Catalog:
         found = self.store.vectors(wanted)
         present = [i for i in wanted if i in found]
         return present, matrix([found[i] for i in present], self.dim)
+
+    def documents(self, iids: Sequence[int] | np.ndarray) -> list[str]:
+        """Each user's stored texts as one document ("" for a user without texts or gone)."""
+        rows = self.store.texts_and_attributes([int(i) for i in iids])
+        return ["\n".join(t[0] for t in rows[i][0]) if i in rows else "" for i in map(int, iids)]
 
     def user_vectors(self, iids: np.ndarray) -> np.ndarray:
         """Vectors of indexed users: the index's own, or the exact stored ones when the index

@@ -170,8 +170,7 @@ class Engine:
             seq, iids = self.catalog.store.upsert(encoded.rows, encoded.vocabulary)
             self.encoder.vocabulary.learn(encoded.vocabulary)
             with self._rw.write():
-                users, attrs = [p.user_id for p in batch], [p.attributes for p in batch]
-                self.catalog.put(iids, users, attrs, encoded.vectors)
+                self.catalog.put(iids, batch, encoded.vectors)
             self._after_write()
         return UpsertResult(len(batch), seq)
 

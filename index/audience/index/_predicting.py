@@ -23,14 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from ._background import BackgroundCache
-from ._catalog import Catalog
+from ._catalog import Catalog, document
 from ._durable import read_sealed_json
-from ._encode import ProfileEncoder
+from ._encode import ProfileEncoder, from_f32, text_items
 from ._errors import InvalidQuery, PreconditionFailed
 from ._jobs import JobRunner
 from ._predict import (
     PREDICTORS_DIR,
+    Answers,
     AttributeModel,
+    Inputs,
     Loaded,
     NotPredictable,
     answer_all,
@@ -91,14 +93,19 @@ class Predicting:
 
     def load(self, encoder: ProfileEncoder) -> Loaded:
         """(at open, before serving) Serve the saved models that are sound and fitted in this
-        vector space; the rest are named for a refit."""
+        vector space, with their saved answers brought up to date (the users written since
+        are answered from the store); the rest are named for a refit."""
         loaded = load_predictors(self.directory, encoder.fingerprint, self.catalog.warnings)
         c = self.catalog
-        if loaded.models:
-            iids = c.index.ids().astype(np.int64)
-            for model in loaded.models.values():
-                predict_into(c.attrs, model, iids, c.user_vectors)
-            c.predictors = dict(loaded.models)
+        for name, model in loaded.models.items():
+            model.lexical = encoder.lexical
+            loaded.answers[name].serve(c.attrs)
+            for rows in c.store.iter_rows(since_seq=model.answers_sequence):
+                iids = np.array([r.iid for r in rows], np.int64)
+                vectors = np.stack([from_f32(r.vec) for r in rows])
+                docs = [document(text_items(r)) for r in rows]
+                predict_into(c.attrs, model, iids, vectors, lambda _, d=docs: d)
+            c.predictors[name] = model
         return loaded
 
     def stale(self, encoder: ProfileEncoder) -> list[str]:
@@ -140,29 +147,35 @@ class Predicting:
             iids, vectors = c.all_user_vectors()
             values = {n: c.attrs.stored(n, iids) for n in names}
             c.written_since_fit = set()
-            fingerprint, text_dims = encoder.fingerprint, encoder.text_dims
+            sequence = c.store.sequence
+        lexical = encoder.lexical
         fitted: list[AttributeModel] = []
+        answered: list[Answers] = []
         skipped: list[str] = []
         for i, name in enumerate(names):
             stage = f"fit {name}"
             progress(stage, i, len(names))
             rows = np.array([j for j, v in enumerate(values[name]) if v is not None], np.int64)
             labels: list[AttrValue] = [values[name][j] for j in rows]  # type: ignore[misc]
+            dense = text_features(vectors[rows], encoder.text_dims)
+            terms = lexical.tfidf(c.documents(iids[rows])) if lexical and len(rows) else None
             try:
                 model = fit_attribute(
                     name,
-                    text_features(vectors[rows], text_dims) if len(rows) else vectors[:0],
+                    Inputs(dense, terms),
                     labels,
-                    text_dims=text_dims,
-                    fingerprint=fingerprint,
+                    text_dims=encoder.text_dims,
+                    fingerprint=encoder.fingerprint,
                     tick=partial(progress, stage, i, len(names)),
                 )
             except NotPredictable as exc:
                 skipped.append(f"{name}: {exc}")
                 continue
+            model.lexical, model.answers_sequence = lexical, sequence
             before = c.predictors.get(name)
             model.version = before.version + 1 if before else self._version_on_disk(name) + 1
-            model.save(self.directory)
+            answered.append(answer_all(model, iids, vectors, c.documents))  # no lock held
+            model.save(self.directory, answered[-1].arrays())
             fitted.append(model)
             log.info(
                 "Predict - %s fitted (%s, %d users) in %.1fs",
@@ -171,16 +184,15 @@ class Predicting:
                 model.quality.users,
                 time.perf_counter() - t0,
             )
-        progress("serve", 0, len(fitted))
-        answered = [answer_all(model, iids, vectors) for model in fitted]  # no lock held
         del vectors
+        progress("serve", 0, len(fitted))
         with self.locks.writer, self.locks.write():  # swapped in at once
             written, c.written_since_fit = c.written_since_fit or set(), None
             again = np.array(sorted(i for i in written if i in c.uid_of), np.int64)
             for answers_ in answered:
                 answers_.serve(c.attrs)
-                if len(again):  # users written during the fit: their vectors now
-                    predict_into(c.attrs, answers_.model, again, c.user_vectors)
+                if len(again):  # users written during the fit: as they are now
+                    predict_into(c.attrs, answers_.model, again, c.user_vectors, c.documents)
                 c.predictors[answers_.model.attribute] = answers_.model
         progress("serve", len(fitted), len(fitted))
         seconds = time.perf_counter() - t0
@@ -240,13 +252,15 @@ class Predicting:
             stored = [by_iid.get(i, {}) for i in iids]
         else:
             vectors = np.zeros((0, encoder.dim), np.float32)
+        docs = c.documents(iids) if iids else []
         if profiles:
             profiles = encoder.derived(profiles)  # sentiment, when configured
             encoded = encoder.encode(profiles)
             vectors = np.vstack([vectors, encoded.vectors])
             stored += [dict(p.attributes) for p in profiles]
+            docs += [document(p.texts) for p in profiles]
         ids = [*user_ids, *(p.user_id for p in profiles)]
-        values = list(answers(models, vectors, stored)) if len(vectors) else []
+        values = list(answers(models, vectors, docs, stored)) if len(vectors) else []
         user_tags: list[tuple] = [()] * len(ids)
         if tags is not None and len(ids):
             names = self._tag_names(tags)

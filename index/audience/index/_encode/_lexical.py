@@ -170,6 +170,11 @@ class LexicalModel:
             dtype=np.float32,
         )
 
+    def tfidf(self, documents: Sequence[str]) -> sp.csr_matrix:
+        """(n, terms) sparse TF-IDF rows of unit norm over the fitted vocabulary: what the
+        SVD reduces, whole (the attribute models read it beside the user vector)."""
+        return self._tfidf([analyze(d) for d in documents]).tocsr()
+
     def transform(self, documents: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, rows of unit norm (all zeros for a document with no known term)."""
         x = self._tfidf([analyze(d) for d in documents])

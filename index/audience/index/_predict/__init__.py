@@ -3,7 +3,7 @@ without pickle (_model.py), served as predicted columns (_predictors.py); zero-s
 tags (_tags.py)."""
 
 from ._fit import NotPredictable, fit_attribute, kind_of
-from ._model import AttributeModel, PredictorDamaged, file_stem, text_features
+from ._model import AttributeModel, Inputs, PredictorDamaged, file_stem, text_features
 from ._predictors import (
     PREDICTORS_DIR,
     Answers,
@@ -19,6 +19,7 @@ __all__ = [
     "PREDICTORS_DIR",
     "Answers",
     "AttributeModel",
+    "Inputs",
     "Loaded",
     "NotPredictable",
     "PredictorDamaged",

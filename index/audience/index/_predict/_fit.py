@@ -3,7 +3,8 @@ on (5-fold cross-validation), the better of two methods kept:
 
     linear   multinomial logistic regression (a category; classes weighted by the inverse of
              their share, its regularisation C in 0.25, 1, 4 chosen by the same validation)
-             or ridge regression (a number) on the text features
+             or ridge regression (a number) on the text features; for a category, also
+             with the texts' TF-IDF rows beside them (C in 1, 4), when there are texts
     knn      a similarity-weighted vote (or mean) of the 25 nearest labelled users
 
 For a category the out-of-fold answers also fit its calibration (one temperature, by log-loss)
@@ -19,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
 from .._types import AttrValue, category_key
@@ -28,6 +30,7 @@ from ._model import (
     LINEAR,
     NUMERIC,
     AttributeModel,
+    Inputs,
     Quality,
     knn_mean,
     knn_votes,
@@ -42,6 +45,7 @@ MAX_KNN_USERS = 10_000  # labelled users a knn model keeps
 NEIGHBOURS = 25
 RIDGE = 1.0
 LOGISTIC_C = (0.25, 1.0, 4.0)  # inverse regularisation strengths tried, the best kept by CV
+TERMS_C = (1.0, 4.0)  # the same with the TF-IDF rows beside the text features
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(4.0), 25))
 PRIOR_POWERS = (0.0, 0.5, 1.0)
 
@@ -60,7 +64,7 @@ def kind_of(values: Sequence[AttrValue]) -> str:
 
 def fit_attribute(
     attribute: str,
-    features: np.ndarray,
+    features: Inputs | np.ndarray,
     values: Sequence[AttrValue],
     *,
     text_dims: int,
@@ -69,14 +73,16 @@ def fit_attribute(
     seed: int = 0,
     tick: Callable[[], None] = lambda: None,
 ) -> AttributeModel:
-    """The model of `attribute` from the users' text features and their stored values."""
+    """The model of `attribute` from the users' inputs (text features, and TF-IDF rows if
+    given) and their stored values."""
     kind = kind or kind_of(values)
     rng = np.random.default_rng(seed)
+    x = features if isinstance(features, Inputs) else Inputs(features)
     if len(values) < MIN_LABELLED:
         raise NotPredictable(f"{len(values)} users have it; at least {MIN_LABELLED} needed")
     if len(values) > MAX_FIT_USERS:
         keep = np.sort(rng.choice(len(values), MAX_FIT_USERS, replace=False))
-        features, values = features[keep], [values[i] for i in keep]
+        x, values = x.rows(keep), [values[i] for i in keep]
     model = AttributeModel(
         attribute=attribute,
         kind=kind,
@@ -88,15 +94,15 @@ def fit_attribute(
         fitted_at=time.time(),
     )
     if kind == NUMERIC:
-        return _fit_numeric(model, features, np.asarray(values, np.float64), rng, tick)
-    return _fit_categorical(model, features, [category_key(v) for v in values], rng, tick)
+        return _fit_numeric(model, x.dense, np.asarray(values, np.float64), rng, tick)
+    return _fit_categorical(model, x, [category_key(v) for v in values], rng, tick)
 
 
 # ---------------------------------------------------------------- categories
 
 
 def _fit_categorical(
-    model: AttributeModel, x: np.ndarray, keys: list[str], rng: np.random.Generator, tick
+    model: AttributeModel, inputs: Inputs, keys: list[str], rng: np.random.Generator, tick
 ) -> AttributeModel:
     counts = Counter(keys)
     classes = sorted(c for c, n in counts.items() if n >= MIN_CLASS_USERS)
@@ -106,18 +112,23 @@ def _fit_categorical(
         raise NotPredictable(f"fewer than 2 values held by {MIN_CLASS_USERS}+ users each")
     code = {c: i for i, c in enumerate(classes)}
     rows = np.array([i for i, k in enumerate(keys) if k in code])
-    x, y = x[rows], np.array([code[keys[i]] for i in rows], np.int64)
+    inputs, y = inputs.rows(rows), np.array([code[keys[i]] for i in rows], np.int64)
+    x = inputs.dense
+    both = inputs.joined() if inputs.terms is not None and inputs.terms.nnz else None
     n_classes = len(classes)
     prior = np.bincount(y, minlength=n_classes) / len(y)
     folds = _stratified_folds(y, rng)
 
-    linear = [f"{LINEAR} C={c:g}" for c in LOGISTIC_C]
-    oof = {m: np.zeros((len(y), n_classes)) for m in [*linear, KNN]}
+    # (name, C, matrix) of every linear candidate
+    linear = [(f"{LINEAR} C={c:g}", c, x) for c in LOGISTIC_C]
+    if both is not None:
+        linear += [(f"{LINEAR}+terms C={c:g}", c, both) for c in TERMS_C]
+    oof = {m: np.zeros((len(y), n_classes)) for m in [*(n for n, _, _ in linear), KNN]}
     for f in range(FOLDS):
         train, test = folds != f, folds == f
-        for name, c in zip(linear, LOGISTIC_C):
-            weights, bias = _logistic(x[train], y[train], n_classes, c)
-            oof[name][test] = x[test] @ weights + bias
+        for name, c, matrix in linear:
+            weights, bias = _logistic(matrix[train], y[train], n_classes, c)
+            oof[name][test] = np.asarray(matrix[test] @ weights) + bias
         votes = knn_votes(x[test], x[train], y[train], n_classes, prior, NEIGHBOURS)
         oof[KNN][test] = np.log(votes + 1e-3)
         tick()
@@ -152,9 +163,13 @@ def _fit_categorical(
             "always answering the commonest value"
         )
     if method == LINEAR:
-        weights, bias = _logistic(x, y, n_classes, LOGISTIC_C[linear.index(best)])
-        model.regularisation = LOGISTIC_C[linear.index(best)]
-        model.arrays = {"weights": weights, "bias": bias, "prior": prior.astype(np.float32)}
+        _, c, matrix = next(entry for entry in linear if entry[0] == best)
+        weights, bias = _logistic(matrix, y, n_classes, c)
+        model.regularisation, model.terms = c, matrix is not x
+        d = x.shape[1]
+        model.arrays = {"weights": weights[:d], "bias": bias, "prior": prior.astype(np.float32)}
+        if model.terms:
+            model.arrays["term_weights"] = weights[d:]
     else:
         keep = _subsample(len(y), MAX_KNN_USERS, rng)
         model.neighbours = NEIGHBOURS
@@ -168,7 +183,7 @@ def _fit_categorical(
 
 
 def _logistic(
-    x: np.ndarray, y: np.ndarray, n_classes: int, c: float
+    x: np.ndarray | sp.csr_matrix, y: np.ndarray, n_classes: int, c: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(weights (d, classes), bias (classes,)) of a class-weighted logistic regression."""
     lr = LogisticRegression(C=c, max_iter=1000, class_weight="balanced")

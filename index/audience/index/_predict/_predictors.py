@@ -17,7 +17,7 @@ import numpy as np
 
 from .._attrs import AttributeTable
 from .._types import AttrValue, PredictedValue
-from ._model import CATEGORICAL, AttributeModel, PredictorDamaged, text_features
+from ._model import CATEGORICAL, AttributeModel, PredictorDamaged
 
 log = logging.getLogger("audience.index")
 
@@ -29,15 +29,16 @@ ALTERNATIVES = 3  # values (with their probabilities) returned beside a category
 @dataclass
 class Loaded:
     models: dict[str, AttributeModel]
+    answers: dict[str, Answers]  # each model's saved answers (as of its answers_sequence)
     refit: list[str]  # attributes whose model is damaged or stale
     refit_all: bool  # a damaged file whose attribute cannot be read: refit every attribute
 
 
 def load_predictors(directory: Path, fingerprint: str, warnings: list[str]) -> Loaded:
-    found = Loaded({}, [], False)
+    found = Loaded({}, {}, [], False)
     for manifest in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
-            model = AttributeModel.load(manifest)
+            model, saved = AttributeModel.load(manifest)
         except PredictorDamaged as exc:
             name = _attribute_named_in(manifest)
             what = f"attribute {name!r}" if name else f"file {manifest.name}"
@@ -53,6 +54,7 @@ def load_predictors(directory: Path, fingerprint: str, warnings: list[str]) -> L
             found.refit.append(model.attribute)
             continue
         found.models[model.attribute] = model
+        found.answers[model.attribute] = Answers.of_arrays(model, saved)
     return found
 
 
@@ -65,16 +67,14 @@ def _attribute_named_in(manifest: Path) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def remove_files(directory: Path, model: AttributeModel) -> None:
-    from ._model import file_stem
-
-    for suffix in (".json", ".npz"):
-        (directory / f"{file_stem(model.attribute)}{suffix}").unlink(missing_ok=True)
+Vectors = np.ndarray | Callable[[np.ndarray], np.ndarray]  # rows, or iids -> rows
+Documents = Callable[[np.ndarray], list[str]]  # iids -> each user's texts as one document
 
 
 @dataclass
 class Answers:
-    """A model's answers for some users, ready to be served (`AttributeTable.set_predicted`)."""
+    """A model's answers for some users, ready to be served (`AttributeTable.set_predicted`)
+    and saved beside it."""
 
     model: AttributeModel
     iids: np.ndarray
@@ -97,19 +97,34 @@ class Answers:
                 m.attribute, self.iids, numbers=self.numbers, in_range=m.in_range_confidence
             )
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"iids": self.iids}
+        for name in ("codes", "confidence", "numbers"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def of_arrays(cls, model: AttributeModel, arrays: dict[str, np.ndarray]) -> Answers:
+        return cls(
+            model,
+            arrays["iids"],
+            arrays.get("codes"),
+            arrays.get("confidence"),
+            arrays.get("numbers"),
+        )
+
 
 def answer_all(
-    model: AttributeModel,
-    iids: np.ndarray,
-    vectors: np.ndarray | Callable[[np.ndarray], np.ndarray],
+    model: AttributeModel, iids: np.ndarray, vectors: Vectors, documents: Documents
 ) -> Answers:
-    """The model's answers for these users: `vectors` are their user vectors, or a function
-    giving them for a chunk of iids (read a chunk at a time)."""
+    """The model's answers for these users, read a chunk at a time: `vectors` are their user
+    vectors (or give them), `documents` their texts (read only by a model with terms)."""
     parts: list[tuple] = []
     for start in range(0, len(iids), CHUNK):
         ids = iids[start : start + CHUNK]
         v = vectors(ids) if callable(vectors) else vectors[start : start + CHUNK]
-        x = text_features(v, model.text_dims)
+        x = model.inputs(v, documents(ids) if model.terms else None)
         if model.kind == CATEGORICAL:
             parts.append(model.decide(model.probabilities(x)))
         else:
@@ -126,21 +141,24 @@ def predict_into(
     attrs: AttributeTable,
     model: AttributeModel,
     iids: np.ndarray,
-    vectors: np.ndarray | Callable[[np.ndarray], np.ndarray],
+    vectors: Vectors,
+    documents: Documents,
 ) -> None:
     """Serve the model's answers for these users (see `answer_all`)."""
-    answer_all(model, iids, vectors).serve(attrs)
+    answer_all(model, iids, vectors, documents).serve(attrs)
 
 
 def answers(
     models: Sequence[AttributeModel],
     vectors: np.ndarray,
+    documents: Sequence[str],
     stored: Sequence[dict[str, AttrValue]],
 ) -> Iterator[list[PredictedValue]]:
-    """Per user (a row of `vectors`), each model's answer beside the stored value."""
+    """Per user (a row of `vectors`, a document of `documents`), each model's answer beside
+    the stored value."""
     per_model = []
     for model in models:
-        x = text_features(vectors, model.text_dims)
+        x = model.inputs(vectors, documents)
         if model.kind == CATEGORICAL:
             p = model.probabilities(x)
             codes, confidence = model.decide(p)
