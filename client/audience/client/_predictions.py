@@ -50,7 +50,7 @@ class Predictor:
 
     attribute: str
     kind: str  # "categorical" | "numeric"
-    method: str  # "linear" | "knn"
+    method: str  # "linear", "linear+terms" (reads the texts' TF-IDF rows too) or "knn"
     classes: tuple[str, ...]
     users: int
     accuracy: float

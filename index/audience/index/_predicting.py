@@ -66,7 +66,7 @@ def info(model: AttributeModel) -> PredictorInfo:
     return PredictorInfo(
         attribute=model.attribute,
         kind=model.kind,
-        method=model.method,
+        method=model.method + ("+terms" if model.terms else ""),
         classes=tuple(model.classes),
         users=q.users,
         accuracy=round(q.accuracy, 4),

@@ -312,7 +312,7 @@ class PredictorInfo:
 
     attribute: str
     kind: str  # "categorical" | "numeric"
-    method: str  # "linear" | "knn"
+    method: str  # "linear", "linear+terms" (reads the texts' TF-IDF rows too) or "knn"
     classes: tuple[str, ...]
     users: int  # labelled users it was fitted on
     accuracy: float

@@ -3,7 +3,8 @@
 isort:skip_file
 Audience API, version 1: user profiles in, lookalike audiences and segments out.
 
-Services map onto roles: Profiles (writer), Lookalike and Segments (reader), Admin (admin).
+Services map onto roles: Profiles (writer), Lookalike, Segments and Predictions (reader),
+Admin (admin).
 Vectors travel as `bytes` holding little-endian float32 values (decode with
 numpy.frombuffer(b, dtype="<f4")).
 """
@@ -1182,7 +1183,7 @@ class Predictor(_message.Message):
     kind: _builtins.str
     """"categorical" | "numeric" """
     method: _builtins.str
-    """"linear" | "knn" """
+    """"linear", "linear+terms" (also the texts' TF-IDF rows) or "knn" """
     users: _builtins.int
     accuracy: _builtins.float
     macro_f1: _builtins.float
@@ -1985,7 +1986,7 @@ class Job(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     kind: _builtins.str
-    """"rebuild-index", "build-segments" or "backup"."""
+    """"rebuild-index", "build-segments", "fit-predictors", "backup" or "publish"."""
     state: Global___Job.State.ValueType
     done: _builtins.bool
     """True once the state is no longer RUNNING."""
