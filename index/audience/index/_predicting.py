@@ -29,6 +29,7 @@ from ._encode import ProfileEncoder, from_f32, text_items
 from ._errors import InvalidQuery, PreconditionFailed
 from ._jobs import JobRunner
 from ._predict import (
+    MAX_FIT_USERS,
     PREDICTORS_DIR,
     Answers,
     AttributeModel,
@@ -156,6 +157,8 @@ class Predicting:
             stage = f"fit {name}"
             progress(stage, i, len(names))
             rows = np.array([j for j, v in enumerate(values[name]) if v is not None], np.int64)
+            if len(rows) > MAX_FIT_USERS:  # a sample: its texts are all that is read
+                rows = np.sort(np.random.default_rng(0).choice(rows, MAX_FIT_USERS, replace=False))
             labels: list[AttrValue] = [values[name][j] for j in rows]  # type: ignore[misc]
             dense = text_features(vectors[rows], encoder.text_dims)
             terms = lexical.tfidf(c.documents(iids[rows])) if lexical and len(rows) else None

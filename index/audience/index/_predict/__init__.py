@@ -2,7 +2,7 @@
 without pickle (_model.py), served as predicted columns (_predictors.py); zero-shot interest
 tags (_tags.py)."""
 
-from ._fit import NotPredictable, fit_attribute, kind_of
+from ._fit import MAX_FIT_USERS, NotPredictable, fit_attribute, kind_of
 from ._model import AttributeModel, Inputs, PredictorDamaged, file_stem, text_features
 from ._predictors import (
     PREDICTORS_DIR,
@@ -16,6 +16,7 @@ from ._predictors import (
 from ._tags import tag_scores, top_tags
 
 __all__ = [
+    "MAX_FIT_USERS",
     "PREDICTORS_DIR",
     "Answers",
     "AttributeModel",
