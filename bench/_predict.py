@@ -179,6 +179,7 @@ def _blogs(args: Any) -> dict:
                             **scores(gold, answer),
                             "method": p.method,
                             "cv_macro_f1": p.macro_f1,
+                            "cv_calibration_error": p.calibration_error,
                             "candidates": p.candidates,
                         }
                     result[target][size] = row

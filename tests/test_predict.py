@@ -61,6 +61,7 @@ def test_a_model_is_fitted_per_attribute_and_measured_on_users_it_did_not_see(fi
     assert plan.users == 60 and plan.version == 1
     assert plan.accuracy >= 0.9 and plan.macro_f1 >= 0.9
     assert plan.majority_accuracy == pytest.approx(1 / 3, abs=0.01)
+    assert 0.0 <= plan.calibration_error < 0.2
     assert set(plan.candidates) >= {"knn", "linear C=1"}
     # an age unrelated to the texts is not worth a model, and the fit says why
     assert "age" not in by_name
@@ -222,6 +223,7 @@ def test_the_served_linear_model_answers_as_scikit_learn_does() -> None:
     x = text_features(x, x.shape[1])
     labels = [f"c{v}" for v in y]
     model = fit_attribute("kind", x, labels, text_dims=x.shape[1], fingerprint="f")
+    assert model.quality.calibration_error < 0.1  # confidences near how often it is right
     weights, bias = _logistic(x, y, 3, model.regularisation)
     reference = LogisticRegression(
         C=model.regularisation, max_iter=1000, class_weight="balanced"

@@ -57,6 +57,7 @@ class Predictor:
     macro_f1: float
     majority_accuracy: float
     majority_macro_f1: float
+    calibration_error: float  # held-out |confidence - accuracy| (ECE, 10 bins)
     mae: float
     baseline_mae: float
     version: int
@@ -132,6 +133,7 @@ def predictor(msg: pb.Predictor) -> Predictor:
         macro_f1=msg.macro_f1,
         majority_accuracy=msg.majority_accuracy,
         majority_macro_f1=msg.majority_macro_f1,
+        calibration_error=msg.calibration_error,
         mae=msg.mae,
         baseline_mae=msg.baseline_mae,
         version=msg.version,

@@ -74,6 +74,7 @@ def info(model: AttributeModel) -> PredictorInfo:
         macro_f1=round(q.macro_f1, 4),
         majority_accuracy=round(q.majority_accuracy, 4),
         majority_macro_f1=round(q.majority_macro_f1, 4),
+        calibration_error=round(q.calibration_error, 4),
         mae=round(q.mae, 4),
         baseline_mae=round(q.baseline_mae, 4),
         version=model.version,

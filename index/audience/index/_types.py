@@ -319,6 +319,7 @@ class PredictorInfo:
     macro_f1: float
     majority_accuracy: float
     majority_macro_f1: float
+    calibration_error: float  # held-out |confidence - accuracy| (ECE, 10 bins)
     mae: float
     baseline_mae: float
     version: int

@@ -102,7 +102,8 @@ def predictor_rows(found: Sequence[Any]) -> list[str]:
         else:
             quality = (
                 f"accuracy {p.accuracy:.2f} (majority {p.majority_accuracy:.2f}), "
-                f"macro-F1 {p.macro_f1:.2f} (majority {p.majority_macro_f1:.2f})"
+                f"macro-F1 {p.macro_f1:.2f} (majority {p.majority_macro_f1:.2f}), "
+                f"calibration error {p.calibration_error:.2f}"
             )
         fitted = datetime.fromtimestamp(p.fitted_at).strftime("%Y-%m-%d %H:%M")
         values = fmt.cut(", ".join(p.classes), 40) if p.classes else "a number"

@@ -1179,6 +1179,7 @@ class Predictor(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     FITTED_AT_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    CALIBRATION_ERROR_FIELD_NUMBER: _builtins.int
     attribute: _builtins.str
     kind: _builtins.str
     """"categorical" | "numeric" """
@@ -1193,6 +1194,10 @@ class Predictor(_message.Message):
     baseline_mae: _builtins.float
     version: _builtins.int
     fitted_at: _builtins.float
+    calibration_error: _builtins.float
+    """Held-out |confidence - accuracy| over 10 confidence bins, weighted (ECE): how far the
+    confidences served are from how often the answers are right.
+    """
     @_builtins.property
     def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1214,10 +1219,11 @@ class Predictor(_message.Message):
         version: _builtins.int = ...,
         fitted_at: _builtins.float = ...,
         candidates: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        calibration_error: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "attribute", b"attribute", "baseline_mae", b"baseline_mae", "candidates", b"candidates", "classes", b"classes", "fitted_at", b"fitted_at", "kind", b"kind", "macro_f1", b"macro_f1", "mae", b"mae", "majority_accuracy", b"majority_accuracy", "majority_macro_f1", b"majority_macro_f1", "method", b"method", "users", b"users", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "attribute", b"attribute", "baseline_mae", b"baseline_mae", "calibration_error", b"calibration_error", "candidates", b"candidates", "classes", b"classes", "fitted_at", b"fitted_at", "kind", b"kind", "macro_f1", b"macro_f1", "mae", b"mae", "majority_accuracy", b"majority_accuracy", "majority_macro_f1", b"majority_macro_f1", "method", b"method", "users", b"users", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

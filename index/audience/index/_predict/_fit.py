@@ -156,6 +156,7 @@ def _fit_categorical(
     q.macro_f1 = float(scores[best])
     q.majority_accuracy = float(np.mean(majority == y))
     q.majority_macro_f1 = _macro_f1(y, majority, n_classes)
+    q.calibration_error = _calibration_error(p[np.arange(len(y)), answer], answer == y)
     q.candidates = {m: round(float(s), 4) for m, s in scores.items()}
     if q.macro_f1 <= q.majority_macro_f1 and q.accuracy <= q.majority_accuracy:
         raise NotPredictable(
@@ -225,6 +226,18 @@ def _macro_f1(y: np.ndarray, answer: np.ndarray, n_classes: int) -> float:
         fp, fn = np.sum((answer == c) & (y != c)), np.sum((answer != c) & (y == c))
         f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return float(np.mean(f1))
+
+
+def _calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: per confidence bin, |mean confidence - accuracy|, weighted
+    by the bin's share of the answers."""
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
+    return float(gap)
 
 
 def _stratified_folds(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:

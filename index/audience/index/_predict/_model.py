@@ -81,6 +81,7 @@ class Quality:
     macro_f1: float = 0.0
     majority_accuracy: float = 0.0  # always answering the commonest value
     majority_macro_f1: float = 0.0
+    calibration_error: float = 0.0  # |confidence - accuracy| over 10 bins, weighted (ECE)
     mae: float = 0.0  # numbers: mean absolute error
     baseline_mae: float = 0.0  # always answering the median
     candidates: dict[str, float] = field(default_factory=dict)  # method -> its score
