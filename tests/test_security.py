@@ -22,7 +22,13 @@ from conftest import crafted_profiles
 
 TOKENS = {"reader": "r-secret", "writer": "w-secret", "admin": "a-secret"}
 RANK = {"reader": 0, "writer": 1, "admin": 2}
-NEEDS = {"Lookalike": "reader", "Segments": "reader", "Profiles": "writer", "Admin": "admin"}
+NEEDS = {
+    "Lookalike": "reader",
+    "Segments": "reader",
+    "Predictions": "reader",
+    "Profiles": "writer",
+    "Admin": "admin",
+}
 
 
 def call(channel: grpc.Channel, service, method, token: str | None):
@@ -51,7 +57,7 @@ def test_every_method_checks_the_token_and_role(start_server) -> None:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert status.status == health_pb2.HealthCheckResponse.SERVING  # health stays open
         walked = 0
-        for name in ("Profiles", "Lookalike", "Segments", "Admin"):
+        for name in ("Profiles", "Lookalike", "Segments", "Predictions", "Admin"):
             service = pb.DESCRIPTOR.services_by_name[name]
             for method in service.methods:
                 walked += 1
@@ -67,8 +73,8 @@ def test_every_method_checks_the_token_and_role(start_server) -> None:
                             grpc.StatusCode.UNAUTHENTICATED,
                             grpc.StatusCode.PERMISSION_DENIED,
                         ), (where, role, got)
-        assert walked == 25  # every method of the four services (jobs, GetEncoder, Publish,
-        # DiagnoseSeeds too)
+        assert walked == 29  # every method of the five services (jobs, GetEncoder, Publish,
+        # DiagnoseSeeds, the predictions and their fits too)
     with AudienceClient(f"127.0.0.1:{server.port}", token=TOKENS["writer"]) as c:
         c.upsert_users(crafted_profiles())
         assert len(c.find_lookalikes(seed_ids=["cook-0"], k=3).users) == 3
