@@ -208,6 +208,24 @@ def file_stem(attribute: str) -> str:
     return f"{_SAFE.sub('_', attribute)[:60]}-{digest}"
 
 
+KNN_BLOCK = 1 << 24  # similarities computed at once (64 MB of float32), rows at a time
+
+
+def _nearest(x: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices), each (n, k): the k rows of `vectors` nearest each row of x,
+    computed a block of rows at a time so that memory stays bounded."""
+    k = min(k, len(vectors))
+    sims = np.empty((len(x), k), np.float32)
+    top = np.empty((len(x), k), np.int64)
+    step = max(1, KNN_BLOCK // max(len(vectors), 1))
+    for s in range(0, len(x), step):
+        block = x[s : s + step] @ vectors.T
+        idx = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        top[s : s + step] = idx
+        sims[s : s + step] = np.take_along_axis(block, idx, axis=1)
+    return sims, top
+
+
 def knn_votes(
     x: np.ndarray,
     vectors: np.ndarray,
@@ -218,10 +236,9 @@ def knn_votes(
 ) -> np.ndarray:
     """Similarity-weighted votes of the k nearest labelled users, each class's votes divided
     by its share, rows summing to 1."""
-    k = min(k, len(labels))
-    sims = x @ vectors.T
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    w = np.maximum(np.take_along_axis(sims, top, axis=1), 0.0)
+    sims, top = _nearest(x, vectors, k)
+    k = top.shape[1]
+    w = np.maximum(sims, 0.0)
     votes = np.zeros((len(x), n_classes), np.float64)
     np.add.at(votes, (np.repeat(np.arange(len(x)), k), labels[top].ravel()), w.ravel())
     votes /= prior
@@ -231,8 +248,6 @@ def knn_votes(
 
 def knn_mean(x: np.ndarray, vectors: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     """The similarity-weighted mean value of the k nearest labelled users."""
-    k = min(k, len(values))
-    sims = x @ vectors.T
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    w = np.maximum(np.take_along_axis(sims, top, axis=1), 1e-6)
+    sims, top = _nearest(x, vectors, k)
+    w = np.maximum(sims, 1e-6)
     return (w * values[top]).sum(axis=1) / w.sum(axis=1)
