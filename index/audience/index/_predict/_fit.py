@@ -39,7 +39,7 @@ from ._model import (
 FOLDS = 5
 MIN_LABELLED = 30  # users with the attribute, fewer: no model
 MIN_CLASS_USERS = 5  # users per value: rarer values are not predicted
-MAX_CLASSES = 50  # a category with more values is not predicted (an id, a free text)
+MAX_CLASSES = 50  # a category with more common values is not predicted
 MAX_FIT_USERS = 50_000  # labelled users fitted on (a random sample above that)
 MAX_KNN_USERS = 10_000  # labelled users a knn model keeps
 NEIGHBOURS = 25
@@ -106,8 +106,11 @@ def _fit_categorical(
 ) -> AttributeModel:
     counts = Counter(keys)
     classes = sorted(c for c, n in counts.items() if n >= MIN_CLASS_USERS)
-    if len(counts) > MAX_CLASSES:
-        raise NotPredictable(f"{len(counts)} distinct values; at most {MAX_CLASSES} predicted")
+    if len(classes) > MAX_CLASSES or len(counts) > len(keys) / 2:  # an id, a free text
+        raise NotPredictable(
+            f"{len(counts)} distinct values ({len(classes)} held by {MIN_CLASS_USERS}+ users); "
+            f"at most {MAX_CLASSES} are predicted"
+        )
     if len(classes) < 2:
         raise NotPredictable(f"fewer than 2 values held by {MIN_CLASS_USERS}+ users each")
     code = {c: i for i, c in enumerate(classes)}
