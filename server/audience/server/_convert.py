@@ -265,7 +265,7 @@ def segment_params_from_pb(r: pb.BuildSegmentsRequest) -> SegmentParams:
 
 REBUILD_INDEX, BUILD_SEGMENTS, BACKUP = "rebuild-index", "build-segments", "backup"
 PUBLISH = "publish"
-JOB_KINDS = (REBUILD_INDEX, BUILD_SEGMENTS, BACKUP, PUBLISH)
+JOB_KINDS = (REBUILD_INDEX, BUILD_SEGMENTS, FIT_PREDICTORS, BACKUP, PUBLISH)
 _RESULT_FIELD = {
     REBUILD_INDEX: "rebuild_index",
     BUILD_SEGMENTS: "build_segments",
