@@ -60,7 +60,6 @@ from ._cli_jobs import (
 )
 from ._cli_predict import add_predict_commands
 from ._config import DEFAULT_PORT
-from ._convert import JOB_KINDS
 
 
 def _setup_logging(level: str) -> None:
@@ -518,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobsub = jobs.add_subparsers(dest="jobs_command", required=True)
     s = jobsub.add_parser("list", help="running jobs, then the last finished ones")
     client_flags(s)
-    s.add_argument("--kind", choices=JOB_KINDS)
+    s.add_argument(  # _convert.JOB_KINDS, not imported here: it loads grpc (see serve)
+        "--kind", choices=("rebuild-index", "build-segments", "fit-predictors", "backup", "publish")
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_jobs_list)
     s = jobsub.add_parser("show", help="one job: state, stage, result or error")
