@@ -98,16 +98,20 @@ class Predicting:
         vector space, with their saved answers brought up to date (the users written since
         are answered from the store); the rest are named for a refit."""
         loaded = load_predictors(self.directory, encoder.fingerprint, self.catalog.warnings)
-        c = self.catalog
-        for name, model in loaded.models.items():
+        c, models = self.catalog, list(loaded.models.values())
+        for model in models:
             model.lexical = encoder.lexical
-            loaded.answers[name].serve(c.attrs)
-            for rows in c.store.iter_rows(since_seq=model.answers_sequence):
-                iids = np.array([r.iid for r in rows], np.int64)
-                vectors = np.stack([from_f32(r.vec) for r in rows])
-                docs = [document(text_items(r)) for r in rows]
-                predict_into(c.attrs, model, iids, vectors, lambda _, d=docs: d)
-            c.predictors[name] = model
+            loaded.answers[model.attribute].serve(c.attrs)
+        since = min((m.answers_sequence for m in models), default=c.store.sequence)
+        for rows in c.store.iter_rows(since_seq=since) if models else ():  # one scan for all
+            for model in models:
+                newer = [r for r in rows if r.seq > model.answers_sequence]
+                if newer:
+                    iids = np.array([r.iid for r in newer], np.int64)
+                    vectors = np.stack([from_f32(r.vec) for r in newer])
+                    docs = [document(text_items(r)) for r in newer]
+                    predict_into(c.attrs, model, iids, vectors, lambda _, d=docs: d)
+        c.predictors.update(loaded.models)
         return loaded
 
     def stale(self, encoder: ProfileEncoder) -> list[str]:
