@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test bench protos generate lint clean
+.PHONY: install run test bench bench-peers-deps protos generate lint clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: install
 
 bench: install
 	$(PY) bench/run.py lookalike --data ../shared/data --json bench-lookalike.json
+
+# The vector databases `bench/run.py peers` compares with (Milvus Lite, Chroma, LanceDB).
+bench-peers-deps: install
+	$(PY) -m pip install -q -c constraints.txt -r bench/peers-requirements.txt
 
 protos: install
 	PYTHON=$(PY) bash scripts/gen_protos.sh

@@ -117,6 +117,33 @@ def _replicate(base: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out
 
 
+def label_rows(labels: list[str], n: int) -> tuple[dict[str, list[int]], list[str], int]:
+    """(base rows by label, the labels sorted, replicas of the base) for n replicated users."""
+    by_label: dict[str, list[int]] = {}
+    for b, lab in enumerate(labels):
+        by_label.setdefault(lab, []).append(b)
+    return by_label, sorted(by_label), max(1, n // len(labels))
+
+
+def draw_seed_sets(
+    rng: random.Random, by_label: dict[str, list[int]], names: list[str], reps: int, n: int,
+    count: int,
+) -> list[list[int]]:  # fmt: skip
+    """Seeds as a marketer picks them: 20 users of one topic (the replicas of titles that
+    share a tag), not 20 unrelated users; `count` sets of sorted row numbers below n."""
+    n_base = sum(len(rows) for rows in by_label.values())
+    seed_sets = []
+    for _ in range(count):
+        members = by_label[rng.choice(names)]
+        chosen: set[int] = set()
+        while len(chosen) < 20:
+            i = rng.choice(members) + n_base * rng.randrange(reps)
+            if i < n:
+                chosen.add(i)
+        seed_sets.append(sorted(chosen))
+    return seed_sets
+
+
 def _timed_queries(
     client: AudienceClient, queries: list[LookalikeQuery]
 ) -> tuple[list[float], list[LookalikeResult]]:
@@ -259,23 +286,9 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     # restart and the latencies below are not measured against the kernel's writeback.
     os.sync()
 
-    # Seeds as a marketer picks them: 20 users of one topic (the replicas of titles that
-    # share a tag), not 20 unrelated users.
     rng = random.Random(args.seed)
-    by_label: dict[str, list[int]] = {}
-    for b, lab in enumerate(labels):
-        by_label.setdefault(lab, []).append(b)
-    names = sorted(by_label)
-    reps = max(1, n // len(base))
-    seed_sets = []
-    for _ in range(args.queries + WARMUP):
-        members = by_label[rng.choice(names)]
-        chosen: set[int] = set()
-        while len(chosen) < 20:
-            i = rng.choice(members) + len(base) * rng.randrange(reps)
-            if i < n:
-                chosen.add(i)
-        seed_sets.append(sorted(chosen))
+    by_label, names, reps = label_rows(labels, n)
+    seed_sets = draw_seed_sets(rng, by_label, names, reps, n, args.queries + WARMUP)
     seed_sets, warm_sets = seed_sets[: args.queries], seed_sets[args.queries :]
     queries = [LookalikeQuery(seed_ids=[ids[i] for i in s], k=100) for s in seed_sets]
     warm = [LookalikeQuery(seed_ids=[ids[i] for i in s], k=100) for s in warm_sets]

@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import DATASETS, User  # noqa: E402
 from _harness import ServerProcess, encode_baseline, log  # noqa: E402
+from _peers import SYSTEMS, bench_peers  # noqa: E402
 from _perf import bench_perf  # noqa: E402
 from _predict import bench_predict  # noqa: E402
 from _scale import bench_scale_out  # noqa: E402
@@ -627,6 +628,23 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--batch-size", type=int, default=256, help="users per UpsertUsers")
     pr.add_argument("--seed", type=int, default=1)
     pr.add_argument("--quiet", action="store_true")
+    pe = sub.add_parser("peers", help="Audience beside Milvus Lite, Chroma, LanceDB, FAISS")
+    data_flag(pe)
+    pe.add_argument("--json", type=Path, help="write the results here")
+    pe.add_argument(
+        "--users", type=int, default=1_000_000, help="users (default 1000000; 200000 is quick)"
+    )
+    pe.add_argument("--queries", type=int, default=1000, help="timed lookalike queries")
+    pe.add_argument(
+        "--systems",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=SYSTEMS,
+        help=f"comma-separated, of {','.join(SYSTEMS)},audience_sq8 (default: all but the last)",
+    )
+    pe.add_argument("--serve-flag", action="append", default=[], help="extra `audience serve` flag")
+    pe.add_argument("--work-dir", type=Path, help="where the systems' data go (default: $TMPDIR)")
+    pe.add_argument("--seed", type=int, default=1)
+    pe.add_argument("--quiet", action="store_true")
     sc = sub.add_parser("scale", help="Ray ingest and read replicas, beside one server")
     data_flag(sc)
     sc.add_argument("--json", type=Path, help="write the results here")
@@ -640,8 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    if args.bench in ("perf", "scale", "predict"):
-        run = {"perf": bench_perf, "scale": bench_scale_out, "predict": bench_predict}[args.bench]
+    if args.bench in ("perf", "scale", "predict", "peers"):
+        run = {
+            "perf": bench_perf,
+            "scale": bench_scale_out,
+            "predict": bench_predict,
+            "peers": bench_peers,
+        }[args.bench]
         result = {
             **run(args),
             "bench": args.bench,
