@@ -133,8 +133,10 @@ class TextVectorActor:
         from audience.index import BatchTextEncoder, TextItem
 
         self._item = TextItem
-        self._workdir = tempfile.TemporaryDirectory(prefix="audience-encoder-")
-        self._encoder = BatchTextEncoder(ray.get(export), Path(self._workdir.name))
+        # Ray ends its actors without running finalizers: the export's files go as soon as
+        # the encoder has read them (they leaked 57 MB per actor and ingest into /tmp).
+        with tempfile.TemporaryDirectory(prefix="audience-encoder-") as workdir:
+            self._encoder = BatchTextEncoder(ray.get(export), Path(workdir))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         users = [
@@ -205,25 +207,17 @@ def ray_ingest(
     export = client.get_encoder()
     connect(address)
     context = ray.data.DataContext.get_current()  # this process's: restored at the end
-    saved = (
-        context.enable_progress_bars,
-        context.print_on_execution_start,
-        context.execution_options.preserve_order,
-    )
+    saved = (context.enable_progress_bars, context.print_on_execution_start)
     try:
         context.enable_progress_bars = progress and sys.stderr.isatty()
         context.print_on_execution_start = False
-        return _run(client, files, cols, export, context, fmt, delimiter, max_texts_per_user,
+        return _run(client, files, cols, export, fmt, delimiter, max_texts_per_user,
                     workers, batch_size, progress)  # fmt: skip
     finally:
-        (
-            context.enable_progress_bars,
-            context.print_on_execution_start,
-            context.execution_options.preserve_order,
-        ) = saved
+        context.enable_progress_bars, context.print_on_execution_start = saved
 
 
-def _run(client, files, cols, export, context, fmt, delimiter, max_texts, workers, batch_size,
+def _run(client, files, cols, export, fmt, delimiter, max_texts, workers, batch_size,
          progress) -> tuple[UpsertResult, IngestReport]:  # fmt: skip
     import ray
 
@@ -244,9 +238,6 @@ def _run(client, files, cols, export, context, fmt, delimiter, max_texts, worker
         .sort("first")  # users in the order a local ingest sends them (see below)
         .materialize()
     )
-    # Sent in that order, users take the same internal ids and categorical attribute slots
-    # as with a local ingest of the same files: the stored result is the same.
-    context.execution_options.preserve_order = True
     export_ref = ray.put(_as_index_export(export))  # once in the object store, not per actor
     ds = users.map_batches(
         TextVectorActor,
@@ -256,6 +247,12 @@ def _run(client, files, cols, export, context, fmt, delimiter, max_texts, worker
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1,
     )
+    # Sent in that order, users take the same internal ids and categorical attribute slots
+    # as with a local ingest of the same files: the stored result is the same. A dataset
+    # carries the context it was made with (a copy), so the order is asked of its own: set on
+    # DataContext.get_current() here it was not seen, and the actor pool's batches came back
+    # in the order they finished (a flaky test: gender's two slots swapped).
+    ds.context.execution_options.preserve_order = True
     report = IngestReport()
     profiles = _Counted(
         _profiles(ds.iter_batches(batch_size=batch_size, batch_format="numpy"), report),
