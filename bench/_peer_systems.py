@@ -147,9 +147,11 @@ class LanceDb:
                     schema=schema,
                 )
 
+        from lancedb.index import Bitmap, IvfPq
+
         table = db.create_table("bench", data=batches(), schema=schema)
-        table.create_index(metric="dot", vector_column_name="vector", index_type="IVF_PQ")
-        table.create_scalar_index("tier", index_type="BITMAP")
+        table.create_index("vector", config=IvfPq(distance_type="dot"))
+        table.create_index("tier", config=Bitmap())
 
     def open(self) -> None:
         import lancedb
@@ -162,7 +164,7 @@ class LanceDb:
     def search(self, q: np.ndarray, k: int, effort, tier: int | None) -> list[int]:
         nprobes, refine = effort
         query = self.table.search(q).distance_type("dot").limit(k).nprobes(nprobes)
-        query = query.refine_factor(refine).select(["id"])
+        query = query.refine_factor(refine).select(["id", "_distance"])
         if tier is not None:
             query = query.where(f"tier = {tier}", prefilter=True)
         return query.to_arrow().column("id").to_pylist()

@@ -180,7 +180,6 @@ def _worker(name: str, mode: str, work: Path) -> tuple[dict, float]:
         [sys.executable, str(WORKER), name, mode, str(work)],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "LANCE_LOG": "error"},  # not a deprecation notice per query
     )
     ready = None
     for line in proc.stdout:
