@@ -65,8 +65,22 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-class FaissHnsw:
+class InProcess:
+    """A library searched in this process: every client thread shares the one handle."""
+
     kind = "library"
+
+    def handle(self):
+        return self
+
+    def server_pids(self) -> list[int]:
+        return []  # this process serves
+
+    def close(self) -> None:
+        pass
+
+
+class FaissHnsw(InProcess):
     ladder = HNSW_LADDER
     config = "HNSW32,Flat (M 32, efConstruction 40), inner product"
 
@@ -90,9 +104,6 @@ class FaissHnsw:
         self.index = faiss.read_index(str(self.path))
         self.tier = np.load(self.path.with_suffix(".tier.npy"))
 
-    def handle(self):
-        return self
-
     def search(self, q: np.ndarray, k: int, effort: int, tier: int | None) -> list[int]:
         import faiss
 
@@ -106,15 +117,8 @@ class FaissHnsw:
             params.sel = self.selectors[tier][0]
         return self.index.search(q[None, :], k, params=params)[1][0].tolist()
 
-    def server_pids(self) -> list[int]:
-        return []
 
-    def close(self) -> None:
-        pass
-
-
-class LanceDb:
-    kind = "library"
+class LanceDb(InProcess):
     ladder = LANCE_LADDER
     config = "IVF_PQ (LanceDB's default partitions and sub-vectors), dot; BITMAP index on tier"
 
@@ -158,9 +162,6 @@ class LanceDb:
 
         self.table = lancedb.connect(str(self.home)).open_table("bench")
 
-    def handle(self):
-        return self
-
     def search(self, q: np.ndarray, k: int, effort, tier: int | None) -> list[int]:
         nprobes, refine = effort
         query = self.table.search(q).distance_type("dot").limit(k).nprobes(nprobes)
@@ -168,12 +169,6 @@ class LanceDb:
         if tier is not None:
             query = query.where(f"tier = {tier}", prefilter=True)
         return query.to_arrow().column("id").to_pylist()
-
-    def server_pids(self) -> list[int]:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 class MilvusLite:
