@@ -61,6 +61,17 @@ def peak_rss(pid: int) -> int:
     raise RuntimeError(f"no VmHWM for {pid}")
 
 
+def spawn(home: Path, exe: str, command: str, data_flag: str, port: int):
+    """`exe command DATA_FLAG home --host 127.0.0.1 --port port` beside this Python, its output
+    in home's parent/EXE.log; (process, log file)."""
+    log = open(home.parent / f"{exe}.log", "ab")
+    args = [str(Path(sys.executable).with_name(exe)), command, data_flag, str(home)]
+    proc = subprocess.Popen(
+        [*args, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    return proc, log
+
+
 def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -182,22 +193,7 @@ class MilvusLite:
 
     def _start(self) -> None:
         port = free_port()
-        self.log = open(self.home.parent / "milvus-lite.log", "ab")
-        exe = Path(sys.executable).with_name("milvus-lite")
-        self.proc = subprocess.Popen(
-            [
-                str(exe),
-                "server",
-                "--data-dir",
-                str(self.home),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],  # fmt: skip
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc, self.log = spawn(self.home, "milvus-lite", "server", "--data-dir", port)
         self.uri = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 600
         while True:
@@ -288,13 +284,7 @@ class ChromaServer:
 
     def _start(self) -> None:
         port = free_port()
-        self.log = open(self.home.parent / "chroma.log", "ab")
-        exe = Path(sys.executable).with_name("chroma")
-        self.proc = subprocess.Popen(
-            [str(exe), "run", "--path", str(self.home), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc, self.log = spawn(self.home, "chroma", "run", "--path", port)
         self.port = port
         deadline = time.monotonic() + 600
         while True:
