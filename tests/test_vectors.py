@@ -109,3 +109,37 @@ def test_hnsw_tombstones_call_for_compaction(data):
     assert not index.needs_compaction()  # 20% < 25%
     index.remove(ids[400:800])
     assert index.needs_compaction()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf-pq"])
+def test_a_filter_searched_in_the_index_keeps_its_recall(kind, data, monkeypatch):
+    """A filter leaving 10% of the users, searched in the index (not exactly: the thresholds
+    are lowered so that this small index takes the path a large one takes): the effort is
+    raised for the filter's share, so recall stays near the unfiltered one."""
+    from audience.index._vectors import _ann
+
+    ids, x, q = data
+    index = build_index(IndexOptions(kind), DIM, ids, x)
+    monkeypatch.setattr(_ann, "EXACT_BELOW_USERS", 0)
+    monkeypatch.setattr(_ann, "EXACT_BELOW_SHARE", 0.0)
+    monkeypatch.setattr(_ann.HnswIndex, "SCAN_USERS_PER_EFFORT", 0)
+    unfiltered = _recall(index.search(q, 50, effort=16)[1], _exact(ids, x, q, 50))
+    rows = np.random.default_rng(3).random(N) < 0.1
+    allowed = np.zeros(int(ids.max()) + 1, bool)
+    allowed[ids[rows]] = True
+    got = index.search(q, 50, allowed, effort=16)[1]
+    assert set(got.ravel().tolist()) - {-1} <= set(ids[rows].tolist())
+    assert _recall(got, _exact(ids[rows], x[rows], q, 50)) >= unfiltered - 0.05
+
+
+def test_hnsw_scans_exactly_when_that_is_cheaper(data):
+    """A filter leaving few users is answered by a scan of their stored vectors: exact."""
+    ids, x, q = data
+    index = build_index(IndexOptions("hnsw"), DIM, ids, x)
+    rows = np.random.default_rng(4).random(N) < 0.3
+    allowed = np.zeros(int(ids.max()) + 1, bool)
+    allowed[ids[rows]] = True
+    effort = index._filtered_effort(256, 50, rows.mean())  # the graph's, for 3,600 of 12,000
+    assert index._scan_is_cheaper(int(rows.sum()), effort)
+    got = index.search(q, 50, allowed)[1]
+    assert _recall(got, _exact(ids[rows], x[rows], q, 50)) >= 0.99

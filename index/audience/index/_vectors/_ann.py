@@ -1,7 +1,13 @@
 """The approximate kinds: HNSW graphs (fp16, float32 or 8-bit storage) and IVF-PQ.
 
-Both map iids to their own internal labels and answer a filter that leaves few users by an
-exact search over those users (graphs lose recall when most nodes are filtered out).
+Both map iids to their own internal labels. A filter that leaves few users is answered by
+an exact search over those users. One that leaves more is searched in the index; a graph's
+effort is raised by the inverse of the filter's share, so that about as many eligible users
+are visited as an unfiltered search visits (a graph loses recall when most of the nodes it
+reaches are filtered out). At 1M StackOverflow users, seeds of one tag, HNSW effort 200,
+recall@100 of a filter leaving 10% went from 0.63 at the unfiltered effort to 0.99 at
+effort 2000 (8.6 ms); a filter leaving 5% was scanned exactly in 16 ms, where effort 4000
+took 21 ms.
 """
 
 from __future__ import annotations
@@ -79,7 +85,9 @@ class _AnnIndex(VectorIndex):
         effort = max(effort or self.default_effort, 1)
         if allowed is not None:
             n_allowed = int(np.count_nonzero(allowed))
-            if exact or n_allowed <= max(EXACT_BELOW_USERS, EXACT_BELOW_SHARE * self._count):
+            share = n_allowed / max(self._count, 1)
+            effort = self._filtered_effort(effort, k, share)
+            if exact or n_allowed <= EXACT_BELOW_USERS or self._scan_is_cheaper(n_allowed, effort):
                 return self._exact(q, k, np.flatnonzero(allowed))
             bits = np.packbits(allowed, bitorder="little")  # kept alive for the whole search
             sel = faiss.IDSelectorBitmap(bits)
@@ -95,6 +103,16 @@ class _AnnIndex(VectorIndex):
 
     def _alive_selector(self):
         return None
+
+    def _filtered_effort(self, effort: int, k: int, share: float) -> int:
+        """The effort of a search that may return only `share` of the users. The lists an
+        IVF probes hold the nearest eligible users as they hold the nearest users: no more."""
+        return effort
+
+    def _scan_is_cheaper(self, n_allowed: int, effort: int) -> bool:
+        """Whether an exact search over `n_allowed` users costs less than the index searched
+        at `effort` (already raised for their share)."""
+        return n_allowed <= EXACT_BELOW_SHARE * self._count
 
     def _exact(self, q: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exhaustive over the given ids (vectors as the index holds them)."""
@@ -173,9 +191,10 @@ class HnswIndex(_AnnIndex):
         super().__init__(dim)
         self._index = index
         self._inner = faiss.downcast_index(index.index)
+        self._storage = faiss.downcast_index(self._inner.storage)
         self.kind = "hnsw-f32"
         if isinstance(self._inner, faiss.IndexHNSWSQ):
-            qtype = faiss.downcast_index(self._inner.storage).sq.qtype
+            qtype = self._storage.sq.qtype
             self.kind = "hnsw" if qtype == faiss.ScalarQuantizer.QT_fp16 else "hnsw-sq8"
         self.default_effort = ef_search
         by_label = self._ids_by_label()
@@ -256,6 +275,35 @@ class HnswIndex(_AnnIndex):
 
     def _alive_selector(self):
         return self._all if self.tombstones else None
+
+    # A unit of graph effort costs about as much as scanning this many stored vectors (1M
+    # users, fp16: effort 2000 took 8.6 ms, 4000 21 ms; a scan 6 ms + 0.2 ms a 1,000 users).
+    SCAN_USERS_PER_EFFORT = 20
+
+    def _filtered_effort(self, effort: int, k: int, share: float) -> int:
+        return int(np.ceil(max(effort, k) / share))  # the graph searches at least k deep
+
+    def _scan_is_cheaper(self, n_allowed: int, effort: int) -> bool:
+        return n_allowed <= self.SCAN_USERS_PER_EFFORT * effort
+
+    def _exact(self, q: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's own vectors scanned (in faiss, skipping everyone not in `ids`)."""
+        labels = self._labels(ids)
+        member = np.zeros(int(self._index.ntotal), bool)
+        member[labels] = True
+        bits = np.packbits(member, bitorder="little")  # kept alive for the whole search
+        params = faiss.SearchParameters()
+        params.sel = faiss.IDSelectorBitmap(bits)
+        scores, found = self._storage.search(q, min(k, max(len(labels), 1)), params=params)
+        del bits
+        by_label = self._ids_by_label()
+        ids = np.where(found >= 0, by_label[np.maximum(found, 0)], -1)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        pad = k - ids.shape[1]
+        if pad > 0:
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, ids
 
     @property
     def tombstones(self) -> int:
