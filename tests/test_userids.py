@@ -31,3 +31,12 @@ def test_set_take_pop_and_growth() -> None:
     probe = np.array([5000, 5, 0, -1, 10**9, 4999], np.int64)
     assert t.contains(probe).tolist() == [True, False, True, False, False, False]
     assert t.contains(np.zeros(0, np.int64)).tolist() == []
+
+
+def test_set_many_counts_new_ids_once_and_keeps_python_strings() -> None:
+    t = UserIdTable()
+    t.set_many(np.array([3, 70_000, 1], np.int64), ["c", "big", "a"])
+    t.set_many(np.array([3, 2], np.int64), ["c2", "b"])  # one replaced, one new
+    assert len(t) == 4 and t[3] == "c2" and t[70_000] == "big"
+    assert t.items() == [(1, "a"), (2, "b"), (3, "c2"), (70_000, "big")]
+    assert all(type(u) is str for u in t.take(np.array([1, 2, 3], np.int64)))

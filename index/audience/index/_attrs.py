@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -79,21 +79,37 @@ class AttributeTable:
         for col in [*self._columns.values(), *self._predicted.values()]:
             col.grow(capacity)
 
-    def set(self, iid: int, attributes: Mapping[str, AttrValue]) -> None:
-        self._ensure(iid)
-        self.alive[iid] = True
+    def set_many(self, iids: np.ndarray, values: Sequence[tuple[int, str, AttrValue]]) -> None:
+        """These users (each once) hold exactly these (iid, name, value)s from now: a column
+        at a time, not a user at a time (at start, a million users load in ~1 s, not 4)."""
+        if not len(iids):
+            return
+        self._ensure(int(np.max(iids)))
+        self.alive[iids] = True
         for col in self._columns.values():
-            col.numbers[iid] = np.nan
-            col.codes[iid] = -1
-        for name, value in attributes.items():
+            col.numbers[iids] = np.nan
+            col.codes[iids] = -1
+        numbers: dict[str, tuple[list[int], list[float]]] = {}
+        texts: dict[str, tuple[list[int], list[str]]] = {}
+        for iid, name, value in values:
+            if isinstance(value, (bool, int, float)):
+                at, got = numbers.setdefault(name, ([], []))
+                at.append(iid)
+                got.append(float(value))
+            else:
+                at, keys = texts.setdefault(name, ([], []))
+                at.append(iid)
+                keys.append(category_key(value))
+        for name in numbers.keys() | texts.keys():
             col = self._columns.get(name)
             if col is None:
                 col = self._columns[name] = _Column(len(self.alive))
-            if isinstance(value, (bool, int, float)):
-                col.numbers[iid] = float(value)
-            else:
-                key = category_key(value)
-                col.codes[iid] = col.lookup.setdefault(key, len(col.lookup))
+            if name in numbers:
+                col.numbers[numbers[name][0]] = numbers[name][1]
+            if name in texts:
+                at, keys = texts[name]
+                lookup = col.lookup
+                col.codes[at] = [lookup.setdefault(key, len(lookup)) for key in keys]
 
     def remove(self, iid: int) -> None:
         if iid < len(self.alive):

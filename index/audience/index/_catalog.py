@@ -118,12 +118,11 @@ class Catalog:
         loader = threading.Thread(target=load_index, name="index-load", daemon=True)
         loader.start()
         done = 0
-        for rows in self.store.iter_meta():
-            for iid, user_id, attributes in rows:
-                self.iid_of[user_id] = iid
-                self.uid_of.set(iid, user_id)
-                self.attrs.set(iid, attributes)
-            done += len(rows)
+        for iids, user_ids, values in self.store.iter_meta():
+            self.iid_of.update(zip(user_ids, iids.tolist()))
+            self.uid_of.set_many(iids, user_ids)
+            self.attrs.set_many(iids, values)
+            done += len(iids)
             if progress:
                 progress("load profiles", done, total)
         loader.join()
@@ -180,10 +179,17 @@ class Catalog:
         ids = np.array(iids, dtype=np.int64)
         self.index.remove(ids)
         self.index.add(ids, vectors)
-        for iid, p in zip(iids, profiles):
-            self.iid_of[p.user_id] = iid
-            self.uid_of.set(iid, p.user_id)
-            self.attrs.set(iid, p.attributes)
+        user_ids = [p.user_id for p in profiles]
+        self.iid_of.update(zip(user_ids, ids.tolist()))
+        self.uid_of.set_many(ids, user_ids)
+        self.attrs.set_many(
+            ids,
+            [
+                (iid, k, v)
+                for iid, p in zip(ids.tolist(), profiles)
+                for k, v in p.attributes.items()
+            ],
+        )
         if self.predictors:
             docs = [document(p.texts) for p in profiles]
             for model in self.predictors.values():

@@ -9,6 +9,8 @@ ids, against 156 us for the dict lookups. It is also smaller than that dict: 8 b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -18,12 +20,21 @@ class UserIdTable:
         self._count = 0
 
     def set(self, iid: int, user_id: str) -> None:
-        if iid >= len(self._ids):
-            grown = np.full(max(iid + 1, int(len(self._ids) * 1.25) + 1024), None, dtype=object)
+        self.set_many(np.array([iid], np.int64), [user_id])
+
+    def set_many(self, iids: np.ndarray, user_ids: Sequence[str]) -> None:
+        """`set` for each pair (iids each once)."""
+        if not len(iids):
+            return
+        top = int(np.max(iids))
+        if top >= len(self._ids):
+            grown = np.full(max(top + 1, int(len(self._ids) * 1.25) + 1024), None, dtype=object)
             grown[: len(self._ids)] = self._ids
             self._ids = grown
-        self._count += self._ids[iid] is None
-        self._ids[iid] = user_id
+        self._count += int(np.count_nonzero(self._ids[iids] == None))  # noqa: E711
+        column = np.empty(len(user_ids), dtype=object)
+        column[:] = user_ids
+        self._ids[iids] = column
 
     def pop(self, iid: int) -> None:
         if 0 <= iid < len(self._ids) and self._ids[iid] is not None:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
 
 from .._types import AttrValue, category_key
 from ._model import (
@@ -190,6 +189,8 @@ def _logistic(
     x: np.ndarray | sp.csr_matrix, y: np.ndarray, n_classes: int, c: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(weights (d, classes), bias (classes,)) of a class-weighted logistic regression."""
+    from sklearn.linear_model import LogisticRegression  # a second to import: when fitting
+
     lr = LogisticRegression(C=c, max_iter=1000, class_weight="balanced")
     lr.fit(x, y)
     weights = np.zeros((x.shape[1], n_classes), np.float32)

@@ -30,6 +30,7 @@ importing this module and describing English-only segments stays cheap.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -39,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 __all__ = ["segment_keywords", "segment_name", "stop_terms", "term_gram", "tokenize"]
 
@@ -66,12 +66,21 @@ _TOKEN = re.compile(
 _MARKUP = re.compile(r"(?:https?://|www\.)\S+|<[^<>]{1,200}>|&#?[a-z0-9]{2,8};", re.IGNORECASE)
 _MARKUP_WORDS = frozenset("nbsp amp quot apos http https www href html urllink".split())
 
-# scikit-learn's English stop words, and the fragments its token pattern never meets: the
-# parts of a contraction split at the apostrophe (don't -> don, t; we'll -> ll).
-_EN_STOPWORDS = ENGLISH_STOP_WORDS | frozenset(
+# The fragments scikit-learn's token pattern never meets, added to its English stop words:
+# the parts of a contraction split at the apostrophe (don't -> don, t; we'll -> ll).
+_CONTRACTION_PARTS = frozenset(
     "don doesn didn isn aren wasn weren hasn haven hadn won wouldn couldn shouldn mustn "
     "shan ll ve re".split()
 )
+
+
+@functools.cache
+def _english_stopwords() -> frozenset[str]:
+    """Imported on first use: scikit-learn takes a second to import, which a server start
+    (that may never describe a segment) should not pay."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return ENGLISH_STOP_WORDS | _CONTRACTION_PARTS
 
 # Common Chinese function words. Single characters are dropped anyway; they are listed so the
 # list reads as a whole. The multi-character ones are what matter.
@@ -110,6 +119,7 @@ def _load_jieba() -> Any:
 def tokenize(text: str) -> list[str]:
     """Keyword candidates of one text, in order: Latin words and Chinese words (see above)."""
     out: list[str] = []
+    english_stopwords = _english_stopwords()
     for match in _TOKEN.finditer(_MARKUP.sub(" ", text).lower()):
         tok = match.group()
         if _is_han(tok[0]):
@@ -119,7 +129,7 @@ def tokenize(text: str) -> list[str]:
         elif (
             len(tok) > 1
             and not tok.replace(".", "").isdigit()
-            and tok not in _EN_STOPWORDS
+            and tok not in english_stopwords
             and tok not in _MARKUP_WORDS
         ):
             out.append(tok)
