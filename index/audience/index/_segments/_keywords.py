@@ -82,6 +82,7 @@ def _english_stopwords() -> frozenset[str]:
 
     return ENGLISH_STOP_WORDS | _CONTRACTION_PARTS
 
+
 # Common Chinese function words. Single characters are dropped anyway; they are listed so the
 # list reads as a whole. The multi-character ones are what matter.
 _ZH_STOPWORDS = frozenset(
