@@ -143,3 +143,11 @@ def test_hnsw_scans_exactly_when_that_is_cheaper(data):
     assert index._scan_is_cheaper(int(rows.sum()), effort)
     got = index.search(q, 50, allowed)[1]
     assert _recall(got, _exact(ids[rows], x[rows], q, 50)) >= 0.99
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf-pq"])
+def test_a_filter_nobody_passes_returns_nobody(kind, data):
+    ids, x, q = data
+    index = build_index(IndexOptions(kind), DIM, ids, x)
+    scores, got = index.search(q[:2], 10, np.zeros(int(ids.max()) + 1, bool))
+    assert (got == -1).all() and np.isneginf(scores).all()

@@ -85,8 +85,8 @@ class _AnnIndex(VectorIndex):
         effort = max(effort or self.default_effort, 1)
         if allowed is not None:
             n_allowed = int(np.count_nonzero(allowed))
-            share = n_allowed / max(self._count, 1)
-            effort = self._filtered_effort(effort, k, share)
+            if not (exact or n_allowed <= EXACT_BELOW_USERS):  # (none allowed: exact too)
+                effort = self._filtered_effort(effort, k, n_allowed / self._count)
             if exact or n_allowed <= EXACT_BELOW_USERS or self._scan_is_cheaper(n_allowed, effort):
                 return self._exact(q, k, np.flatnonzero(allowed))
             bits = np.packbits(allowed, bitorder="little")  # kept alive for the whole search
@@ -294,16 +294,10 @@ class HnswIndex(_AnnIndex):
         bits = np.packbits(member, bitorder="little")  # kept alive for the whole search
         params = faiss.SearchParameters()
         params.sel = faiss.IDSelectorBitmap(bits)
-        scores, found = self._storage.search(q, min(k, max(len(labels), 1)), params=params)
+        scores, found = self._storage.search(q, k, params=params)  # -1 past the members
         del bits
-        by_label = self._ids_by_label()
-        ids = np.where(found >= 0, by_label[np.maximum(found, 0)], -1)
-        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-        pad = k - ids.shape[1]
-        if pad > 0:
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, ids
+        ids = np.where(found >= 0, self._ids_by_label()[np.maximum(found, 0)], -1)
+        return np.where(ids >= 0, scores, -np.inf).astype(np.float32), ids
 
     @property
     def tombstones(self) -> int:
