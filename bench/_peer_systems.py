@@ -72,6 +72,18 @@ def spawn(home: Path, exe: str, command: str, data_flag: str, port: int):
     return proc, log
 
 
+def wait_up(proc: subprocess.Popen, what: str, probe):
+    """probe()'s answer once it stops raising (RuntimeError if `proc` exits or 600 s pass)."""
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            return probe()
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
+
+
 def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -195,15 +207,8 @@ class MilvusLite:
         port = free_port()
         self.proc, self.log = spawn(self.home, "milvus-lite", "server", "--data-dir", port)
         self.uri = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("milvus-lite server did not start") from None
-                time.sleep(0.05)
+        wait_up(self.proc, "milvus-lite server", lambda: socket.create_connection(
+            ("127.0.0.1", port), timeout=1).close())  # fmt: skip
         self.client = self.handle()
 
     def handle(self):
@@ -286,16 +291,13 @@ class ChromaServer:
         port = free_port()
         self.proc, self.log = spawn(self.home, "chroma", "run", "--path", port)
         self.port = port
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                self.client = self.handle()
-                self.client.client.heartbeat()
-                break
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("chroma run did not start") from None
-                time.sleep(0.1)
+
+        def up():
+            client = self.handle()
+            client.client.heartbeat()
+            return client
+
+        self.client = wait_up(self.proc, "chroma run", up)
 
     def handle(self):
         import chromadb
