@@ -75,26 +75,37 @@ class _Grouping:
 
     def _norms(self, top: np.ndarray) -> np.ndarray:
         """|mean(top) - mu| of prototypes given as (..., m) indices."""
-        pairs = self.gram[top[..., :, None], top[..., None, :]].mean(axis=(-1, -2))
-        sq = pairs - 2 * self.bg_mean[top].mean(axis=-1) + self.mu2
+        m = top.shape[-1]
+        flat = top[..., :, None] * self.gram.shape[1] + top[..., None, :]  # row-major pairs
+        pairs = self.gram.take(flat).sum(axis=(-1, -2)) / (m * m)
+        sq = pairs - 2 * self.bg_mean.take(top).sum(axis=-1) / m + self.mu2
         return np.sqrt(np.maximum(sq, 1e-12))
 
     def affinity(self, top: np.ndarray) -> np.ndarray:
         """(n, P): each seed's cosine with each of P prototypes given as (P, m) indices."""
-        seed_dot = self.sims[:, top].mean(axis=-1)  # (n, P)
-        num = seed_dot - self.seed_mu[:, None] - self.bg_mean[top].mean(axis=-1)[None, :]
+        m = top.shape[-1]
+        seed_dot = self.sims[:, top].sum(axis=-1) / m  # (n, P)
+        num = seed_dot - self.seed_mu[:, None] - (self.bg_mean.take(top).sum(axis=-1) / m)[None, :]
         return num / (self.seed_norm[:, None] * self._norms(top)[None, :])
 
     def _top(self, scores: np.ndarray) -> np.ndarray:
-        return np.argpartition(-scores, self.m - 1, axis=-1)[..., : self.m]
+        last = scores.shape[-1] - self.m
+        return np.argpartition(scores, last, axis=-1)[..., last:]
 
     def tops(self, labels: np.ndarray, k: int) -> np.ndarray | None:
         """(k, m) the prototypes of k groups; None when a group is empty."""
         member = np.eye(k, dtype=np.float32)[labels].T  # (k, n)
         if not member.sum(axis=1).all():
             return None
-        norms = np.linalg.norm(member @ self.vectors, axis=1)
-        return self._top((member @ self.sims) / np.maximum(norms, 1e-9)[:, None] - self.bg_mean)
+        return self._prototypes(member)
+
+    def _prototypes(self, member: np.ndarray) -> np.ndarray:
+        """(..., m) the prototypes of groups given as (..., n) 0/1 rows: the background users
+        nearest each group's mean."""
+        rows = member.reshape(-1, member.shape[-1])  # one product for every group
+        norms = np.maximum(np.linalg.norm(rows @ self.vectors, axis=1), 1e-9)
+        scores = (rows @ self.sims) / norms[:, None] - self.bg_mean
+        return self._top(scores).reshape(*member.shape[:-1], self.m)
 
     def fit(self, labels: np.ndarray, k: int) -> float:
         """Mean cosine of each seed to its best prototype, its own group's made without it."""
@@ -104,8 +115,8 @@ class _Grouping:
         others = self.affinity(top).astype(np.float64)  # (n, k)
         # each seed's own group without it, all seeds at once
         own = np.eye(k, dtype=bool)[labels]  # (n, k)
-        group_sims = np.stack([self.sims[labels == j].sum(axis=0) for j in range(k)])
-        group_sums = np.stack([self.vectors[labels == j].sum(axis=0) for j in range(k)])
+        member = own.T.astype(np.float32)  # (k, n)
+        group_sims, group_sums = member @ self.sims, member @ self.vectors
         totals = group_sums[labels] - self.vectors  # (n, d): own group's sum less the seed
         norms = np.linalg.norm(totals, axis=1)
         alone = ~(norms > 1e-9)  # a seed alone in its group: no prototype of its own
@@ -129,9 +140,7 @@ class _Grouping:
         active = np.arange(STARTS)  # the starts still moving
         for _ in range(ROUNDS):
             member = (labels[active, None, :] == np.arange(k)[None, :, None]).astype(np.float32)
-            sums = member @ self.vectors  # (starts, k, d)
-            norms = np.maximum(np.linalg.norm(sums, axis=2), 1e-9)
-            top = self._top((member @ self.sims) / norms[:, :, None] - self.bg_mean)
+            top = self._prototypes(member)  # (starts, k, m)
             # (starts, n, k): each seed's cosine with each start's prototypes
             affinity = self.affinity(top.reshape(-1, self.m)).reshape(n, -1, k)
             affinity = affinity.transpose(1, 0, 2)
