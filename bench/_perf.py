@@ -16,7 +16,7 @@
 
 Like `audience serve`, the benchmark restarts itself once with transparent huge pages (unless
 --serve-flag=--no-huge-pages), so the in-process engine and the exact baseline use the same
-kind of memory as the server.
+kind of memory as the server, and with its quiet thread pools (unless --no-quiet-threads).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from _grpc_floor import FloorServer, floor_p50_ms
 from _harness import ServerProcess, encode_baseline, log
 
 from audience.client import AudienceClient, LookalikeQuery, LookalikeResult, Profile
-from audience.server._process import huge_pages_active, reexec_with_huge_pages
+from audience.server._process import huge_pages_active, quiet_thread_pools, reexec_with_huge_pages
 
 DEFAULT_BACKEND = "default"  # whatever the server's default encoder backend is
 ROUNDS = 5  # gRPC and exact Flat timings alternate in this many rounds
@@ -426,6 +426,8 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
 
 
 def bench_perf(args: argparse.Namespace) -> dict:
+    if "--no-quiet-threads" not in args.serve_flag:
+        quiet_thread_pools()  # the in-process engine runs with the server's thread pools
     if "--no-huge-pages" not in args.serve_flag:
         # The in-process engine and the exact baseline get the same memory as the server.
         reexec_with_huge_pages()

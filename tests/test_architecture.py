@@ -174,6 +174,7 @@ def test_sync_and_async_clients_have_the_same_methods_and_parameters() -> None:
             "stream_lookalikes",
             "stream_segment_members",
         ), name
+
     def init(cls: type) -> list[tuple[str, object]]:
         return [(p.name, p.default) for p in inspect.signature(cls.__init__).parameters.values()]
 
@@ -267,7 +268,8 @@ import sys
 from audience.server import _cli, _process
 
 def apply(settings):
-    print("grpc loaded before the settings:", "grpc" in sys.modules, settings)
+    print("grpc or faiss loaded before the settings:",
+          "grpc" in sys.modules or "faiss" in sys.modules, settings)
     raise SystemExit(0)
 
 _process.apply = apply
@@ -285,6 +287,53 @@ def test_audience_serve_applies_its_settings_before_anything_loads_grpc(tmp_path
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
-        "grpc loaded before the settings: False "
-        "ProcessSettings(huge_pages=False, grpc_poll_io=True, switch_interval_s=0.0005)"
+        "grpc or faiss loaded before the settings: False "
+        "ProcessSettings(huge_pages=False, grpc_poll_io=True, switch_interval_s=0.0005, "
+        "quiet_threads=True)"
     )
+
+
+_QUIET_PROBE = """
+import os, sys
+import numpy  # loaded before the settings, as `audience serve` has it
+from audience.server._process import ProcessSettings, apply
+summary = apply(ProcessSettings(huge_pages=False, quiet_threads=sys.argv[1] == "on"))
+import faiss
+from threadpoolctl import threadpool_info
+# numpy's OpenBLAS (faiss carries an OpenMP build of its own, governed by OpenMP)
+blas = [i["num_threads"] for i in threadpool_info() if "numpy" in i["filepath"]]
+print(os.environ.get("OMP_WAIT_POLICY"), blas)
+print(summary)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "env", "expected"),
+    [
+        ("on", {}, "PASSIVE [1]"),
+        ("on", {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_NUM_THREADS": "2"}, "ACTIVE [2]"),
+        ("off", {}, "None [2]"),
+    ],
+)
+def test_serve_quiets_thread_pools_unless_told_otherwise(
+    mode: str, env: dict[str, str], expected: str
+) -> None:
+    """Idle OpenMP threads sleep and BLAS runs in the calling thread (on 2 cores a numpy-heavy
+    query otherwise ran against spinning workers); an operator's values are kept."""
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")
+    }
+    environ.update(env)
+    done = subprocess.run(
+        [sys.executable, "-c", _QUIET_PROBE, mode],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    if os.cpu_count() == 1 and mode == "off":
+        expected = "None [1]"
+    assert lines[0] == expected
+    assert (f"OMP_WAIT_POLICY={expected.split()[0]}" in lines[1]) == (mode == "on"), lines[1]

@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="grpc's poll-based socket I/O, set before grpc loads (on; see the README)",
     )
     s.add_argument(
+        "--quiet-threads",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="idle OpenMP threads sleep, BLAS in the calling thread (on; see the README)",
+    )
+    s.add_argument(
         "--token",
         action="append",
         metavar="ROLE:TOKEN",

@@ -76,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_client_ca=args.tls_client_ca,
         huge_pages=args.huge_pages,
         grpc_poll_io=args.grpc_poll_io,
+        quiet_threads=args.quiet_threads,
         publish_to=args.publish_to,
         publish_every_s=args.publish_every_s,
         publish_keep=args.publish_keep,
@@ -85,7 +86,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_lag_s=args.max_lag_s,
         ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
     )
-    _process.apply(_process.ProcessSettings(config.huge_pages, config.grpc_poll_io))
+    _process.apply(
+        _process.ProcessSettings(
+            config.huge_pages, config.grpc_poll_io, quiet_threads=config.quiet_threads
+        )
+    )
     from ._app import serve  # grpc, faiss and the model load from here on
 
     serve(config)

@@ -9,6 +9,7 @@ max_message_bytes = 67108864  recency_half_life_days = 180
 grace_seconds = 10
 huge_pages = true
 grpc_poll_io = true
+quiet_threads = true
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ServerConfig:
     grace_seconds: float = 10.0  # in-flight calls get this long on SIGTERM
     huge_pages: bool = True  # `audience serve` runs with transparent huge pages (_process)
     grpc_poll_io: bool = True  # `audience serve` sets grpc's poll-based socket I/O (_process)
+    quiet_threads: bool = True  # idle OpenMP threads sleep, BLAS single-threaded (_process)
     port_file: Path | None = None  # the bound port is written here once serving
     # Prometheus /metrics over HTTP: off (None), or this port (0 = a free one) on metrics_host.
     metrics_port: int | None = None
