@@ -422,6 +422,7 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     with FloorServer(tmp) as floor:
         out["grpc_floor_roundtrip_ms"] = floor_p50_ms(floor.target, 0.0)
         out["grpc_floor_p50_ms"] = floor_p50_ms(floor.target, out["inprocess_p50_ms"])
+    out["grpc_vs_floor_p50"] = out["grpc_p50_ms"] / out["grpc_floor_p50_ms"]  # goal <= 1.1
     return out
 
 
@@ -509,6 +510,11 @@ def _table(out: dict) -> None:
             "{:>12.2f}",
         )
         row("bare gRPC server, empty call, p50 ms", out["grpc_floor_roundtrip_ms"], fmt="{:>12.2f}")
+        row(
+            "FindLookalikes p50 / bare gRPC server's",
+            out["grpc_vs_floor_p50"],
+            fmt="{:>11.2f}x",
+        )
         row("exact Flat search, p50 ms", out["exact_flat_p50_ms"], fmt="{:>12.2f}")
         if "auto_p50_ms" in out:
             row("strategy=auto p50 ms (20 seeds, 1 topic)", out["auto_p50_ms"],

@@ -224,6 +224,32 @@ def test_diagnostics_quality_and_explain(crafted) -> None:
     assert few.quality is None and any("only 2 seeds" in w for w in few.warnings)
 
 
+def _mean_pair_cosine(X: np.ndarray) -> float:
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    G = U @ U.T
+    return float((G.sum() - np.trace(G)) / (len(U) * (len(U) - 1)))
+
+
+def test_quality_carries_the_audience_cohesion(crafted) -> None:
+    """The audience's cohesion (what follows its precision) is the mean cosine between two of
+    its users, beside two random eligible users'; a pure audience is tighter than a mixed one."""
+    client, ids, X, interest_of = crafted
+    row = {u: i for i, u in enumerate(ids)}
+    seeds = [f"a-{i}" for i in range(12)]
+    pure = client.find_lookalikes(LookalikeQuery(seed_ids=seeds, k=40, estimate_quality=True))
+    assert {interest_of[u.user_id] for u in pure.users} == {"a"}
+    assert pure.quality is not None
+    got = X[[row[u.user_id] for u in pure.users]]
+    assert pure.quality.cohesion == pytest.approx(_mean_pair_cosine(got), abs=1e-4)
+    eligible = X[[row[u] for u in ids if u not in seeds]]  # the whole population is the sample
+    assert pure.quality.background_cohesion == pytest.approx(_mean_pair_cosine(eligible), abs=1e-4)
+    mixed = client.find_lookalikes(LookalikeQuery(seed_ids=SEEDS_AB, k=120, estimate_quality=True))
+    assert {"a", "b"} <= {interest_of[u.user_id] for u in mixed.users}
+    assert mixed.quality is not None
+    assert pure.quality.cohesion > mixed.quality.cohesion + 0.1
+    assert mixed.quality.cohesion > pure.quality.background_cohesion
+
+
 def test_bad_strategy_names_are_invalid_argument(crafted) -> None:
     client = crafted[0]
     for name in ("centroids", "best_score", "AUTO"):
@@ -251,6 +277,7 @@ def test_cli_strategy_explain_and_seeds_diagnose(crafted, capsys) -> None:
     out = capsys.readouterr().out
     assert "8 of" in out and "(multi-interest)" in out and "closest seed" in out
     assert "held-out seeds expected within this audience" in out and "lift over random" in out
+    assert "audience cohesion" in out
     assert main([*args, "--quality", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["strategy"] == "multi-interest" and doc["quality"]["heldout_seeds"] == 12

@@ -317,6 +317,8 @@ def audience_quality(msg: pb.AudienceQuality) -> AudienceQuality:
         lift_at_1=msg.lift_at_1,
         lift_at_5=msg.lift_at_5,
         lift_at_10=msg.lift_at_10,
+        cohesion=msg.cohesion,
+        background_cohesion=msg.background_cohesion,
     )
 
 

@@ -90,13 +90,13 @@ class LookalikeScorer:
         bg = background.restricted(eligible.mask, seeds.stored_iids())
         share = len(users) / max(eligible.count, 1)
         estimate = quality.estimate(strategy, seeds, bg, share)
+        iid_of = self.catalog.iid_of
+        vectors = self.catalog.user_vectors(np.array([iid_of[u] for u in users.user_ids], np.int64))
+        if estimate is not None:
+            estimate = quality.with_cohesion(estimate, vectors, bg)
         diagnostics = None
         if query.explain:
             diagnostics = self._diagnose(seeds, background, strategy, estimate)
-            iid_of = self.catalog.iid_of
-            vectors = self.catalog.user_vectors(
-                np.array([iid_of[u] for u in users.user_ids], np.int64)
-            )
             closest = quality.closest_seeds(seeds, vectors)
             users = ScoredUsers(users.user_ids, users.scores, users.attributes, closest)
         return LookalikeResult(

@@ -10,6 +10,12 @@ their logarithms: 20 seeds make a coarse count at a reach of 0.5%, the fit uses 
     lift_at_1/5/10   share expected within 1%, 5%, 10% of the eligible users, over that share
                      (what a random audience would find): 1.0 is no better than random
 
+With the audience itself: its cohesion (mean cosine between two of its users) beside the
+background's (two random eligible users). Across seed lists it follows the audience's
+precision far better than the held-out figures do (Pearson r over lists and strategies,
+centroid and best-score, 30 lists of 1-3 labels each: StackOverflow 0.49, THUCNews 0.62, where
+lift_at_1 gave -0.15 / 0.13): a pure audience is a tight group, a mixed one is not.
+
 `diagnose` describes the seeds: cohesion beside random users', the interests with their
 keywords, outliers, warnings.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -55,6 +62,26 @@ def estimate(
         lift_at_5=lifts[1],
         lift_at_10=lifts[2],
     )
+
+
+def with_cohesion(
+    estimate: AudienceQuality, audience: np.ndarray, background: Background
+) -> AudienceQuality:
+    """The estimate with the cohesion of the audience's vectors and of the background's."""
+    return replace(
+        estimate, cohesion=cohesion(audience), background_cohesion=cohesion(background.vectors)
+    )
+
+
+def cohesion(vectors: np.ndarray) -> float:
+    """Mean cosine between two different rows, from their sum (O(n d), any n)."""
+    n = len(vectors)
+    if n < 2:
+        return 0.0
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = np.asarray(vectors, np.float64) / np.maximum(norms, 1e-12)
+    total = unit.sum(axis=0)
+    return float((total @ total - np.einsum("ij,ij->", unit, unit)) / (n * (n - 1)))
 
 
 def recall_at(log_reach: np.ndarray, reach: float) -> float:

@@ -175,6 +175,8 @@ class AudienceQuality:
     lift_at_1: float  # share found within 1% of the eligible users / 0.01
     lift_at_5: float
     lift_at_10: float
+    cohesion: float = 0.0  # mean cosine between two users of the audience
+    background_cohesion: float = 0.0  # between two random eligible users
 
 
 @dataclass(frozen=True)

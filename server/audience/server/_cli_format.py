@@ -272,8 +272,13 @@ def job_card(job: Any) -> list[str]:
 
 
 def quality(q: Any) -> list[str]:
-    """An AudienceQuality in two lines."""
-    return [
+    """An AudienceQuality in two or three lines."""
+    tight = []  # only an estimate made with its audience has the audience's cohesion
+    if q.background_cohesion:
+        tight = [
+            f"audience cohesion {q.cohesion:.2f} (two random users: {q.background_cohesion:.2f})"
+        ]
+    return tight + [
         f"held-out seeds expected within this audience: {q.heldout_recall:.0%} "
         f"({q.reach:.2%} of the eligible users)",
         f"lift over random: x{q.lift_at_1:.1f} at 1%, x{q.lift_at_5:.1f} at 5%, "

@@ -167,6 +167,8 @@ def quality_to_pb(q: AudienceQuality) -> pb.AudienceQuality:
         lift_at_1=q.lift_at_1,
         lift_at_5=q.lift_at_5,
         lift_at_10=q.lift_at_10,
+        cohesion=q.cohesion,
+        background_cohesion=q.background_cohesion,
     )
 
 

@@ -676,6 +676,8 @@ class AudienceQuality(_message.Message):
     LIFT_AT_1_FIELD_NUMBER: _builtins.int
     LIFT_AT_5_FIELD_NUMBER: _builtins.int
     LIFT_AT_10_FIELD_NUMBER: _builtins.int
+    COHESION_FIELD_NUMBER: _builtins.int
+    BACKGROUND_COHESION_FIELD_NUMBER: _builtins.int
     heldout_seeds: _builtins.int
     reach: _builtins.float
     """The audience size as a share of the eligible users."""
@@ -687,6 +689,12 @@ class AudienceQuality(_message.Message):
     """
     lift_at_5: _builtins.float
     lift_at_10: _builtins.float
+    cohesion: _builtins.float
+    """Mean cosine between two users of the audience itself, and between two random eligible
+    users. An audience much tighter than random pairs is usually pure (the best predictor of
+    its precision measured here; see the README, "Strategies").
+    """
+    background_cohesion: _builtins.float
     def __init__(
         self,
         *,
@@ -696,10 +704,12 @@ class AudienceQuality(_message.Message):
         lift_at_1: _builtins.float = ...,
         lift_at_5: _builtins.float = ...,
         lift_at_10: _builtins.float = ...,
+        cohesion: _builtins.float = ...,
+        background_cohesion: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_recall", b"heldout_recall", "heldout_seeds", b"heldout_seeds", "lift_at_1", b"lift_at_1", "lift_at_10", b"lift_at_10", "lift_at_5", b"lift_at_5", "reach", b"reach"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_cohesion", b"background_cohesion", "cohesion", b"cohesion", "heldout_recall", b"heldout_recall", "heldout_seeds", b"heldout_seeds", "lift_at_1", b"lift_at_1", "lift_at_10", b"lift_at_10", "lift_at_5", b"lift_at_5", "reach", b"reach"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
