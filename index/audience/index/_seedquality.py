@@ -12,9 +12,9 @@ their logarithms: 20 seeds make a coarse count at a reach of 0.5%, the fit uses 
 
 With the audience itself: its cohesion (mean cosine between two of its users) beside the
 background's (two random eligible users). Across seed lists it follows the audience's
-precision far better than the held-out figures do (Pearson r over lists and strategies,
-centroid and best-score, 30 lists of 1-3 labels each: StackOverflow 0.49, THUCNews 0.62, where
-lift_at_1 gave -0.15 / 0.13): a pure audience is a tight group, a mixed one is not.
+precision better than the held-out figures do (`bench/run.py lookalike --mixed 1,2,3`, 30
+lists per mix, every strategy: Pearson r StackOverflow 0.30, THUCNews 0.56, where lift_at_1
+gave 0.11 / 0.21): a pure audience is a tight group, a mixed one is not.
 
 `diagnose` describes the seeds: cohesion beside random users', the interests with their
 keywords, outliers, warnings.
