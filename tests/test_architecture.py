@@ -233,6 +233,15 @@ print(summary)
 """
 
 
+def _probe(code: str, arg: str, environ: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a settings probe in a fresh interpreter; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, arg], env=environ, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.parametrize(
     ("env", "order", "expected"),
     [
@@ -248,14 +257,7 @@ def test_serve_applies_process_settings_before_grpc_loads(
     environ = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
     if env is not None:
         environ["GRPC_EXPERIMENTS"] = env
-    done = subprocess.run(
-        [sys.executable, "-c", _SETTINGS_PROBE, order],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _probe(_SETTINGS_PROBE, order, environ)
     lines = done.stdout.strip().splitlines()
     assert lines[0] == f"{expected} 0.001"
     assert "GIL switch interval 1 ms" in lines[1]
@@ -323,15 +325,7 @@ def test_serve_quiets_thread_pools_unless_told_otherwise(
     blas_env = ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
     environ = {k: v for k, v in os.environ.items() if k not in blas_env}
     environ.update(env)
-    done = subprocess.run(
-        [sys.executable, "-c", _QUIET_PROBE, mode],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
+    lines = _probe(_QUIET_PROBE, mode, environ).stdout.strip().splitlines()
     if mode == "off":  # left to OpenBLAS: one thread per core
         expected = f"None [{min(os.cpu_count() or 1, 64)}]"
     assert lines[0] == expected
