@@ -90,6 +90,8 @@ class LookalikeScorer:
         bg = background.restricted(eligible.mask, seeds.stored_iids())
         share = len(users) / max(eligible.count, 1)
         estimate = quality.estimate(strategy, seeds, bg, share)
+        if estimate is None and not query.explain:
+            return LookalikeResult(users, eligible.count, eligible.warnings, used)
         iid_of = self.catalog.iid_of
         vectors = self.catalog.user_vectors(np.array([iid_of[u] for u in users.user_ids], np.int64))
         if estimate is not None:
