@@ -6,7 +6,7 @@ from pathlib import Path
 
 from test_segments import population
 
-from audience.client import AudienceClient, Profile
+from audience.client import AudienceClient, InvalidArgument, Profile
 from conftest import crafted_profiles
 
 
@@ -63,3 +63,67 @@ def test_corrupt_segment_model_falls_back(start_server, tmp_path: Path) -> None:
     with AudienceClient(f"127.0.0.1:{again.port}") as c:
         assert any("segment model" in w for w in c.stats().warnings)
         assert [(s.segment_id, s.size) for s in c.list_segments()] == first
+
+
+def test_a_start_reads_attributes_saved_with_the_generation_and_the_writes_since(
+    start_server, tmp_path: Path
+) -> None:
+    """Each generation saves the attribute columns; a start reads them, then the users written
+    after that generation (changed values, a new attribute, a deletion), and falls back to the
+    store's own attributes when the saved ones are damaged. Filters answer alike every time."""
+    data = tmp_path / "attrs"
+    filters = [
+        "gender=female",
+        "region=north",
+        "age>=40",
+        "premium=1",
+        "tier=gold",
+        "region=west",
+        "gender=female and age<40",
+    ]
+
+    def reach(c: AudienceClient) -> dict[str, tuple[int, int] | str]:
+        out: dict[str, tuple[int, int] | str] = {}
+        for f in filters:
+            try:
+                r = c.estimate_reach([f])
+                out[f] = (r.reach, r.total)
+            except InvalidArgument as exc:  # an attribute no user has (yet)
+                out[f] = exc.details
+        return out
+
+    server = start_server(data_dir=data)
+    with AudienceClient(f"127.0.0.1:{server.port}") as c:
+        c.upsert_users(crafted_profiles())
+        c.snapshot()  # generation 1, with the attributes of these 18 users
+        first = reach(c)
+        c.upsert_users(
+            [
+                Profile("cook-1", texts=["Cooking rice"], attributes={"region": "west", "age": 70}),
+                Profile("late", texts=["Baking bread"], attributes={"tier": "gold", "age": 45}),
+            ]
+        )
+        c.delete_users(["code-3", "ball-4"])
+        later = reach(c)
+    server.stop()  # generation 2
+    assert later != first and later["tier=gold"] == (1, 17) and later["region=west"] == (1, 17)
+    index = data / "index"
+    assert (index / "gen-00000001.attributes.npz").exists()
+    for f in index.glob("gen-00000002.*"):  # as if the server had died before writing it
+        f.unlink()
+
+    again = start_server(data_dir=data)
+    with AudienceClient(f"127.0.0.1:{again.port}") as c:
+        assert reach(c) == later  # generation 1's columns + the writes since
+        assert c.stats().warnings == ()
+    again.stop()  # generation 2 again
+    saved = index / "gen-00000002.attributes.npz"
+    blob = bytearray(saved.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    saved.write_bytes(bytes(blob))
+
+    third = start_server(data_dir=data)
+    with AudienceClient(f"127.0.0.1:{third.port}") as c:
+        s = c.stats()
+        assert any("generation 2's attributes" in w for w in s.warnings), s.warnings
+        assert reach(c) == later  # generation 1's (the newest intact) + the writes since

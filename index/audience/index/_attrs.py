@@ -8,6 +8,9 @@ Predicted values (_predict/) live in columns of their own, never in the stored o
 confidence of each: a filter on `predicted.NAME` reads only them; a filter on NAME with
 `predicted` set reads the stored value and, for users without one, the predicted value whose
 confidence is at least `min_confidence`.
+
+The stored columns are saved with each index generation (`write_stored`, plain arrays, no
+pickle) and read back at start (`read_stored`) instead of every user's attributes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -114,6 +119,45 @@ class AttributeTable:
     def remove(self, iid: int) -> None:
         if iid < len(self.alive):
             self.alive[iid] = False
+
+    def write_stored(self, f: BinaryIO) -> None:
+        """The stored columns (not the predicted ones, not `alive`) as one .npz of plain
+        arrays: per column its numbers, its codes and its values in code order."""
+        names = self.names
+        arrays: dict[str, np.ndarray] = {"names": np.array(names, dtype=str)}
+        for i, name in enumerate(names):
+            col = self._columns[name]
+            arrays[f"numbers{i}"] = col.numbers
+            arrays[f"codes{i}"] = col.codes
+            arrays[f"values{i}"] = np.array(sorted(col.lookup, key=col.lookup.get), dtype=str)
+        np.savez(f, **arrays)
+
+    def read_stored(self, path: Path, alive: np.ndarray) -> None:
+        """Stored columns from `write_stored`'s file, replacing the ones held, for the users
+        marked in `alive` (a bool mask over iids: those the store has now). ValueError when
+        the file is not such a file."""
+        columns: dict[str, _Column] = {}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = [str(n) for n in z["names"]]
+                capacity = max(len(alive), *(len(z[f"codes{i}"]) for i in range(len(names))), 1)
+                for i, name in enumerate(names):
+                    col = _Column(capacity)
+                    numbers, codes = z[f"numbers{i}"], z[f"codes{i}"]
+                    if numbers.dtype != np.float64 or codes.dtype != np.int32:
+                        raise ValueError(f"column {name!r}: {numbers.dtype}, {codes.dtype}")
+                    col.numbers[: len(numbers)] = numbers
+                    col.codes[: len(codes)] = codes
+                    col.lookup = {str(v): c for c, v in enumerate(z[f"values{i}"])}
+                    columns[name] = col
+        except (KeyError, OSError, EOFError) as exc:
+            raise ValueError(f"not an attribute file ({exc})") from exc
+        self.alive = np.zeros(capacity, bool)
+        self.alive[: len(alive)] = alive
+        self._columns = columns
+        for col in self._predicted.values():
+            if len(col.numbers) < capacity:
+                col.grow(capacity)
 
     def stored(self, name: str, iids: np.ndarray) -> list[AttrValue | None]:
         """The stored values of one attribute for these iids (None where missing)."""

@@ -6,7 +6,7 @@ disk), and its restore into a new data dir.
                          fingerprint
     profiles.sqlite3     the store (SQLite online backup): profiles, vectors, attribute schema,
                          vocabulary, the erasure record
-    index/gen-N.*        the index generation saved just before
+    index/gen-N.*        the index generation saved just before, with its attribute columns
     lexical/             the lexical model
     segments/            every saved segment model and CURRENT
     models/              the encoder export, when the data dir has one (else it is made again
@@ -95,10 +95,7 @@ def _write(
     t0 = time.perf_counter()
     data = catalog.config.data_dir
     catalog.store.backup(partial / STORE_FILE)
-    sources = [
-        catalog.generations.dir / f"gen-{catalog.generation:08d}{suffix}"
-        for suffix in (".faiss", ".json")
-    ]
+    sources = catalog.generations.files(catalog.generation)
     for folder in (LEXICAL_DIR, SEGMENTS_DIR, MODELS_DIR):
         if (data / folder).is_dir():
             sources += sorted(p for p in (data / folder).rglob("*") if p.is_file())

@@ -3,7 +3,8 @@
     store        the profile store (SQLite): profiles, text and user vectors, vocabulary
     iid_of       user id -> internal id (iid, the int64 id in the vector index)
     uid_of       iid -> user id (a table, for turning search results into users)
-    attrs        every stored attribute as a column over iids, for filters
+    attrs        every stored attribute as a column over iids, for filters (saved with each
+                 index generation, so a start reads only the users written since)
     index        the vector index served, and `generations`, its saved generations
     segments     the segment model served, and `segment_of`, iid -> (label, strength)
     predictors   the attribute models served (_predict/); their answers are columns of attrs
@@ -50,6 +51,7 @@ log = logging.getLogger("audience.index")
 
 STORE_FILE = "profiles.sqlite3"
 INDEX_DIR = "index"
+ATTRIBUTES = "attributes"  # the generations' sidecar of stored attribute columns
 LEXICAL_DIR = "lexical"
 SEGMENTS_DIR = "segments"
 SNAPSHOT_DIR = "snapshots"
@@ -117,14 +119,7 @@ class Catalog:
 
         loader = threading.Thread(target=load_index, name="index-load", daemon=True)
         loader.start()
-        done = 0
-        for iids, user_ids, values in self.store.iter_meta():
-            self.iid_of.update(zip(user_ids, iids.tolist()))
-            self.uid_of.set_many(iids, user_ids)
-            self.attrs.set_many(iids, values)
-            done += len(iids)
-            if progress:
-                progress("load profiles", done, total)
+        self._load_profiles(total, progress)
         loader.join()
         if "error" in found:
             raise found["error"]  # type: ignore[misc]
@@ -148,6 +143,35 @@ class Catalog:
         model = SegmentModel.load(self.config.data_dir / SEGMENTS_DIR, self.warnings)
         if model is not None:
             self.serve_segments(model, self.membership_of(model))
+
+    def _load_profiles(self, total: int, progress: Progress | None) -> None:
+        """Every user's id, and their attributes: from the newest generation's saved columns
+        and the users written since when there are such columns, else from every user's
+        attributes in the store (at a million users ~1 s against ~4)."""
+        saved = self.generations.newest_sidecar(ATTRIBUTES, self.warnings)
+        done = 0
+        for iids, user_ids, values in self.store.iter_meta(attributes=saved is None):
+            self.iid_of.update(zip(user_ids, iids.tolist()))
+            self.uid_of.set_many(iids, user_ids)
+            if saved is None:
+                self.attrs.set_many(iids, values)
+            done += len(iids)
+            if progress:
+                progress("load profiles", done, total)
+        if saved is None:
+            return
+        path, manifest = saved
+        try:
+            self.attrs.read_stored(path, self.uid_of.present())
+        except ValueError as exc:
+            note = f"index generation {manifest.generation}'s attributes unreadable ({exc})"
+            log.error("Index - %s; reading them from the store", note)
+            self.warnings.append(note)
+            self.attrs = AttributeTable()
+            for iids, _, values in self.store.iter_meta():
+                self.attrs.set_many(iids, values)
+            return
+        self.attrs.set_many(*self.store.attributes_since(manifest.sequence))
 
     def _catch_up(self, index: VectorIndex, manifest: Manifest) -> None:
         """Bring a loaded generation up to date: users erased since, then users written since."""
@@ -414,7 +438,10 @@ class Catalog:
     def save_generation(self, fingerprint: str) -> int:
         """Save the index as a new generation (with the store sequence it holds)."""
         manifest = self.generations.save(
-            self.index, sequence=self.store.sequence, fingerprint=fingerprint
+            self.index,
+            sequence=self.store.sequence,
+            fingerprint=fingerprint,
+            sidecars={ATTRIBUTES: self.attrs.write_stored},
         )
         self.generation = manifest.generation
         self.unsaved = 0
@@ -458,8 +485,7 @@ class Catalog:
         target = self.config.data_dir / SNAPSHOT_DIR / f"snapshot-{stamp}-gen{self.generation:08d}"
         target.mkdir(parents=True, exist_ok=True)
         self.store.backup(target / STORE_FILE)
-        for suffix in (".faiss", ".json"):
-            src = self.generations.dir / f"gen-{self.generation:08d}{suffix}"
+        for src in self.generations.files(self.generation):
             shutil.copy2(src, target / src.name)
         log.info("Snapshot - written generation %d", self.generation)
         return SnapshotResult(self.generation, Path(target))

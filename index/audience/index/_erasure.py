@@ -10,8 +10,9 @@ hash of the id and the delete's sequence, the write-ahead log truncated), then:
 
 Those steps run again at every start for erasures a copy has not applied yet (a crash between
 the commit and them, or a store restored from an older copy with `audience restore`), so an
-erasure is never lost half-way. Index generations hold vectors by internal id only (no user
-id); the erased users' vectors are dropped at load and gone from the next generations.
+erasure is never lost half-way. Index generations hold vectors and attribute columns by
+internal id only (no user id); the erased users' vectors and attributes are dropped at load
+(the store no longer has their iids) and gone from the next generations.
 """
 
 from __future__ import annotations
@@ -140,8 +141,7 @@ def restore_snapshot(snapshot: Path, data_dir: Path, *, live: Path | None = None
     since in `live` (default: the data dir the snapshot lies in); the server applies them
     when it opens the copy. Returns how many erasures came along."""
     snapshot, data_dir = Path(snapshot), Path(data_dir)
-    generations = sorted(snapshot.glob("gen-*.faiss"))
-    if not (snapshot / STORE_FILE).exists() or not generations:
+    if not (snapshot / STORE_FILE).exists() or not any(snapshot.glob("gen-*.faiss")):
         raise ValueError(f"{snapshot} is not a snapshot (no {STORE_FILE} and index generation)")
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ValueError(f"{data_dir} is not empty: restore into a new data dir")
@@ -151,9 +151,8 @@ def restore_snapshot(snapshot: Path, data_dir: Path, *, live: Path | None = None
     lock = DataDirLock(data_dir)
     try:
         shutil.copy2(snapshot / STORE_FILE, data_dir / STORE_FILE)
-        for gen in generations:
-            for part in (gen, gen.with_suffix(".json")):
-                shutil.copy2(part, data_dir / INDEX_DIR / part.name)
+        for part in snapshot.glob("gen-*.*"):  # each index, its manifest and its sidecars
+            shutil.copy2(part, data_dir / INDEX_DIR / part.name)
         copied = 0
         if live is not None and (live / STORE_FILE).exists():
             copied = import_erasures(data_dir / STORE_FILE, live / STORE_FILE)

@@ -66,6 +66,10 @@ class UserIdTable:
         found[inside] = self._ids[iids[inside]] != None  # noqa: E711 (elementwise)
         return found
 
+    def present(self) -> np.ndarray:
+        """Bool per iid from 0 up to the largest seen: whether it has a user."""
+        return self._ids != None  # noqa: E711 (elementwise)
+
     def iids(self) -> np.ndarray:
         """Every iid that has a user, ascending."""
         return np.flatnonzero(self._ids != None)  # noqa: E711 (elementwise, not identity)

@@ -1,16 +1,22 @@
 """Index generations on disk: `index/gen-NNNNNNNN.faiss` plus `gen-NNNNNNNN.json` (manifest:
-store sequence, vector fingerprint, count, sha256 of the index file). Both are written to a
-temp file, fsynced and renamed, then the directory is fsynced; a file whose checksum does not
-match is skipped at load time. FAISS's own format is read, never pickle.
+store sequence, vector fingerprint, count, sha256 of the index file), and sidecars saved with
+the index as of the same store sequence (`gen-NNNNNNNN.NAME.npz`, their sha256 in the
+manifest: the catalog's attribute columns, so that a start need not read every user's
+attributes). Every file is written to a temp file, fsynced and renamed, then the directory is
+fsynced; a file whose checksum does not match is skipped at load time. FAISS's own format and
+plain numpy arrays are read, never pickle.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .._config import INDEX_KINDS
 from .._durable import read_sealed_json, seal_json, sha256_file, write_durably
@@ -30,6 +36,7 @@ class Manifest:
     count: int
     sha256: str
     created: float
+    sidecars: dict[str, str] = field(default_factory=dict)  # name -> sha256 of its file
 
 
 class Generations:
@@ -64,7 +71,23 @@ class Generations:
     def _file(self, generation: int) -> Path:
         return self.dir / f"gen-{generation:08d}.faiss"
 
-    def save(self, index: VectorIndex, *, sequence: int, fingerprint: str) -> Manifest:
+    def sidecar_file(self, generation: int, name: str) -> Path:
+        return self.dir / f"gen-{generation:08d}.{name}.npz"
+
+    def files(self, generation: int) -> list[Path]:
+        """Every file of one generation that exists: the index, its manifest, the sidecars."""
+        return sorted(p for p in self.dir.glob(f"gen-{generation:08d}.*") if p.is_file())
+
+    def save(
+        self,
+        index: VectorIndex,
+        *,
+        sequence: int,
+        fingerprint: str,
+        sidecars: Mapping[str, Callable[[BinaryIO], None]] | None = None,
+    ) -> Manifest:
+        """Write the index (and each sidecar by its writer) as the next generation; the
+        manifest last, so a generation without one was never complete."""
         generation = self.latest_generation() + 1
         path = self._file(generation)
         tmp = path.with_name(path.name + ".tmp")
@@ -73,6 +96,16 @@ class Generations:
             os.fsync(f.fileno())
         digest = sha256_file(tmp)
         os.replace(tmp, path)
+        sums = {}
+        for name, write in (sidecars or {}).items():
+            side = self.sidecar_file(generation, name)
+            side_tmp = side.with_name(side.name + ".tmp")
+            with open(side_tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            sums[name] = sha256_file(side_tmp)
+            os.replace(side_tmp, side)
         manifest = Manifest(
             generation=generation,
             sequence=sequence,
@@ -82,12 +115,34 @@ class Generations:
             count=len(index),
             sha256=digest,
             created=time.time(),
+            sidecars=sums,
         )
         write_durably(path.with_suffix(".json"), seal_json(asdict(manifest)))
         for old in self.manifests()[self.KEEP :]:
-            self._file(old.generation).unlink(missing_ok=True)
+            for stale in self.files(old.generation):
+                if stale.suffix != ".json":  # the manifest last: a half-pruned one is skipped
+                    stale.unlink(missing_ok=True)
             self._file(old.generation).with_suffix(".json").unlink(missing_ok=True)
         return manifest
+
+    def newest_sidecar(
+        self, name: str, warnings: list[str] | None = None
+    ) -> tuple[Path, Manifest] | None:
+        """The newest generation's sidecar `name` that matches its checksum, with that
+        generation's manifest (its `sequence` says what the sidecar holds); None if none.
+        A damaged one is skipped, and said so in the log and in `warnings`."""
+        for m in self.manifests():
+            digest = m.sidecars.get(name)
+            if digest is None:
+                continue
+            path = self.sidecar_file(m.generation, name)
+            if path.exists() and sha256_file(path) == digest:
+                return path, m
+            note = f"index generation {m.generation}'s {name} file missing or damaged; skipped"
+            log.error("Index - %s", note)
+            if warnings is not None:
+                warnings.append(note)
+        return None
 
     def load_latest(
         self,
@@ -108,16 +163,42 @@ class Generations:
                     "Index - generation %d was built with other settings; skipped", m.generation
                 )
                 continue
-            problem = None
-            if not path.exists() or sha256_file(path) != m.sha256:
+            if not path.exists():
                 problem = "missing or does not match its checksum"
             else:
-                try:
-                    return read_index(m.kind, path, dim, options or IndexOptions()), m
-                except (RuntimeError, ValueError) as exc:
-                    problem = f"failed to load ({exc})"
+                index, problem = _read_checked(m, path, dim, options or IndexOptions())
+                if index is not None:
+                    return index, m
             note = f"index generation {m.generation} {problem}; fell back"
             log.error("Index - %s", note)
             if warnings is not None:
                 warnings.append(note)
         return None
+
+
+def _read_checked(
+    m: Manifest, path: Path, dim: int, options: IndexOptions
+) -> tuple[VectorIndex | None, str]:
+    """(the index, "") when its file matches the manifest's checksum, else (None, what is
+    wrong). The file is read while its checksum is computed in a second thread (both release
+    the GIL): at a million users 1.3 s each, which one after the other made half a restart.
+    FAISS's reader checks sizes as it goes and raises on what it cannot parse; an index read
+    from a file that then fails its checksum is dropped, never served."""
+    digest: list[str] = []
+
+    def checksum() -> None:
+        try:
+            digest.append(sha256_file(path))
+        except OSError as exc:
+            log.error("Index - %s unreadable: %s", path.name, exc)
+
+    hasher = threading.Thread(target=checksum, name="index-checksum", daemon=True)
+    hasher.start()
+    try:
+        index, problem = read_index(m.kind, path, dim, options), ""
+    except (RuntimeError, ValueError) as exc:
+        index, problem = None, f"failed to load ({exc})"
+    hasher.join()
+    if digest != [m.sha256]:
+        return None, "missing or does not match its checksum"
+    return index, problem
