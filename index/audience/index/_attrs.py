@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -150,7 +151,7 @@ class AttributeTable:
                     col.codes[: len(codes)] = codes
                     col.lookup = {str(v): c for c, v in enumerate(z[f"values{i}"])}
                     columns[name] = col
-        except (KeyError, OSError, EOFError) as exc:
+        except (KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"not an attribute file ({exc})") from exc
         self.alive = np.zeros(capacity, bool)
         self.alive[: len(alive)] = alive
