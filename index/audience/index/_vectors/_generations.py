@@ -139,9 +139,7 @@ class Generations:
             if path.exists() and sha256_file(path) == digest:
                 return path, m
             note = f"index generation {m.generation}'s {name} file missing or damaged; skipped"
-            log.error("Index - %s", note)
-            if warnings is not None:
-                warnings.append(note)
+            _skipped(note, warnings)
         return None
 
     def load_latest(
@@ -169,11 +167,15 @@ class Generations:
                 index, problem = _read_checked(m, path, dim, options or IndexOptions())
                 if index is not None:
                     return index, m
-            note = f"index generation {m.generation} {problem}; fell back"
-            log.error("Index - %s", note)
-            if warnings is not None:
-                warnings.append(note)
+            _skipped(f"index generation {m.generation} {problem}; fell back", warnings)
         return None
+
+
+def _skipped(note: str, warnings: list[str] | None) -> None:
+    """A damaged file passed over: said in the log and in `warnings`."""
+    log.error("Index - %s", note)
+    if warnings is not None:
+        warnings.append(note)
 
 
 def _read_checked(
