@@ -77,26 +77,46 @@ class FloorServer:
     def __enter__(self) -> FloorServer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class FloorClient:
+    """A bare stub on the floor server: `latencies(work_ms, calls)` times calls whose handler
+    works `work_ms` (after `warm` untimed ones), in milliseconds."""
+
+    def __init__(self, target: str) -> None:
+        import grpc
+
+        self._channel = grpc.insecure_channel(target)
+        self._call = self._channel.unary_unary(METHOD)
+
+    def latencies(self, work_ms: float, calls: int, warm: int = 50) -> list[float]:
+        request = struct.pack("<d", work_ms)
+        for _ in range(warm):
+            self._call(request, timeout=30)
+        lat = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            self._call(request, timeout=30)
+            lat.append((time.perf_counter() - t0) * 1000)
+        return lat
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def floor_p50_ms(target: str, work_ms: float, calls: int = 1000) -> float:
     """p50 of a bare unary call whose handler works `work_ms`."""
-    import grpc
-
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(METHOD)
-        request = struct.pack("<d", work_ms)
-        for _ in range(50):
-            call(request, timeout=30)
-        lat = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            call(request, timeout=30)
-            lat.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(lat)
+    client = FloorClient(target)
+    try:
+        return statistics.median(client.latencies(work_ms, calls))
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

