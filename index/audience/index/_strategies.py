@@ -12,9 +12,11 @@
                     weighted more); its linear score is answered by the index (inner-product
                     search on the weight vector, lossy candidates re-ranked exactly); the score
                     is the probability of "like the seeds"
-    multi-interest  the interests within the seeds (`_interests`), one query each (its centroid
-                    less the background mean), the audience filled from each in proportion to
-                    its seeds, interleaved best first; outlier seeds left out
+    multi-interest  the interests within the seeds (`_interests`), one query each (its seeds'
+                    mean less the background mean, shrunk toward all seeds' mean as far as its
+                    own seeds are too few and too spread to say: `shrunk_means`), the audience
+                    filled from each in proportion to its seeds, interleaved best first;
+                    outlier seeds left out
     auto            multi-interest when the seeds hold several interests (a held-out test in
                     `_interests`: k interests explain seeds they were found without clearly
                     better than one), else the centroid
@@ -225,19 +227,15 @@ class MultiInterest:
             interests = find_interests(seeds.vectors, background)
         if interests.count == 0:
             interests = Interests(np.zeros(len(seeds), np.int64), 1, 0.0)
-        mean = background.mean.astype(np.float64)
         negative = seeds.negative_weight * seeds.negatives.mean(axis=0) if len(
             seeds.negatives
         ) else 0.0  # fmt: skip
-        queries, weights = [], []
-        for j in range(interests.count):
-            rows = interests.members(j)
-            if not len(rows):  # every seed of it held out (a fold of the estimate)
-                continue
-            c = seeds.weights[rows] @ seeds.vectors[rows]
-            c = c / max(float(np.linalg.norm(c)), 1e-12)
-            queries.append(_direction(c - mean - negative, "an interest (less the negatives)"))
-            weights.append(seeds.weights[rows].sum())
+        groups = [rows for j in range(interests.count) if len(rows := interests.members(j))]
+        # (an interest may have no seeds left: all of them held out in a fold of the estimate)
+        centred = seeds.vectors - background.mean.astype(np.float64)
+        means = shrunk_means(centred, seeds.weights, groups)
+        queries = [_direction(m - negative, "an interest (less the negatives)") for m in means]
+        weights = [seeds.weights[rows].sum() for rows in groups]
         shares = np.array(weights) / np.sum(weights)
         return _Multi(np.stack(queries), shares)
 
@@ -256,6 +254,32 @@ class MultiInterest:
         scores = held @ prepared.queries.T
         each = [reach_by_score(bg[:, j], scores[:, j]) / s for j, s in enumerate(prepared.shares)]
         return np.minimum(np.min(each, axis=0), 1.0)
+
+
+def shrunk_means(x: np.ndarray, w: np.ndarray, groups: list[np.ndarray]) -> list[np.ndarray]:
+    """Each group's weighted mean of the rows of x, shrunk toward the mean of every grouped
+    row by how little its own seeds can say (empirical Bayes, as James-Stein): a group mean
+    from n seeds spread sigma^2 around it has noise sigma^2 / n, the groups' true means
+    spread tau^2 around the common one, and the estimate keeps tau^2 / (tau^2 + sigma^2 / n)
+    of the group's own departure. Short texts, where two seeds of one interest are hardly
+    alike (large sigma^2), lean on the common direction; well-separated interests of
+    cohesive seeds keep their own. sigma^2 and tau^2 come from the seeds themselves."""
+    rows = np.concatenate(groups)
+    overall = np.average(x[rows], axis=0, weights=w[rows])
+    if len(groups) == 1:
+        return [overall]
+    means = [np.average(x[g], axis=0, weights=w[g]) for g in groups]
+    spread = np.concatenate([((x[g] - m) ** 2).sum(axis=1) for g, m in zip(groups, means)])
+    sigma2 = float(np.average(spread, weights=w[rows]))
+    n = [float(w[g].sum() ** 2 / (w[g] ** 2).sum()) for g in groups]  # effective seeds
+    n_all = float(w[rows].sum() ** 2 / (w[rows] ** 2).sum())
+    # E|mean_j - overall|^2 = tau^2 + sigma^2 (1/n_j - 1/n): less the noise, what is left
+    tau2 = float(np.mean([
+        max(float(((m - overall) ** 2).sum()) - sigma2 * (1 / nj - 1 / n_all), 0.0)
+        for m, nj in zip(means, n)
+    ]))  # fmt: skip
+    keep = [tau2 / (tau2 + sigma2 / nj) if tau2 > 0 else 0.0 for nj in n]
+    return [overall + r * (m - overall) for m, r in zip(means, keep)]
 
 
 def interleave(
