@@ -7,6 +7,7 @@ diagnostics find two interests in a two-interest list and one in a one-interest 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -262,6 +263,50 @@ def test_quality_carries_the_audience_cohesion(crafted) -> None:
     assert mixed.quality is not None
     assert pure.quality.cohesion > mixed.quality.cohesion + 0.1
     assert mixed.quality.cohesion > pure.quality.background_cohesion
+
+
+def test_quality_carries_the_audience_interest_fit(crafted) -> None:
+    """Interest fit: the mean over the audience of the best centred cosine to where the
+    population of a seed interest stands (the mean of the background users nearest the
+    interest's seeds, less the average user); beside the same for random eligible users."""
+    from audience.index._background import Background
+    from audience.index._interests import find_interests
+
+    client, ids, X, interest_of = crafted
+    row = {u: i for i, u in enumerate(ids)}
+    query = LookalikeQuery(seed_ids=SEEDS_AB, k=60, strategy="multi-interest")
+    got = client.find_lookalikes(replace(query, estimate_quality=True))
+    assert got.quality is not None
+    S = X[[row[s] for s in SEEDS_AB]]
+    mu = X.mean(0)  # the sample is the whole population; its mean keeps the seeds
+    rest = X[[row[u] for u in ids if u not in set(SEEDS_AB)]]
+    interests = find_interests(S, Background(np.arange(len(rest)), rest, mu))
+    assert interests.count == 2
+    m = max(2, min(50, len(rest) // 20))
+    directions = []
+    for j in range(interests.count):
+        c = S[interests.labels == j].sum(0)
+        nearest = np.argsort(-(rest @ (c / np.linalg.norm(c)) - rest @ mu), kind="stable")[:m]
+        d = rest[nearest].mean(0) - mu
+        directions.append(d / np.linalg.norm(d))
+
+    def fit(vectors):
+        centred = vectors - mu
+        centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+        return float((centred @ np.array(directions).T).max(1).mean())
+
+    audience = X[[row[u.user_id] for u in got.users]]
+    assert got.quality.interest_fit == pytest.approx(fit(audience), abs=1e-3)
+    assert got.quality.background_interest_fit == pytest.approx(fit(rest), abs=1e-3)
+    # the audience drawn from both interests sits where they do; random users do not
+    assert got.quality.interest_fit > got.quality.background_interest_fit + 0.2
+    # an audience of the third interest (everyone else excluded) fits the seeds' interests
+    # no better than random users do
+    others = [u for u in ids if interest_of[u] != "c"]
+    off = client.find_lookalikes(replace(query, exclude_ids=others, estimate_quality=True))
+    assert {interest_of[u.user_id] for u in off.users} == {"c"}
+    assert off.quality is not None
+    assert off.quality.interest_fit < got.quality.background_interest_fit + 0.05
 
 
 def test_bad_strategy_names_are_invalid_argument(crafted) -> None:

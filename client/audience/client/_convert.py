@@ -319,6 +319,8 @@ def audience_quality(msg: pb.AudienceQuality) -> AudienceQuality:
         lift_at_10=msg.lift_at_10,
         cohesion=msg.cohesion,
         background_cohesion=msg.background_cohesion,
+        interest_fit=msg.interest_fit,
+        background_interest_fit=msg.background_interest_fit,
     )
 
 

@@ -197,6 +197,25 @@ def find_interests(
     return Interests(labels, count, fit)
 
 
+def population_directions(
+    vectors: np.ndarray, background: Background, interests: Interests
+) -> np.ndarray:
+    """(count, dim) unit rows: where the population of each interest stands, its prototype
+    (the mean of the background users nearest its seeds' mean, less the average user). An
+    outlier seed belongs to none; with no interest at all, every seed makes one."""
+    vectors = np.asarray(vectors, np.float32)
+    groups = [g for j in range(interests.count) if len(g := interests.members(j))]
+    if not groups:
+        groups = [np.arange(len(vectors))]
+    member = np.zeros((len(groups), len(vectors)), np.float32)
+    for j, g in enumerate(groups):
+        member[j, g] = 1.0
+    grouping = _Grouping(vectors, background, vectors @ background.vectors.T)
+    top = grouping._prototypes(member)  # (count, m) background rows
+    directions = background.vectors[top].mean(axis=1) - background.mean
+    return directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+
+
 def _drop_misfits(vectors: np.ndarray, sims: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Seeds that rank in the lower half of the background against every interest (their
     own without them) become outliers, unless that would leave no seed at all.

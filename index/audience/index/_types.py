@@ -177,6 +177,9 @@ class AudienceQuality:
     lift_at_10: float
     cohesion: float = 0.0  # mean cosine between two users of the audience
     background_cohesion: float = 0.0  # between two random eligible users
+    # mean best cosine (centred) of its users to a seed interest's population (_seedquality)
+    interest_fit: float = 0.0
+    background_interest_fit: float = 0.0  # the same for random eligible users
 
 
 @dataclass(frozen=True)

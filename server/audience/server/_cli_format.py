@@ -273,10 +273,12 @@ def job_card(job: Any) -> list[str]:
 
 def quality(q: Any) -> list[str]:
     """An AudienceQuality in two or three lines."""
-    tight = []  # only an estimate made with its audience has the audience's cohesion
+    tight = []  # only an estimate made with its audience has the audience's own figures
     if q.background_cohesion:
         tight = [
-            f"audience cohesion {q.cohesion:.2f} (two random users: {q.background_cohesion:.2f})"
+            f"fit to the seeds' interests {q.interest_fit:.2f} (random users: "
+            f"{q.background_interest_fit:.2f}); audience cohesion {q.cohesion:.2f} (two random "
+            f"users: {q.background_cohesion:.2f})"
         ]
     return tight + [
         f"held-out seeds expected within this audience: {q.heldout_recall:.0%} "

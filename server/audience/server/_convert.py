@@ -169,6 +169,8 @@ def quality_to_pb(q: AudienceQuality) -> pb.AudienceQuality:
         lift_at_10=q.lift_at_10,
         cohesion=q.cohesion,
         background_cohesion=q.background_cohesion,
+        interest_fit=q.interest_fit,
+        background_interest_fit=q.background_interest_fit,
     )
 
 
