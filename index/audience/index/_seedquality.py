@@ -72,9 +72,8 @@ def with_audience(
 ) -> AudienceQuality:
     """The estimate with what the audience's own vectors say, each beside the same for the
     background (random eligible users): cohesion, and interest fit."""
-    directions = population_directions(seeds.vectors, background, find_interests(
-        seeds.vectors, background
-    ))  # fmt: skip
+    interests = find_interests(seeds.vectors, background)
+    directions = population_directions(seeds.vectors, background, interests)
     return replace(
         estimate,
         cohesion=cohesion(audience),
