@@ -4,14 +4,13 @@ Run as a process (`python bench/_grpc_floor.py PORT_FILE`). Its one unary method
 8-byte double (milliseconds of work), runs as much work as took that long on a hot core, with
 the GIL released (as a faiss search does), and answers with a prebuilt 100-user
 LookalikeResponse. Same grpcio, same thread-pool server and socket I/O as `audience serve`.
-`floor_p50_ms(target, work_ms)` times it from a bare stub: what any Python gRPC service would
-add on this machine around a call of that length.
+`FloorClient(target).latencies(work_ms, calls)` times it from a bare stub: what any Python
+gRPC service would add on this machine around a call of that length.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import struct
 import sys
 import time
@@ -108,15 +107,6 @@ class FloorClient:
 
     def close(self) -> None:
         self._channel.close()
-
-
-def floor_p50_ms(target: str, work_ms: float, calls: int = 1000) -> float:
-    """p50 of a bare unary call whose handler works `work_ms`."""
-    client = FloorClient(target)
-    try:
-        return statistics.median(client.latencies(work_ms, calls))
-    finally:
-        client.close()
 
 
 if __name__ == "__main__":
