@@ -71,6 +71,9 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
         if not args.wait:
             return 0
         job = client.wait_job(job.job_id, poll=0.2)
+    if job.state == "SUCCEEDED":  # it was past its last checkpoint when the cancel came
+        print(f"{job.job_id} had already ended: succeeded (past its last checkpoint)")
+        return 0
     print(f"{job.job_id} {job.state.lower()}" + (f": {job.error}" if job.error else ""))
     return 0
 
