@@ -371,6 +371,7 @@ def stats(msg: pb.GetStatsResponse) -> Stats:
         lexical_weight=msg.lexical_weight,
         warnings=tuple(msg.warnings),
         replication=replication(msg.replication) if msg.HasField("replication") else None,
+        text_dimension=msg.text_dimension,
     )
 
 

@@ -429,6 +429,7 @@ class Stats:
     lexical_weight: float = 0.0  # its share of the text channels
     warnings: tuple[str, ...] = ()  # damaged files found at start, and what was used instead
     replication: Replication | None = None  # primary / replica state; None: neither
+    text_dimension: int = 0  # the leading dimensions that come from texts; the rest, attributes
 
 
 @dataclass(frozen=True)

@@ -470,6 +470,7 @@ class Catalog:
             lexical_documents=lexical.manifest.documents if lexical is not None else 0,
             lexical_weight=encoder.lexical_share,
             warnings=(*self.warnings, *self.pending.values(), *self._disk_warning()),
+            text_dimension=encoder.text_dims,
         )
 
     def _disk_warning(self) -> list[str]:

@@ -267,6 +267,7 @@ class Stats:
     lexical_documents: int
     lexical_weight: float
     warnings: tuple[str, ...] = ()
+    text_dimension: int = 0  # the leading dimensions that come from texts; the rest, attributes
 
 
 # ---------------------------------------------------------------- predictions

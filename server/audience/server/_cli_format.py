@@ -69,6 +69,7 @@ def stats(s: Any) -> list[str]:
             ("sequence", s.sequence),
             ("model", s.model),
             ("dimension", s.dimension),
+            ("from texts", s.text_dimension),  # the leading dimensions; the rest, attributes
             ("lexical model", s.lexical_model),
             ("lexical documents", number(s.lexical_documents)),
             ("lexical weight", number(round(s.lexical_weight, 3))),

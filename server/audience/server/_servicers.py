@@ -421,6 +421,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             lexical_weight=s.lexical_weight,
             warnings=list(s.warnings),
             replication=self._holder.replication() if self._holder.replication else None,
+            text_dimension=s.text_dimension,
         )
 
     def Publish(

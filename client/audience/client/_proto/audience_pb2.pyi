@@ -1824,6 +1824,7 @@ class GetStatsResponse(_message.Message):
     LEXICAL_WEIGHT_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     REPLICATION_FIELD_NUMBER: _builtins.int
+    TEXT_DIMENSION_FIELD_NUMBER: _builtins.int
     users: _builtins.int
     indexed: _builtins.int
     dimension: _builtins.int
@@ -1838,6 +1839,10 @@ class GetStatsResponse(_message.Message):
     """
     lexical_documents: _builtins.int
     lexical_weight: _builtins.float
+    text_dimension: _builtins.int
+    """The leading dimensions of each vector that come from the texts (semantic + lexical
+    channels); the rest encode the attributes. Segments are built on these unless told.
+    """
     @_builtins.property
     def attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1863,10 +1868,11 @@ class GetStatsResponse(_message.Message):
         lexical_weight: _builtins.float = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         replication: Global___Replication | None = ...,
+        text_dimension: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["replication", b"replication"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "data_dir", b"data_dir", "dimension", b"dimension", "generation", b"generation", "index_type", b"index_type", "indexed", b"indexed", "lexical_documents", b"lexical_documents", "lexical_model", b"lexical_model", "lexical_weight", b"lexical_weight", "model", b"model", "replication", b"replication", "sequence", b"sequence", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "data_dir", b"data_dir", "dimension", b"dimension", "generation", b"generation", "index_type", b"index_type", "indexed", b"indexed", "lexical_documents", b"lexical_documents", "lexical_model", b"lexical_model", "lexical_weight", b"lexical_weight", "model", b"model", "replication", b"replication", "sequence", b"sequence", "text_dimension", b"text_dimension", "users", b"users", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
