@@ -15,6 +15,7 @@ from test_reliability import _seed_export, _serve, _wait_serving
 from test_segments import population
 
 from audience.client import AudienceClient, Cancelled, FailedPrecondition, NotFound, Profile
+from audience.index import JobRunner
 from audience.server._cli import main
 
 
@@ -119,6 +120,26 @@ def test_cli_follows_detaches_and_cancels(populated, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["state"] == "CANCELLED"
     assert main(["rebuild-index", "--target", target, "--no-progress"]) == 0
     assert "rebuilt: 180 users" in capsys.readouterr().out
+
+
+def test_a_cancel_after_the_last_checkpoint_lets_the_job_succeed(tmp_path: Path) -> None:
+    """A cancel is taken at the next progress report; one asked after the last report comes
+    too late: the job succeeds, and says a cancel was asked (`jobs cancel` reports it so)."""
+    runner = JobRunner(tmp_path / "jobs")
+    past_last, release = threading.Event(), threading.Event()
+
+    def work(progress) -> None:
+        progress("only stage", 1, 1)
+        past_last.set()
+        release.wait(30)
+
+    job = runner.start("test", work)
+    assert past_last.wait(30)
+    asked = runner.cancel(job.job_id)
+    assert asked.cancel_requested and not asked.finished
+    release.set()
+    end = runner.wait(job.job_id, timeout=30)
+    assert end.state == "SUCCEEDED" and end.cancel_requested
 
 
 @pytest.mark.timeout(300)
