@@ -332,11 +332,9 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
             # vectors, each row normalised again (attributes describe segments, they do not
             # make them). Where attributes are declared, k-means on the whole stored vectors
             # is reported beside it.
-            text_dims = client.stats().text_dimension
-            clustered = vectors
-            if 0 < text_dims < vectors.shape[1]:
-                clustered = vectors[:, :text_dims].copy()
-                clustered /= np.maximum(np.linalg.norm(clustered, axis=1, keepdims=True), 1e-12)
+            from audience.index._segments import used_dims  # the build's own selection
+
+            clustered = used_dims(vectors, client.stats().text_dimension)
             log(f"baseline: KMeans with the true k={k_true} ...")
             t0 = time.perf_counter()
             km = KMeans(k_true, n_init=3, random_state=0).fit_predict(clustered)

@@ -12,7 +12,7 @@ _place.py     where users outside the fit sample are placed: here, or on Ray
 
 from ._builder import Clustering, Population, SegmentBuilder, with_text_dims
 from ._describe import SegmentDescription, describe_segments, segment_keywords
-from ._model import Segment, SegmentBuild, SegmentList, SegmentModel
+from ._model import Segment, SegmentBuild, SegmentList, SegmentModel, used_dims
 from ._params import SegmentParams
 from ._place import LocalPlacer, Placer, RayPlacer
 from ._stages import (
@@ -58,4 +58,5 @@ __all__ = [
     "describe_segments",
     "segment_keywords",
     "with_text_dims",
+    "used_dims",
 ]
