@@ -388,8 +388,10 @@ def bench_segments(args: argparse.Namespace, dataset: str) -> dict:
             )
             tree = client.segment_tree()
             level = tree_level(tree, k_true)
-            out["nmi_tree_true_k"] = scores([level.get(s, s) for s in pred])["nmi"]
+            leaves = leaf_labels(client, tree, ids)
+            out["nmi_tree_true_k"] = scores([level.get(s, s) for s in leaves])["nmi"]
             out["tree_groups"] = len(tree.groups)
+            out["tree_parts"] = len(tree.parts)
             out["tree_level_nodes"] = len(set(level.values()))
             out["keyword_noise_rate"] = noise_rate([s.keywords[:10] for s in tree.segments])
             out["markup_keywords"] = sorted(
@@ -484,26 +486,29 @@ MARKUP = re.compile(r"^(nbsp|amp|quot|lt|gt|urllink|http|https|www|com|html|href
 
 
 def tree_level(tree, k: int) -> dict[str, str]:
-    """segment id -> the node holding it at the tree's level with k nodes (groups are listed
-    coarsest first: undoing merges in that order walks down the levels)."""
-    frontier = [t.segment_id for t in tree.top_level()]
-    children = {g.segment_id: g.children for g in tree.groups}
-    for g in tree.groups:
-        if len(frontier) >= k:
-            break
-        if g.segment_id in frontier:
-            frontier.remove(g.segment_id)
-            frontier += children[g.segment_id]
+    """leaf id (a segment not split, or a leaf part) -> the node holding it at the tree's
+    level with k nodes (`SegmentTree.level`: nodes split in their split order)."""
+    children = {s.segment_id: s.children for s in tree.nodes() if s.children}
     out = {}
-    for node in frontier:
-        todo = [node]
+    for node in tree.level(k):
+        todo = [node.segment_id]
         while todo:
             n = todo.pop()
             if n in children:
                 todo += children[n]
             else:
-                out[n] = node
+                out[n] = node.segment_id
     return out
+
+
+def leaf_labels(client: AudienceClient, tree, ids: list[str]) -> list[str]:
+    """Each user's finest node: its leaf part, or its segment where that is not split."""
+    leaf_of = {}
+    for node in [*tree.segments, *tree.parts]:
+        if not node.children:
+            for u in client.stream_segment_members(node.segment_id):
+                leaf_of[u.user_id] = node.segment_id
+    return [leaf_of.get(uid, "outlier") for uid in ids]
 
 
 def labels_by_segment(client: AudienceClient, ids: list[str]) -> list[str]:

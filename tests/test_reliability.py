@@ -384,4 +384,3 @@ def test_the_auth_scheme_is_case_insensitive(start_server) -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.GetStats(pb.GetStatsRequest(), metadata=(("authorization", "Basic s3cret"),))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-

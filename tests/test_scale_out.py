@@ -60,9 +60,7 @@ def _vectors(client: AudienceClient, ids: list[str]) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.timeout(600)
-def test_ray_ingest_stores_what_a_local_ingest_stores(
-    tmp_path: Path, start_server, capsys
-) -> None:
+def test_ray_ingest_stores_what_a_local_ingest_stores(tmp_path: Path, start_server, capsys) -> None:
     """`audience ingest --engine ray` on a local Ray (`ray.init(num_cpus=2)`) against a local
     ingest of the same file: same users, texts and attributes, vectors at cosine >= 0.99, the
     same lookalikes; the server embedded nothing itself."""

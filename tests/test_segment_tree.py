@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from audience.client import AudienceClient, InvalidArgument, NotFound, Profile
+from audience.server._cli import main
 
 BROAD = {
     "food": {
@@ -104,6 +105,43 @@ def test_a_group_filters_like_a_segment(tree_server) -> None:
     assert all(NARROW[narrow_of(u.user_id)] == "software" for u in away.users)
     with pytest.raises(NotFound, match="grp-9999"):
         c.estimate_reach(segment_ids=["grp-9999"])
+
+
+def test_parts_go_below_the_segments_and_every_level_exists(tree_server, capsys) -> None:
+    _, c, build = tree_server
+    tree = c.segment_tree()
+    assert build.parts == len(tree.parts) > 0
+    nodes = {s.segment_id: s for s in tree.nodes()}
+    for part in tree.parts:
+        assert part.kind == "part" and part.segment_id.startswith("sub-")
+        above = nodes[part.parent_id]
+        assert above.kind in ("segment", "part") and part.segment_id in above.children
+        # a part lies in its segment's topic, and answers wherever a segment id does
+        inside = members(c, part.segment_id)
+        assert len(inside) == part.size > 0
+        assert len({narrow_of(u) for u in inside}) == 1
+        assert c.estimate_reach(segment_ids=[part.segment_id]).reach == part.size
+    for split in [s for s in tree.nodes() if s.children]:
+        below = [members(c, child) for child in split.children]
+        assert set().union(*below) == members(c, split.segment_id) and not below[0] & below[1]
+    # Every level from the top one to the finest: k nodes that hold every clustered user once.
+    leaves = [s for s in [*tree.segments, *tree.parts] if not s.children]
+    everyone = set().union(*(members(c, s.segment_id) for s in tree.segments))
+    for k in range(2, len(leaves) + 1):
+        level = tree.level(k)
+        assert len(level) == k
+        held = [members(c, s.segment_id) for s in level]
+        assert sum(map(len, held)) == len(everyone) and set().union(*held) == everyone
+    assert [s.segment_id for s in tree.level(4)] != [s.segment_id for s in tree.level(5)]
+    assert {s.kind for s in tree.level(len(leaves))} <= {"segment", "part"}
+    # The CLI draws the parts under their segments.
+    assert main(["segments", "list", "--target", c.target, "--tree"]) == 0
+    drawn = capsys.readouterr().out.splitlines()
+    assert f"with {len(tree.parts)} parts below them" in drawn[0]
+    for part in tree.parts:
+        line = next(x for x in drawn if x.lstrip().startswith(part.segment_id + " "))
+        above = next(x for x in drawn if x.lstrip().startswith(part.parent_id + " "))
+        assert len(line) - len(line.lstrip()) == len(above) - len(above.lstrip()) + 2
 
 
 def test_tree_survives_restart_and_ids_stay_across_a_rebuild(tree_server, start_server) -> None:

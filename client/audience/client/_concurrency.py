@@ -99,5 +99,3 @@ async def async_batches(
     last = batcher.flush()
     if last:
         yield last
-
-

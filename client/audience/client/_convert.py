@@ -432,6 +432,7 @@ def segment(msg: pb.Segment) -> Segment:
         kind=msg.kind or "segment",
         parent_id=msg.parent_id,
         children=list(msg.children),
+        split_order=msg.split_order,
     )
 
 
@@ -440,6 +441,7 @@ def segment_tree(msg: pb.ListSegmentsResponse) -> SegmentTree:
         model_version=msg.model_version,
         segments=[segment(s) for s in msg.segments],
         groups=[segment(s) for s in msg.groups],
+        parts=[segment(s) for s in msg.parts],
         method=msg.method,
         method_reason=msg.method_reason,
     )
@@ -505,6 +507,7 @@ def segment_build(msg: pb.BuildSegmentsResponse) -> SegmentBuild:
         method=msg.method,
         method_reason=msg.method_reason,
         groups=msg.groups,
+        parts=msg.parts,
     )
 
 

@@ -152,9 +152,7 @@ class AudienceClient(JobCalls, PredictCalls):
         attempts = self._options.attempts(timeout)
         while True:
             try:
-                return method(
-                    request, timeout=attempts.timeout(), metadata=self._options.metadata
-                )
+                return method(request, timeout=attempts.timeout(), metadata=self._options.metadata)
             except grpc.RpcError as exc:
                 time.sleep(attempts.backoff(exc))
 
@@ -284,9 +282,7 @@ class AudienceClient(JobCalls, PredictCalls):
         totals.add(response, batches=sent)
         return totals.result()
 
-    def delete_users(
-        self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT
-    ) -> DeleteResult:
+    def delete_users(self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT) -> DeleteResult:
         """Erase users from the store and the index; unknown ids are reported, not errors."""
         request = cv.delete_request(user_ids)
         response = self._unary(self._live.profiles.DeleteUsers, request, timeout)
@@ -460,9 +456,7 @@ class AudienceClient(JobCalls, PredictCalls):
 
     # ------------------------------------------------------------ admin
 
-    def rebuild_index(
-        self, *, reembed: bool = False, timeout: Timeout = None
-    ) -> RebuildResult:
+    def rebuild_index(self, *, reembed: bool = False, timeout: Timeout = None) -> RebuildResult:
         """Rebuild the vector index and swap it in atomically (a long job: no deadline unless
         ``timeout`` seconds are given). reembed: embed every stored text again."""
         request = cv.rebuild_request(reembed)

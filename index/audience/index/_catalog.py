@@ -6,7 +6,7 @@
     attrs        every stored attribute as a column over iids, for filters (saved with each
                  index generation, so a start reads only the users written since)
     index        the vector index served, and `generations`, its saved generations
-    segments     the segment model served, and `segment_of`, iid -> (label, strength)
+    segments     the segment model served, and `segment_of`, iid -> (label, strength, leaf part)
     predictors   the attribute models served (_predict/); their answers are columns of attrs
 
 The catalog takes no locks: the engine reads it under its read lock and changes it under its
@@ -86,7 +86,7 @@ class Catalog:
         self.iid_of: dict[str, int] = {}
         self.uid_of = UserIdTable()
         self.segments: SegmentModel | None = None
-        self.segment_of: dict[int, tuple[int, float]] = {}
+        self.segment_of: dict[int, tuple[int, float, int]] = {}
         self.predictors: dict[str, AttributeModel] = {}
         self.written_since_fit: set[int] | None = None  # while predictors are being fitted
         self.generation = 0  # the index generation last saved or loaded
@@ -232,16 +232,21 @@ class Catalog:
             self.segment_of.pop(iid, None)
         self.unsaved += len(found)
 
-    def serve_segments(self, model: SegmentModel, membership: dict[int, tuple[int, float]]) -> None:
+    def serve_segments(
+        self, model: SegmentModel, membership: dict[int, tuple[int, float, int]]
+    ) -> None:
         """Serve this model, with `membership_of(model)` computed beforehand."""
         self.segments = model
         self.segment_of = membership
 
-    def membership_of(self, model: SegmentModel) -> dict[int, tuple[int, float]]:
-        """iid -> (label, strength) of the model's members still stored."""
+    def membership_of(self, model: SegmentModel) -> dict[int, tuple[int, float, int]]:
+        """iid -> (label, strength, leaf part) of the model's members still stored."""
+        m = model
         return {
-            int(i): (int(lab), float(st))
-            for i, lab, st in zip(model.member_iids, model.member_labels, model.member_strength)
+            int(i): (int(lab), float(st), int(part))
+            for i, lab, st, part in zip(
+                m.member_iids, m.member_labels, m.member_strength, m.member_parts
+            )
             if int(i) in self.uid_of
         }
 
@@ -356,14 +361,16 @@ class Catalog:
             unknown = [s for s in ids if s not in model.by_id]
             if unknown:
                 raise UnknownSegment(f"{field}: unknown segment {unknown[0]!r}")
-        inc = {lab for s in include for lab in model.labels_under(s)}
-        exc = {lab for s in exclude for lab in model.labels_under(s)}
+        inc = [model.holds(s) for s in include]
+        inc_labels, inc_parts = {x for h in inc for x in h[0]}, {x for h in inc for x in h[1]}
+        exc = [model.holds(s) for s in exclude]
+        exc_labels, exc_parts = {x for h in exc for x in h[0]}, {x for h in exc for x in h[1]}
         member = np.zeros(len(mask), bool)
         blocked = np.zeros(len(mask), bool)
-        for iid, (lab, _) in self.segment_of.items():
+        for iid, (lab, _, part) in self.segment_of.items():
             if iid < len(mask):
-                member[iid] = lab in inc
-                blocked[iid] = lab in exc
+                member[iid] = lab in inc_labels or part in inc_parts
+                blocked[iid] = lab in exc_labels or part in exc_parts
         if include:
             mask &= member
         mask &= ~blocked
@@ -380,7 +387,7 @@ class Catalog:
                 todo.append(i)
                 out.append(None)
             else:
-                out.append(membership(model, uid, *hit))
+                out.append(membership(model, uid, hit[0], hit[1]))
         if todo:
             vecs = self.user_vectors(np.array([iids[i] for i in todo], np.int64))
             labels, strength = model.assign(vecs)
@@ -388,14 +395,14 @@ class Catalog:
                 out[i] = membership(model, user_ids[i], int(lab), float(st))
         return [m for m in out if m is not None]
 
-    def segment_members(self, labels: Sequence[int]) -> ScoredUsers:
-        """Members of a segment (or of a group: its segments' labels), strongest first (ties
-        by user id)."""
-        wanted = set(labels)
+    def segment_members(self, held: tuple[Sequence[int], Sequence[int]]) -> ScoredUsers:
+        """Members of a node of the segment tree (`SegmentModel.holds`: its segments' labels,
+        or a part's leaf parts), strongest first (ties by user id)."""
+        labels, parts = set(held[0]), set(held[1])
         members = [
             (st, self.uid_of[iid])
-            for iid, (lab, st) in self.segment_of.items()
-            if lab in wanted and iid in self.uid_of
+            for iid, (lab, st, part) in self.segment_of.items()
+            if (lab in labels or part in parts) and iid in self.uid_of
         ]
         members.sort(key=lambda m: (-m[0], m[1]))
         return ScoredUsers([uid for _, uid in members], [st for st, _ in members])

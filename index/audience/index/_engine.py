@@ -323,9 +323,9 @@ class Engine:
         self, segment_id: str, chunk: int = 1000, include_attributes: Sequence[str] = ()
     ) -> Iterator[ScoredUsers]:
         """Members of a segment, strongest first, in chunks (with these stored attributes)."""
-        labels = self.catalog.segment_model().labels_under(segment_id)  # one model, read once
+        held = self.catalog.segment_model().holds(segment_id)  # one model, read once
         with self._rw.read():
-            members = self.catalog.segment_members(labels)
+            members = self.catalog.segment_members(held)
         with_attrs = partial(self.catalog.with_attributes, names=include_attributes)
         return map(with_attrs, members.chunks(chunk))
 

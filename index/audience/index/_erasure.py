@@ -37,7 +37,7 @@ def withdraw_from_served(model: SegmentModel, user_ids: set[str]) -> bool:
     """Take the ids out of the served model's exemplars (replacing each list whole, so a
     reader sees one list or the other); True if any was there. Call under the write lock."""
     changed = False
-    for seg in [*model.segments, *model.groups]:
+    for seg in model.nodes():
         kept = [u for u in seg.exemplar_user_ids if u not in user_ids]
         if len(kept) != len(seg.exemplar_user_ids):
             seg.exemplar_user_ids = kept

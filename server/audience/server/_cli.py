@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--ids", action="store_true", help="only the segment ids, one per line")
     s.add_argument(
-        "--tree", action="store_true", help="the groups of segments too, drawn as a tree"
+        "--tree", action="store_true", help="the groups above and parts below too, drawn as a tree"
     )
     s.set_defaults(func=cmd_segments_list)
     s = segsub.add_parser("show", help="one segment: size, keywords, attributes, exemplars")

@@ -404,7 +404,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_segments_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         tree = client.segment_tree()
-    shown = [*tree.groups, *tree.segments] if args.tree else tree.segments
+    shown = tree.nodes() if args.tree else tree.segments
     if args.json:
         print(json.dumps([asdict(s) for s in shown], ensure_ascii=False))
     elif args.ids:

@@ -110,11 +110,11 @@ def segment_rows(segments: Sequence[Any]) -> list[str]:
 
 
 def segment_tree(tree: Any) -> list[str]:
-    """The groups and segments as an indented tree, coarsest first."""
-    nodes = {s.segment_id: s for s in [*tree.groups, *tree.segments]}
+    """The groups, segments and their parts as an indented tree, coarsest first."""
+    nodes = {s.segment_id: s for s in tree.nodes()}
     out = [
         f"{tree.model_version}: {len(tree.segments)} segments in "
-        f"{plural(len(tree.groups), 'group')}"
+        f"{plural(len(tree.groups), 'group')}, with {plural(len(tree.parts), 'part')} below them"
     ]
     if tree.method:
         out.append(f"found by {tree.method}: {tree.method_reason}")
@@ -134,7 +134,7 @@ def segment_tree(tree: Any) -> list[str]:
 
 def segment_card(s: Any, tree: Any = None) -> list[str]:
     """One segment for people: size, keywords, the attributes that set it apart, exemplars."""
-    kind = "group of segments" if s.kind == "group" else "segment"
+    kind = {"group": "group of segments", "part": "part of a segment"}.get(s.kind, "segment")
     out = [
         f"{s.segment_id} ({kind}): {s.name or '(no name)'}",
         f"  {number(s.size)} users ({percent(s.share)}), {s.status}"
@@ -244,7 +244,8 @@ def job_result(job: Any) -> str:
     if job.kind == "build-segments" and r is not None:
         return (
             f"segments {r.model_version}: {r.segments} segments over {r.users} users "
-            f"({plural(r.groups, 'group')} above them), {100 * r.outlier_share:.1f}% outliers, "
+            f"({plural(r.groups, 'group')} above them, {plural(r.parts, 'part')} below), "
+            f"{100 * r.outlier_share:.1f}% outliers, "
             f"{r.seconds:.1f}s" + (f"\nfound by {r.method}: {r.method_reason}" if r.method else "")
         )
     if job.kind == "fit-predictors" and r is not None:

@@ -243,6 +243,7 @@ def segment_to_pb(s: Segment) -> pb.Segment:
         kind=s.kind,
         parent_id=s.parent_id,
         children=s.children,
+        split_order=s.split_order,
     )
 
 

@@ -63,6 +63,8 @@ ul.tree, ul.tree ul { list-style: none; margin: 0; padding-left: 1.3rem; }
 ul.tree { padding-left: 0; }
 ul.tree li { margin: .15rem 0; }
 ul.tree .group { font-weight: 600; }
+ul.tree .part { font-size: .9em; }
+ul.tree details > summary { cursor: pointer; color: #555; font-size: .9em; }
 details { margin-top: 2rem; }
 summary { cursor: pointer; color: #444; }
 """
@@ -249,13 +251,14 @@ def _summary_table(
 
 
 def _tree_html(model: SegmentModel, colours: dict[int, str]) -> str:
-    """Groups and segments as nested lists, coarsest first."""
-    nodes = {s.segment_id: s for s in [*model.groups, *model.segments]}
+    """Groups, segments and their parts as nested lists, coarsest first; a segment's parts
+    folded under it."""
+    nodes = {s.segment_id: s for s in model.nodes()}
 
     def item(node: Segment) -> str:
         swatch = (
             f'<span class="swatch" style="background:{_e(colours[node.label])}"></span> '
-            if node.kind != "group" and node.label in colours
+            if node.kind == "segment" and node.label in colours
             else ""
         )
         text = (
@@ -265,6 +268,8 @@ def _tree_html(model: SegmentModel, colours: dict[int, str]) -> str:
         )
         kids = [nodes[c] for c in node.children if c in nodes]
         inner = "<ul>" + "".join(item(k) for k in kids) + "</ul>" if kids else ""
+        if kids and node.kind == "segment":
+            inner = f"<details><summary>its parts</summary>{inner}</details>"
         return f"<li>{text}{inner}</li>"
 
     top = [s for s in nodes.values() if not s.parent_id]

@@ -243,6 +243,7 @@ class SegmentsServicer(pb_grpc.SegmentsServicer):
             segments=[segment_to_pb(s) for s in listed.segments],
             model_version=listed.model_version,
             groups=[segment_to_pb(s) for s in listed.groups] if request.include_groups else [],
+            parts=[segment_to_pb(s) for s in listed.parts] if request.include_groups else [],
             method=listed.method,
             method_reason=listed.method_reason,
         )
@@ -301,6 +302,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             method=done.method,
             method_reason=done.method_reason,
             groups=done.groups,
+            parts=done.parts,
         )
 
     def StartRebuildIndex(

@@ -1304,6 +1304,7 @@ class Segment(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     PARENT_ID_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
+    SPLIT_ORDER_FIELD_NUMBER: _builtins.int
     segment_id: _builtins.str
     size: _builtins.int
     share: _builtins.float
@@ -1317,12 +1318,17 @@ class Segment(_message.Message):
     name: _builtins.str
     """A short name from the top keywords, e.g. "bash / script / command"."""
     kind: _builtins.str
-    """"segment" (a leaf of the segment tree) or "group" (an inner node: segments merged by
-    similarity). A group's id works wherever a segment id does (filters, members).
+    """"segment", "group" (segments merged by similarity, above them in the tree) or "part"
+    (a sub-segment: a segment split in two, and its halves again). A group's or a part's id
+    works wherever a segment id does (filters, members).
     """
     parent_id: _builtins.str
-    """The group above it in the tree ("" at the top level) and, for a group, the two nodes
-    below it.
+    """The node above it in the tree ("" at the top level) and the two nodes below it, if it
+    is split.
+    """
+    split_order: _builtins.int
+    """Walking down the tree from its top level splits this node n-th (1 first, 0 never):
+    splitting nodes in this order gives every level, one more node at each step.
     """
     @_builtins.property
     def keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -1349,10 +1355,11 @@ class Segment(_message.Message):
         kind: _builtins.str = ...,
         parent_id: _builtins.str = ...,
         children: _abc.Iterable[_builtins.str] | None = ...,
+        split_order: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_profile_json", b"attribute_profile_json", "children", b"children", "cohesion", b"cohesion", "exemplar_user_ids", b"exemplar_user_ids", "keywords", b"keywords", "kind", b"kind", "name", b"name", "parent_id", b"parent_id", "parents", b"parents", "persistence", b"persistence", "segment_id", b"segment_id", "share", b"share", "size", b"size", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_profile_json", b"attribute_profile_json", "children", b"children", "cohesion", b"cohesion", "exemplar_user_ids", b"exemplar_user_ids", "keywords", b"keywords", "kind", b"kind", "name", b"name", "parent_id", b"parent_id", "parents", b"parents", "persistence", b"persistence", "segment_id", b"segment_id", "share", b"share", "size", b"size", "split_order", b"split_order", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1364,7 +1371,9 @@ class ListSegmentsRequest(_message.Message):
 
     INCLUDE_GROUPS_FIELD_NUMBER: _builtins.int
     include_groups: _builtins.bool
-    """Also the groups of segments (the tree's inner nodes), coarsest first."""
+    """Also the groups of segments above them, coarsest first, and the parts below them (the
+    sub-segments), in the order they were split off.
+    """
     def __init__(
         self,
         *,
@@ -1387,6 +1396,7 @@ class ListSegmentsResponse(_message.Message):
     GROUPS_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     METHOD_REASON_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     method: _builtins.str
     """How the segments were found, and why that way (a build asked for K chooses)."""
@@ -1395,6 +1405,8 @@ class ListSegmentsResponse(_message.Message):
     def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]: ...
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]: ...
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]: ...
     def __init__(
         self,
         *,
@@ -1403,10 +1415,11 @@ class ListSegmentsResponse(_message.Message):
         groups: _abc.Iterable[Global___Segment] | None = ...,
         method: _builtins.str = ...,
         method_reason: _builtins.str = ...,
+        parts: _abc.Iterable[Global___Segment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "method", b"method", "method_reason", b"method_reason", "model_version", b"model_version", "segments", b"segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "method", b"method", "method_reason", b"method_reason", "model_version", b"model_version", "parts", b"parts", "segments", b"segments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1669,6 +1682,7 @@ class BuildSegmentsResponse(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     METHOD_REASON_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     segments: _builtins.int
     seconds: _builtins.float
@@ -1678,6 +1692,8 @@ class BuildSegmentsResponse(_message.Message):
     method_reason: _builtins.str
     groups: _builtins.int
     """Groups of segments in the tree (inner nodes)."""
+    parts: _builtins.int
+    """Parts of segments (sub-segments) below them in the tree."""
     def __init__(
         self,
         *,
@@ -1689,10 +1705,11 @@ class BuildSegmentsResponse(_message.Message):
         method: _builtins.str = ...,
         method_reason: _builtins.str = ...,
         groups: _builtins.int = ...,
+        parts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "method", b"method", "method_reason", b"method_reason", "model_version", b"model_version", "outlier_share", b"outlier_share", "seconds", b"seconds", "segments", b"segments", "users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "method", b"method", "method_reason", b"method_reason", "model_version", b"model_version", "outlier_share", b"outlier_share", "parts", b"parts", "seconds", b"seconds", "segments", b"segments", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

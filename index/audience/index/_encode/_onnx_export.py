@@ -302,6 +302,7 @@ def _ort_version() -> str:
 
     return str(onnxruntime.__version__)
 
+
 class QuantizerNoise(logging.Filter):
     """Drops the INFO and WARNING lines that ONNX Runtime's quantizer logs on the root logger
     (one per tensor). For a program's own log handlers: `handler.addFilter(QuantizerNoise())`;

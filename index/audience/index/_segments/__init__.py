@@ -6,6 +6,8 @@ _builder.py   SegmentBuilder: sample -> project -> reduce -> cluster -> place ->
 _stages.py    the swappable stages: reducers, clusterers, the describer; default_stages
 _describe.py  keywords (c-TF-IDF) and attribute profiles per segment
 _ids.py       stable ids across builds (member overlap) and lineage
+_tree.py      SegmentTree: the groups above the segments (Ward merges), coarse to fine
+_parts.py     Parts: the sub-segments below them (segments split in two, and again)
 _model.py     SegmentModel: the fitted model, saved and loaded (JSON + .npz + sha256)
 _place.py     where users outside the fit sample are placed: here, or on Ray
 """

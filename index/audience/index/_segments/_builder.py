@@ -34,10 +34,12 @@ import numpy as np
 from .._errors import PreconditionFailed
 from .._types import Progress
 from ._choose import Choice, choose
+from ._describe import SegmentDescription
 from ._ids import match_segments
 from ._keywords import term_gram
 from ._model import Segment, SegmentModel, project, used_dims
 from ._params import SegmentParams
+from ._parts import Parts
 from ._place import LocalPlacer, Placer
 from ._stages import (
     Clusterer,
@@ -265,7 +267,8 @@ class SegmentBuilder:
             int(lab): np.sort(iids[labels == lab]) for lab in np.unique(labels) if lab >= 0
         }
         t1 = time.perf_counter()
-        sample = self._describe_sample(users, labels)
+        keep = self._describe_rows(users)
+        sample = (labels[keep[0]], *keep[1:])
         gram = term_gram(sample[0], sample[1], len(new_members))
         tree = (
             SegmentTree.of_gram(gram, np.ones(len(gram)))
@@ -294,38 +297,41 @@ class SegmentBuilder:
 
         parent = tree.parent()
         children = tree.children()
+        order = {g: i + 1 for i, g in enumerate(sorted(under, reverse=True))}  # coarsest first
+        parts = Parts.fit(
+            clustering.fit_coords,
+            labels[clustering.fit_index],
+            min_part=max(5, self._min_cluster_size(len(clustering.fit_index)) // 2),
+            seed=self.params.seed,
+        )
+        split_of = parts.split_of()
         n = len(iids)
+        node = partial(_Node, clustering.coords, iids, users.user_id, n)
         segments, groups = [], []
-        for lab, members in [*new_members.items(), *group_members.items()]:
+        for lab in [*new_members, *group_members]:
             held = under.get(lab, [lab])
-            rows_of = np.flatnonzero(np.isin(labels, held))
-            z = clustering.coords[rows_of]
-            centre = z.mean(axis=0)
-            centre /= np.linalg.norm(centre) or 1.0
-            sims = z @ centre
-            top = rows_of[np.argsort(-sims)[:EXEMPLARS]]
-            d = described.get(lab)
-            seg = Segment(
+            split = split_of.get(("segment", lab))
+            seg = node(np.isin(labels, held), described.get(lab)).segment(
                 segment_id=id_of[lab],
                 label=lab,
-                size=len(members),
-                share=len(members) / n,
-                keywords=d.keywords if d else [],
-                exemplar_user_ids=[
-                    users.user_id[int(iids[j])] for j in top if int(iids[j]) in users.user_id
-                ],
                 persistence=clustering.persistence.get(lab, 0.0),
-                cohesion=round(float(sims.mean()), 4),
                 status=status[lab][0],
                 parents=status[lab][1],
-                attribute_profile=d.attribute_profile if d else {},
-                name=d.name if d else "",
                 kind="group" if lab in under else "segment",
                 parent_id=id_of[parent[lab]] if lab in parent else "",
                 children=[id_of[c] for c in children[lab]] if lab in under else [],
                 leaf_labels=list(held) if lab in under else [],
+                split_order=order[lab] if lab in under else 0,
             )
+            if split is not None:
+                seg.split_order = len(order) + split + 1
             (groups if lab in under else segments).append(seg)
+        part_labels = parts.place(clustering.coords, labels)
+        part_nodes, next_part = self._parts(
+            parts, part_labels, keep, users, node, id_of, previous, len(order) + 1
+        )
+        for seg in segments:
+            seg.children = [p.segment_id for p in part_nodes if p.parent_id == seg.segment_id]
         groups.sort(key=lambda g: -g.label)  # the coarsest (latest merge) first
         segments.sort(key=lambda s: -s.size)
         outliers = float((labels < 0).mean())
@@ -339,6 +345,8 @@ class SegmentBuilder:
             "seconds": seconds,
             "next_number": next_number,
             "next_group_number": next_group,
+            "next_part_number": next_part,
+            "parts": parts.to_json(),
             "tree": tree.to_json(),
             "choice": clustering.choice.summary() if clustering.choice else None,
             **{k: round(v, 2) for k, v in clustering.timings.items()},
@@ -362,6 +370,8 @@ class SegmentBuilder:
             lineage=lineage,
             stats=stats,
             groups=groups,
+            parts=part_nodes,
+            member_parts=part_labels,
         )
         log.info(
             "Segments - Completed: %d segments, %.1f%% outliers, %.1fs",
@@ -371,19 +381,105 @@ class SegmentBuilder:
         )
         return model
 
-    def _describe_sample(
-        self, users: Population, labels: np.ndarray
-    ) -> tuple[np.ndarray, list[str], list[dict]]:
-        """(labels, documents, attributes) of a uniform sample of users still stored, what
-        the describer and the tree read."""
+    def _describe_rows(self, users: Population) -> tuple[np.ndarray, list[str], list[dict]]:
+        """(rows, documents, attributes) of a uniform sample of users still stored, what the
+        describer and the tree read."""
         iids = users.iids
         rng = np.random.default_rng(self.params.seed)
         pick = np.sort(rng.choice(len(iids), size=min(len(iids), DESCRIBE_SAMPLE), replace=False))
         rows = users.texts_and_attributes(iids[pick].tolist())
-        keep = [j for j in pick if int(iids[j]) in rows]
+        keep = np.array([j for j in pick if int(iids[j]) in rows], np.int64)
         docs = ["\n".join(t[0] for t in rows[int(iids[j])][0]) for j in keep]
         attrs = [rows[int(iids[j])][1] for j in keep]
-        return labels[keep], docs, attrs
+        return keep, docs, attrs
+
+    def _min_cluster_size(self, fit_users: int) -> int:
+        return self.params.min_cluster_size or max(10, fit_users // 100)
+
+    def _parts(
+        self,
+        parts: Parts,
+        part_labels: np.ndarray,
+        sample: tuple[np.ndarray, list[str], list[dict]],
+        users: Population,
+        node: Callable[..., _Node],
+        id_of: dict[int, str],
+        previous: SegmentModel | None,
+        first_order: int,
+    ) -> tuple[list[Segment], int]:
+        """The sub-segments as nodes of the tree: described, with ids kept from the previous
+        model's parts of the same segment."""
+        leaves = parts.leaves_under()
+        inner = {p: held for p, held in leaves.items() if held != [p]}
+        described = self.stages.describer.describe(
+            part_labels[sample[0]], *sample[1:], groups=inner, embed=users.embed_terms
+        )
+        segment_of_part = parts.segment_of_part()
+        split_of = parts.split_of()
+        members = {p: np.sort(users.iids[np.isin(part_labels, held)]) for p, held in leaves.items()}
+        old = _old_parts(previous)
+        part_id: dict[int, str] = {}
+        status: dict[int, tuple[str, list[str]]] = {}
+        number = int(previous.stats.get("next_part_number", 1)) if previous else 1
+        for lab in sorted(set(segment_of_part.tolist())):
+            mine = {p: members[p] for p in members if segment_of_part[p] == lab}
+            got, st, _, number = match_segments(mine, old.get(id_of[lab], {}), number, prefix="sub")
+            part_id.update(got)
+            status.update(st)
+        out = []
+        for i, s in enumerate(parts.splits):
+            above = id_of[s.node] if s.kind == "segment" else part_id[s.node]
+            for p in (2 * i, 2 * i + 1):
+                split = split_of.get(("part", p))
+                below = [part_id[2 * split], part_id[2 * split + 1]] if split is not None else []
+                out.append(
+                    node(np.isin(part_labels, leaves[p]), described.get(p)).segment(
+                        segment_id=part_id[p],
+                        label=p,
+                        status=status[p][0],
+                        parents=status[p][1],
+                        kind="part",
+                        parent_id=above,
+                        children=below,
+                        leaf_labels=leaves[p] if split is not None else [],
+                        split_order=first_order + split if split is not None else 0,
+                    )
+                )
+        return out, number
+
+
+@dataclass
+class _Node:
+    """What every node of the tree is described by: size, exemplars, cohesion, the
+    describer's keywords and profile."""
+
+    coords: np.ndarray  # every user in the model's PCA space
+    iids: np.ndarray
+    user_id: dict[int, str]
+    n: int
+    inside: np.ndarray  # (n,) bool: the node's users
+    described: SegmentDescription | None
+
+    def segment(self, **fields) -> Segment:
+        rows = np.flatnonzero(self.inside)
+        z = self.coords[rows]
+        centre = z.mean(axis=0)
+        centre /= np.linalg.norm(centre) or 1.0
+        sims = z @ centre
+        top = rows[np.argsort(-sims)[:EXEMPLARS]]
+        d = self.described
+        return Segment(
+            size=len(rows),
+            share=len(rows) / self.n,
+            keywords=d.keywords if d else [],
+            exemplar_user_ids=[
+                self.user_id[int(self.iids[j])] for j in top if int(self.iids[j]) in self.user_id
+            ],
+            cohesion=round(float(sims.mean()), 4),
+            attribute_profile=d.attribute_profile if d else {},
+            name=d.name if d else "",
+            **fields,
+        )
 
 
 def _centres(coords: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -408,6 +504,22 @@ def _old_members(previous: SegmentModel | None) -> tuple[dict, dict]:
         for g in previous.groups
     }
     return leaves, grouped
+
+
+def _old_parts(previous: SegmentModel | None) -> dict[str, dict[str, np.ndarray]]:
+    """The previous model's parts' members, per the id of the segment they lie in."""
+    if previous is None:
+        return {}
+    seg_of = {p.segment_id: p.parent_id for p in previous.parts}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for p in previous.parts:
+        top = p.parent_id
+        while top in seg_of:
+            top = seg_of[top]
+        held = p.leaf_labels or [p.label]
+        mine = previous.member_iids[np.isin(previous.member_parts, held)]
+        out.setdefault(top, {})[p.segment_id] = np.sort(mine)
+    return out
 
 
 def with_text_dims(params: SegmentParams, text_dims: int, attribute_dims: int) -> SegmentParams:

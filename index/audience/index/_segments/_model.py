@@ -42,10 +42,13 @@ class Segment:
     parents: list[str] = field(default_factory=list)  # previous segment ids it came from
     attribute_profile: dict = field(default_factory=dict)
     name: str = ""  # from the top keywords, e.g. "bash / script / command"
-    kind: str = "segment"  # "segment" (a leaf of the tree) or "group" (of segments)
-    parent_id: str = ""  # the group above it in the tree ("" at the top level)
-    children: list[str] = field(default_factory=list)  # a group's two nodes below
-    leaf_labels: list[int] = field(default_factory=list)  # a group's segments' labels
+    # "segment", "group" (of segments, above them in the tree) or "part" (a sub-segment:
+    # part of a segment, below it; `label` is then the part's number)
+    kind: str = "segment"
+    parent_id: str = ""  # the node above it in the tree ("" at the top level)
+    children: list[str] = field(default_factory=list)  # the two nodes below it, if split
+    leaf_labels: list[int] = field(default_factory=list)  # a group's segments, a part's parts
+    split_order: int = 0  # walking down the tree splits it n-th (1 first; 0: never)
 
 
 class SegmentModel:
@@ -67,6 +70,8 @@ class SegmentModel:
         lineage: list[dict],
         stats: dict,
         groups: list[Segment] | None = None,
+        parts: list[Segment] | None = None,
+        member_parts: np.ndarray | None = None,
     ) -> None:
         self.version = version
         self.params = params
@@ -81,7 +86,11 @@ class SegmentModel:
         self.lineage = lineage
         self.stats = stats
         self.groups = list(groups or [])  # the tree's inner nodes, coarsest first
-        self.by_id = {s.segment_id: s for s in [*segments, *self.groups]}
+        self.parts = list(parts or [])  # the sub-segments, in the order they were split off
+        # each member's leaf part (-1: an outlier, or in a segment that was not split)
+        no_parts = np.full(len(self.member_iids), -1, np.int32)
+        self.member_parts = no_parts if member_parts is None else member_parts.astype(np.int32)
+        self.by_id = {s.segment_id: s for s in [*segments, *self.groups, *self.parts]}
         self.by_label = {s.label: s for s in segments}
         clustered = self.fit_labels >= 0
         self._knn_labels = self.fit_labels[clustered]
@@ -95,10 +104,17 @@ class SegmentModel:
             raise UnknownSegment(f"segment_id: unknown segment {segment_id!r}")
         return seg
 
-    def labels_under(self, segment_id: str) -> list[int]:
-        """The segment labels a segment or a group of segments holds."""
+    def holds(self, segment_id: str) -> tuple[list[int], list[int]]:
+        """(segment labels, leaf parts) of the users a node holds: a segment's or a group's
+        segments, or a part's leaf parts (then no segment label)."""
         seg = self.node(segment_id)
-        return list(seg.leaf_labels) if seg.kind == "group" else [seg.label]
+        if seg.kind == "part":
+            return [], list(seg.leaf_labels) or [seg.label]
+        return (list(seg.leaf_labels) if seg.kind == "group" else [seg.label]), []
+
+    def nodes(self) -> list[Segment]:
+        """Every node of the tree: groups (coarsest first), segments, parts."""
+        return [*self.groups, *self.segments, *self.parts]
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         used = used_dims(vectors, self.params.dims_used)
@@ -130,6 +146,7 @@ class SegmentModel:
             member_iids=self.member_iids,
             member_labels=self.member_labels,
             member_strength=self.member_strength,
+            member_parts=self.member_parts,
         )
         data = buf.getvalue()
         write_durably(target / "arrays.npz", data)
@@ -138,6 +155,7 @@ class SegmentModel:
             "params": asdict(self.params),
             "segments": [asdict(s) for s in self.segments],
             "groups": [asdict(s) for s in self.groups],
+            "parts": [asdict(s) for s in self.parts],
             "lineage": self.lineage,
             "stats": self.stats,
             "arrays_sha256": hashlib.sha256(data).hexdigest(),
@@ -186,6 +204,7 @@ class SegmentModel:
             params=SegmentParams(**doc["params"]),
             segments=[Segment(**s) for s in doc["segments"]],
             groups=[Segment(**s) for s in doc.get("groups", [])],  # none before the tree
+            parts=[Segment(**s) for s in doc.get("parts", [])],  # none before sub-segments
             lineage=doc["lineage"],
             stats=doc["stats"],
             **arrays,
@@ -203,7 +222,7 @@ def withdraw_exemplars(root: Path, erased: Callable[[str, dict], bool]) -> int:
         except (OSError, ValueError):
             continue
         gone = 0
-        for seg in [*doc.get("segments", []), *doc.get("groups", [])]:
+        for seg in [*doc.get("segments", []), *doc.get("groups", []), *doc.get("parts", [])]:
             kept = [u for u in seg.get("exemplar_user_ids", []) if not erased(u, doc["stats"])]
             gone += len(seg.get("exemplar_user_ids", [])) - len(kept)
             seg["exemplar_user_ids"] = kept
@@ -220,6 +239,7 @@ class SegmentList:
     groups: list[Segment] = field(default_factory=list)  # the tree's inner nodes
     method: str = ""
     method_reason: str = ""
+    parts: list[Segment] = field(default_factory=list)  # sub-segments, below the segments
 
     @classmethod
     def of(cls, model: SegmentModel) -> SegmentList:
@@ -230,6 +250,7 @@ class SegmentList:
             list(model.groups),
             how.get("method", ""),
             how.get("reason", ""),
+            list(model.parts),
         )
 
 
@@ -247,6 +268,7 @@ class SegmentBuild:
     method: str = ""  # how the segments were found, e.g. "umap-kmeans"
     method_reason: str = ""  # why that method (a build asked for K chooses among several)
     groups: int = 0  # inner nodes of the segment tree
+    parts: int = 0  # sub-segments below the segments
 
     @classmethod
     def of(cls, model: SegmentModel) -> SegmentBuild:
@@ -263,6 +285,7 @@ class SegmentBuild:
             method=choice.get("method", ""),
             method_reason=choice.get("reason", ""),
             groups=len(model.groups),
+            parts=len(model.parts),
         )
 
 
