@@ -1,5 +1,6 @@
 """The segment tree and the choice of method, through the real server, client and CLI: two
-broad interests of two narrow topics each, built with the real model."""
+broad interests of two narrow topics each, built with the real model; and the parts below the
+segments on vectors of a known nested shape, through the segment builder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from audience.client import AudienceClient, InvalidArgument, NotFound, Profile
+from audience.index import PcaReducer, Population, SegmentBuilder, SegmentParams
+from audience.index._segments import ClusterResult
 from audience.server._cli import main
 
 BROAD = {
@@ -186,3 +189,84 @@ def test_ward_tree_cuts_and_groups() -> None:
     assert len(set(tree.cut(2).values())) == 2 and tree.cut(2)[0] == tree.cut(2)[1]
     assert len(set(tree.cut(4).values())) == 4 and len(set(tree.cut(1).values())) == 1
     assert SegmentTree.from_json(tree.to_json()) == tree
+
+
+def nested_blobs(n_per: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two segments, each of two halves, each of two quarters: unit vectors, the segment and
+    the quarter (0-7) of each."""
+    rng = np.random.default_rng(seed)
+    eye = np.eye(16)
+    rows, segment, quarter = [], [], []
+    for q in range(8):
+        s, half, part = q // 4, (q // 2) % 2, q % 2
+        centre = 6 * eye[s] + (2.5 if half else -2.5) * eye[2 + s] + (1 if part else -1) * eye[4]
+        rows.append(centre + rng.normal(0, 0.15, (n_per, 16)))
+        segment += [s] * n_per
+        quarter += [q] * n_per
+    x = np.concatenate(rows)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), np.array(segment), np.array(quarter)
+
+
+class KnownSegments:
+    """The clusterer: the two segments are given, so only the parts are found."""
+
+    def __init__(self, segment: np.ndarray) -> None:
+        self.segment = segment
+
+    def cluster(self, space: np.ndarray) -> ClusterResult:
+        labels = self.segment[: len(space)].astype(np.int32)
+        return ClusterResult(labels, np.ones(len(space), np.float32), {0: 1.0, 1: 1.0})
+
+    def __repr__(self) -> str:
+        return "known"
+
+
+def build_nested(x: np.ndarray, segment: np.ndarray, previous=None):
+    iids = np.arange(len(x), dtype=np.int64)
+    users = Population(
+        iids, x, {int(i): f"u{i}" for i in iids}, lambda wanted: {int(i): ([], {}) for i in wanted}
+    )
+    builder = SegmentBuilder(
+        SegmentParams(sample_size=len(x), min_cluster_size=20),
+        reducer=PcaReducer(),
+        clusterer=KnownSegments(segment),
+    )
+    return builder.build(users, previous)
+
+
+def test_parts_find_the_structure_within_segments_and_keep_their_ids() -> None:
+    x, segment, quarter = nested_blobs(30, seed=0)
+    model = build_nested(x, segment)
+    leaves = [p for p in model.parts if not p.children]
+    # Each segment split in halves, each half in quarters: the 8 leaves are the 8 quarters.
+    assert len(model.parts) == 12 and len(leaves) == 8
+    for p in leaves:
+        held = model.member_iids[model.member_parts == p.label]
+        assert len(set(quarter[held])) == 1 and len(held) == p.size == 30
+    # The first splits are the segments' (halves before quarters), then the halves'.
+    nodes = sorted((s for s in model.nodes() if s.split_order), key=lambda s: s.split_order)
+    assert [s.kind for s in nodes] == ["segment", "segment", "part", "part", "part", "part"]
+    # +5% users from the same quarters: every part keeps its id.
+    more, more_segment, _ = nested_blobs(2, seed=1)
+    again = build_nested(np.concatenate([x, more]), np.concatenate([segment, more_segment]), model)
+    assert {p.segment_id for p in again.parts} == {p.segment_id for p in model.parts}
+    assert all(p.status == "kept" for p in again.parts)
+    shape = {p.segment_id: (p.parent_id, tuple(p.children)) for p in model.parts}
+    assert {p.segment_id: (p.parent_id, tuple(p.children)) for p in again.parts} == shape
+
+
+def test_the_tree_method_asked_for_more_than_hdbscan_finds_goes_below_the_segments() -> None:
+    x, segment, quarter = nested_blobs(60, seed=0)
+    iids = np.arange(len(x), dtype=np.int64)
+    users = Population(
+        iids, x, {int(i): f"u{i}" for i in iids}, lambda wanted: {int(i): ([], {}) for i in wanted}
+    )
+    free = SegmentBuilder(SegmentParams(min_cluster_size=100)).build(users)
+    assert len(free.segments) < 8  # segments of at least 100 users: the quarters are 60
+    params = SegmentParams(target_segments=8, method="tree", min_cluster_size=100)
+    model = SegmentBuilder(params).build(users)
+    assert len(model.segments) == 8 and model.stats["choice"]["method"] == "tree"
+    for seg in model.segments:
+        held = model.member_iids[model.member_labels == seg.label]
+        assert len(set(quarter[held])) == 1 and len(held) == 60

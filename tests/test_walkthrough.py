@@ -107,6 +107,7 @@ def test_the_readme_walk_through_runs_as_written(tmp_path: Path) -> None:
     assert re.search(r"segment\s+users\s+share\s+status\s+keywords\nseg-\d{4}", out)
     assert "keywords:" in out and "exemplars:" in out  # segments show
     assert "eligible users" in out and "ReachEstimate(" in out  # the Python snippet
+    assert re.search(r"\d+ groups, \d+ segments, \d+ parts\n(level 6: .*\n)+", out)  # tree.level
     assert (tmp_path / "segments-report" / "index.html").exists()
     # Operations: jobs, metrics, backup and restore, export
     assert re.search(r"job\s+kind\s+state", out)

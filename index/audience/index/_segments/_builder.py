@@ -213,8 +213,14 @@ class SegmentBuilder:
         def tree() -> ClusterResult:
             found = hdbscan.cluster(umap_of(on="pca").reduce(fit))
             n = int(found.labels.max()) + 1
-            if n <= k:
+            if n == k:
                 return found
+            if n < k:  # the tree's level with k nodes lies below the segments: among parts
+                min_part = max(5, self._min_cluster_size(len(fit.pca)) // 2)
+                parts = Parts.fit(fit.pca, found.labels, min_part=min_part, splits=k - n)
+                labels = relabel(parts.leaves(fit.pca, found.labels))
+                count = int(labels.max()) + 1
+                return ClusterResult(labels, found.strength, dict.fromkeys(range(count), 1.0))
             cut = SegmentTree.of(*_centres(fit.pca, found.labels, n)).cut(k)
             labels = np.array([cut[lab] if lab >= 0 else -1 for lab in found.labels], np.int32)
             return ClusterResult(relabel(labels), found.strength, dict.fromkeys(range(k), 1.0))

@@ -20,8 +20,9 @@ StackOverflow 0.777 / 0.727 and 0.851 / 0.738 (chosen); blogs by industry 0.415 
                 "umap-kmeans"   k-means on UMAP (cosine, 5 dims) of the vectors
                 "tree"          HDBSCAN as the free build runs it, its segments merged
                                 to K by Ward on their mean vectors (texts are read only
-                                after clustering; outliers stay outliers); never more
-                                than HDBSCAN's segments
+                                after clustering; outliers stay outliers), or when it
+                                finds fewer than K, split into parts as the tree's levels
+                                below the segments are (_parts.py)
 """
 
 from __future__ import annotations

@@ -54,12 +54,14 @@ class Parts:
         min_part: int,
         per_segment: int = PARTS_PER_SEGMENT,
         seed: int = 0,
+        splits: int | None = None,
     ) -> Parts:
-        """Split the segments (`labels` >= 0) of these fit users (`coords`, PCA space)."""
+        """Split the segments (`labels` >= 0) of these fit users (`coords`, PCA space): at
+        most `splits` times (default: until `per_segment` leaves per segment)."""
         from sklearn.cluster import KMeans
 
         n_segments = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
-        budget = max(0, (per_segment - 1) * n_segments)  # splits allowed
+        budget = max(0, (per_segment - 1) * n_segments) if splits is None else splits
         candidates: list[tuple[float, int, str, int, np.ndarray]] = []
         tried = 0
 
@@ -78,17 +80,23 @@ class Parts:
 
         for lab in range(n_segments):
             consider("segment", lab, np.flatnonzero(labels == lab))
-        splits: list[Split] = []
+        made: list[Split] = []
         centres: list[np.ndarray] = []
-        while candidates and len(splits) < budget:
+        while candidates and len(made) < budget:
             neg_gain, _, kind, node, two, side, rows = heapq.heappop(candidates)
-            i = len(splits)
-            splits.append(Split(kind, node, round(-neg_gain, 6)))
+            i = len(made)
+            made.append(Split(kind, node, round(-neg_gain, 6)))
             centres += [two[0], two[1]]
             consider("part", 2 * i, rows[side == 0])
             consider("part", 2 * i + 1, rows[side == 1])
         dims = coords.shape[1]
-        return cls(tuple(splits), np.array(centres, np.float32).reshape(-1, dims))
+        return cls(tuple(made), np.array(centres, np.float32).reshape(-1, dims))
+
+    def leaves(self, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The finest level as one label per user: its leaf part (numbered after the segment
+        labels), or its segment where that was not split; -1 stays."""
+        part = self.place(coords, labels)
+        return np.where(part >= 0, labels.max() + 1 + part, labels).astype(np.int32)
 
     def place(self, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """The leaf part of each user (-1: an outlier, or in a segment that was not split)."""
