@@ -64,9 +64,10 @@ ul.tree { padding-left: 0; }
 ul.tree li { margin: .15rem 0; }
 ul.tree .group { font-weight: 600; }
 ul.tree .part { font-size: .9em; }
-ul.tree details > summary { cursor: pointer; color: #555; font-size: .9em; }
 details { margin-top: 2rem; }
 summary { cursor: pointer; color: #444; }
+ul.tree details { margin-top: 0; }
+ul.tree details > summary { color: inherit; }
 """
 
 
@@ -268,13 +269,25 @@ def _tree_html(model: SegmentModel, colours: dict[int, str]) -> str:
         )
         kids = [nodes[c] for c in node.children if c in nodes]
         inner = "<ul>" + "".join(item(k) for k in kids) + "</ul>" if kids else ""
-        if kids and node.kind == "segment":
-            inner = f"<details><summary>its parts</summary>{inner}</details>"
+        if kids and node.kind == "segment":  # its parts, folded: the line opens them
+            folded = sum(1 for p in model.parts if not p.children and _under(p, node, nodes))
+            text += f' <span class="muted">· {folded} parts</span>'
+            return f"<li><details><summary>{text}</summary>{inner}</details></li>"
         return f"<li>{text}{inner}</li>"
 
     top = [s for s in nodes.values() if not s.parent_id]
     top.sort(key=lambda s: -s.size)
     return '<ul class="tree">' + "".join(item(t) for t in top) + "</ul>"
+
+
+def _under(node: Segment, above: Segment, nodes: dict[str, Segment]) -> bool:
+    """Whether `node` lies below `above` in the tree."""
+    at = node.parent_id
+    while at:
+        if at == above.segment_id:
+            return True
+        at = nodes[at].parent_id if at in nodes else ""
+    return False
 
 
 def _stats_table(stats: Any) -> str:

@@ -215,7 +215,8 @@ class SegmentBuilder:
             n = int(found.labels.max()) + 1
             if n == k:
                 return found
-            if n < k:  # the tree's level with k nodes lies below the segments: among parts
+            if n < k:  # the tree's level with k nodes lies below the segments: among parts,
+                # here down to half the smallest segment (K was asked for)
                 min_part = max(5, self._min_cluster_size(len(fit.pca)) // 2)
                 parts = Parts.fit(fit.pca, found.labels, min_part=min_part, splits=k - n)
                 labels = relabel(parts.leaves(fit.pca, found.labels))
@@ -307,7 +308,7 @@ class SegmentBuilder:
         parts = Parts.fit(
             clustering.fit_coords,
             labels[clustering.fit_index],
-            min_part=max(5, self._min_cluster_size(len(clustering.fit_index)) // 2),
+            min_part=self._min_cluster_size(len(clustering.fit_index)),
             seed=self.params.seed,
         )
         split_of = parts.split_of()
