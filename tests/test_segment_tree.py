@@ -124,6 +124,11 @@ def test_parts_go_below_the_segments_and_every_level_exists(tree_server, capsys)
         assert len(inside) == part.size > 0
         assert len({narrow_of(u) for u in inside}) == 1
         assert c.estimate_reach(segment_ids=[part.segment_id]).reach == part.size
+    # a user's membership names its segment and its finest part
+    leaf = next(p for p in tree.parts if not p.children)
+    user = sorted(members(c, leaf.segment_id))[0]
+    (m,) = c.get_user_segments([user])
+    assert m.part_id == leaf.segment_id and m.segment_id in {s.segment_id for s in tree.segments}
     for split in [s for s in tree.nodes() if s.children]:
         below = [members(c, child) for child in split.children]
         assert set().union(*below) == members(c, split.segment_id) and not below[0] & below[1]

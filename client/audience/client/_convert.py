@@ -450,7 +450,9 @@ def segment_tree(msg: pb.ListSegmentsResponse) -> SegmentTree:
 def user_segments(msg: Any) -> list[UserSegment]:
     """Memberships of a GetUserSegments or AssignSegments response."""
     return [
-        UserSegment(m.user_id, m.segment_id, strength=m.strength, outlier=m.outlier)
+        UserSegment(
+            m.user_id, m.segment_id, strength=m.strength, outlier=m.outlier, part_id=m.part_id
+        )
         for m in msg.memberships
     ]
 

@@ -554,6 +554,7 @@ class UserSegment:
     segment_id: str
     strength: float
     outlier: bool
+    part_id: str = ""  # the finest part of the segment it is in ("" when none)
 
 
 @dataclass(frozen=True)

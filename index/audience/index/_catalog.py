@@ -387,7 +387,7 @@ class Catalog:
                 todo.append(i)
                 out.append(None)
             else:
-                out.append(membership(model, uid, hit[0], hit[1]))
+                out.append(membership(model, uid, hit[0], hit[1], hit[2]))
         if todo:
             vecs = self.user_vectors(np.array([iids[i] for i in todo], np.int64))
             labels, strength = model.assign(vecs)
@@ -499,6 +499,16 @@ class Catalog:
         return SnapshotResult(self.generation, Path(target))
 
 
-def membership(model: SegmentModel, user_id: str, label: int, strength: float) -> Membership:
+def membership(
+    model: SegmentModel, user_id: str, label: int, strength: float, part: int = -1
+) -> Membership:
+    """A user's segment (and leaf part: only members of the build have one)."""
     seg = model.by_label.get(label)
-    return Membership(user_id, seg.segment_id if seg else "", strength, seg is None)
+    leaf = model.by_part.get(part)
+    return Membership(
+        user_id,
+        seg.segment_id if seg else "",
+        strength,
+        seg is None,
+        leaf.segment_id if leaf else "",
+    )

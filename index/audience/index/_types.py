@@ -250,6 +250,7 @@ class Membership:
     segment_id: str  # "" for an outlier
     strength: float
     outlier: bool
+    part_id: str = ""  # the finest part of the segment it is in ("" when none)
 
 
 @dataclass(frozen=True)

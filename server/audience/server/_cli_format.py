@@ -198,7 +198,10 @@ def user(record: Any, memberships: Sequence[Any]) -> list[str]:
             (
                 "segment",
                 ", ".join(
-                    m.segment_id if not m.outlier else "outlier (no segment)" for m in memberships
+                    (m.segment_id + (f", part {m.part_id}" if m.part_id else ""))
+                    if not m.outlier
+                    else "outlier (no segment)"
+                    for m in memberships
                 )
                 or "(no segments built)",
             ),

@@ -250,7 +250,11 @@ def segment_to_pb(s: Segment) -> pb.Segment:
 def memberships_to_pb(found: Sequence[Membership]) -> list[pb.UserSegment]:
     return [
         pb.UserSegment(
-            user_id=m.user_id, segment_id=m.segment_id, strength=m.strength, outlier=m.outlier
+            user_id=m.user_id,
+            segment_id=m.segment_id,
+            strength=m.strength,
+            outlier=m.outlier,
+            part_id=m.part_id,
         )
         for m in found
     ]

@@ -1472,10 +1472,15 @@ class UserSegment(_message.Message):
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
     STRENGTH_FIELD_NUMBER: _builtins.int
     OUTLIER_FIELD_NUMBER: _builtins.int
+    PART_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     segment_id: _builtins.str
     strength: _builtins.float
     outlier: _builtins.bool
+    part_id: _builtins.str
+    """The finest part of the segment the user is in ("" when none: the segment is not split,
+    or the user was not segmented by the build).
+    """
     def __init__(
         self,
         *,
@@ -1483,10 +1488,11 @@ class UserSegment(_message.Message):
         segment_id: _builtins.str = ...,
         strength: _builtins.float = ...,
         outlier: _builtins.bool = ...,
+        part_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outlier", b"outlier", "segment_id", b"segment_id", "strength", b"strength", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outlier", b"outlier", "part_id", b"part_id", "segment_id", b"segment_id", "strength", b"strength", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

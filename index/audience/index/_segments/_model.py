@@ -92,6 +92,7 @@ class SegmentModel:
         self.member_parts = no_parts if member_parts is None else member_parts.astype(np.int32)
         self.by_id = {s.segment_id: s for s in [*segments, *self.groups, *self.parts]}
         self.by_label = {s.label: s for s in segments}
+        self.by_part = {s.label: s for s in self.parts}
         clustered = self.fit_labels >= 0
         self._knn_labels = self.fit_labels[clustered]
         self._knn = faiss.IndexFlatIP(self.fit_coords.shape[1])
