@@ -129,6 +129,10 @@ def test_parts_go_below_the_segments_and_every_level_exists(tree_server, capsys)
     user = sorted(members(c, leaf.segment_id))[0]
     (m,) = c.get_user_segments([user])
     assert m.part_id == leaf.segment_id and m.segment_id in {s.segment_id for s in tree.segments}
+    # a profile the build never saw is placed in a segment and a part the same way
+    texts = [t.text for t in c.get_user(user).profile.texts]
+    (placed,) = c.assign_segments([Profile("unseen", texts=texts)])
+    assert (placed.segment_id, placed.part_id) == (m.segment_id, m.part_id)
     for split in [s for s in tree.nodes() if s.children]:
         below = [members(c, child) for child in split.children]
         assert set().union(*below) == members(c, split.segment_id) and not below[0] & below[1]

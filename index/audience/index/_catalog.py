@@ -390,9 +390,9 @@ class Catalog:
                 out.append(membership(model, uid, hit[0], hit[1], hit[2]))
         if todo:
             vecs = self.user_vectors(np.array([iids[i] for i in todo], np.int64))
-            labels, strength = model.assign(vecs)
-            for i, lab, st in zip(todo, labels, strength):
-                out[i] = membership(model, user_ids[i], int(lab), float(st))
+            labels, strength, parts = model.place(vecs)
+            for i, lab, st, part in zip(todo, labels, strength, parts):
+                out[i] = membership(model, user_ids[i], int(lab), float(st), int(part))
         return [m for m in out if m is not None]
 
     def segment_members(self, held: tuple[Sequence[int], Sequence[int]]) -> ScoredUsers:
@@ -502,7 +502,7 @@ class Catalog:
 def membership(
     model: SegmentModel, user_id: str, label: int, strength: float, part: int = -1
 ) -> Membership:
-    """A user's segment (and leaf part: only members of the build have one)."""
+    """A user's segment and leaf part."""
     seg = model.by_label.get(label)
     leaf = model.by_part.get(part)
     return Membership(

@@ -313,10 +313,10 @@ class Engine:
         self.validate.profiles(profiles)
         model = self.catalog.segment_model()
         encoded = self.encoder.encode(self.encoder.derived(profiles))
-        labels, strength = model.assign(encoded.vectors)
+        labels, strength, parts = model.place(encoded.vectors)
         return [
-            membership(model, p.user_id, int(lab), float(st))
-            for p, lab, st in zip(profiles, labels, strength)
+            membership(model, p.user_id, int(lab), float(st), int(part))
+            for p, lab, st, part in zip(profiles, labels, strength, parts)
         ]
 
     def segment_members(

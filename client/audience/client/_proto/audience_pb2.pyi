@@ -1478,8 +1478,8 @@ class UserSegment(_message.Message):
     strength: _builtins.float
     outlier: _builtins.bool
     part_id: _builtins.str
-    """The finest part of the segment the user is in ("" when none: the segment is not split,
-    or the user was not segmented by the build).
+    """The finest part of the segment the user is in ("" when none: an outlier, or the
+    segment is not split). Users the build did not see are placed as it placed its own.
     """
     def __init__(
         self,

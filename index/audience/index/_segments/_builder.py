@@ -379,6 +379,7 @@ class SegmentBuilder:
             groups=groups,
             parts=part_nodes,
             member_parts=part_labels,
+            part_centres=parts.centres,
         )
         log.info(
             "Segments - Completed: %d segments, %.1f%% outliers, %.1fs",

@@ -22,6 +22,7 @@ import numpy as np
 from .._durable import read_sealed_json, seal_json, write_durably
 from .._errors import UnknownSegment
 from ._params import SegmentParams
+from ._parts import Parts
 
 log = logging.getLogger("audience.index")
 
@@ -72,6 +73,7 @@ class SegmentModel:
         groups: list[Segment] | None = None,
         parts: list[Segment] | None = None,
         member_parts: np.ndarray | None = None,
+        part_centres: np.ndarray | None = None,
     ) -> None:
         self.version = version
         self.params = params
@@ -90,6 +92,10 @@ class SegmentModel:
         # each member's leaf part (-1: an outlier, or in a segment that was not split)
         no_parts = np.full(len(self.member_iids), -1, np.int32)
         self.member_parts = no_parts if member_parts is None else member_parts.astype(np.int32)
+        dims = self.pca_components.shape[0]
+        centres = np.zeros((0, dims), np.float32) if part_centres is None else part_centres
+        self.part_centres = centres.astype(np.float32)
+        self._splits = Parts.from_json(stats.get("parts", []), self.part_centres)
         self.by_id = {s.segment_id: s for s in [*segments, *self.groups, *self.parts]}
         self.by_label = {s.label: s for s in segments}
         self.by_part = {s.label: s for s in self.parts}
@@ -131,6 +137,15 @@ class SegmentModel:
             self.params.min_vote,
         )
 
+    def place(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, strength, leaf parts) for user vectors, as the build placed its users
+        (part -1: an outlier, or in a segment that was not split)."""
+        coords = self.project(vectors)
+        labels, strength = vote(
+            self._knn, self._knn_labels, coords, self.params.knn, self.params.min_vote
+        )
+        return labels, strength, self._splits.place(coords, labels)
+
     # ------------------------------------------------------------------ persistence
 
     def save(self, root: Path) -> Path:
@@ -148,6 +163,7 @@ class SegmentModel:
             member_labels=self.member_labels,
             member_strength=self.member_strength,
             member_parts=self.member_parts,
+            part_centres=self.part_centres,
         )
         data = buf.getvalue()
         write_durably(target / "arrays.npz", data)
