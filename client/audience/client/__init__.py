@@ -35,6 +35,7 @@ from ._errors import (
     map_rpc_error,
 )
 from ._predictions import FitResult, PredictedValue, Predictor, TagScore, UserPrediction
+from ._segment_types import Segment, SegmentBuild, SegmentTree, UserSegment
 from ._sync import AudienceClient
 from ._types import (
     STRATEGIES,
@@ -55,15 +56,11 @@ from ._types import (
     Seed,
     SeedDiagnostics,
     SeedInterest,
-    Segment,
-    SegmentBuild,
-    SegmentTree,
     SnapshotResult,
     Stats,
     Text,
     UpsertResult,
     UserRecord,
-    UserSegment,
 )
 
 __all__ = [

@@ -34,6 +34,7 @@ from ._policy import ReadyWait
 from ._progress import Progress, ProgressArg
 from ._proto import audience_pb2 as pb
 from ._proto import health_pb2
+from ._segment_types import Segment, SegmentBuild, SegmentTree, UserSegment
 from ._types import (
     BackupResult,
     DeleteResult,
@@ -47,14 +48,10 @@ from ._types import (
     ScoredUser,
     Seed,
     SeedDiagnostics,
-    Segment,
-    SegmentBuild,
-    SegmentTree,
     SnapshotResult,
     Stats,
     UpsertResult,
     UserRecord,
-    UserSegment,
     as_tuple,
 )
 

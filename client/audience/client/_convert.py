@@ -46,6 +46,7 @@ from ._convert_profiles import (
 from ._errors import InvalidArgument, ServerError
 from ._predictions import fit_result
 from ._proto import audience_pb2 as pb
+from ._segment_types import Segment, SegmentBuild, SegmentTree, UserSegment
 from ._types import (
     AudienceQuality,
     BackupResult,
@@ -63,14 +64,10 @@ from ._types import (
     Seed,
     SeedDiagnostics,
     SeedInterest,
-    Segment,
-    SegmentBuild,
-    SegmentTree,
     SnapshotResult,
     Stats,
     UpsertResult,
     UserRecord,
-    UserSegment,
     as_tuple,
 )
 

@@ -33,6 +33,7 @@ from ._policy import ReadyWait
 from ._progress import Progress, ProgressArg
 from ._proto import audience_pb2 as pb
 from ._proto import health_pb2
+from ._segment_types import Segment, SegmentBuild, SegmentTree, UserSegment
 from ._types import (
     BackupResult,
     DeleteResult,
@@ -46,14 +47,10 @@ from ._types import (
     ScoredUser,
     Seed,
     SeedDiagnostics,
-    Segment,
-    SegmentBuild,
-    SegmentTree,
     SnapshotResult,
     Stats,
     UpsertResult,
     UserRecord,
-    UserSegment,
     as_tuple,
 )
 
@@ -152,7 +149,9 @@ class AudienceClient(JobCalls, PredictCalls):
         attempts = self._options.attempts(timeout)
         while True:
             try:
-                return method(request, timeout=attempts.timeout(), metadata=self._options.metadata)
+                return method(
+                    request, timeout=attempts.timeout(), metadata=self._options.metadata
+                )
             except grpc.RpcError as exc:
                 time.sleep(attempts.backoff(exc))
 
@@ -282,7 +281,9 @@ class AudienceClient(JobCalls, PredictCalls):
         totals.add(response, batches=sent)
         return totals.result()
 
-    def delete_users(self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT) -> DeleteResult:
+    def delete_users(
+        self, user_ids: Iterable[str], *, timeout: Timeout = DEFAULT
+    ) -> DeleteResult:
         """Erase users from the store and the index; unknown ids are reported, not errors."""
         request = cv.delete_request(user_ids)
         response = self._unary(self._live.profiles.DeleteUsers, request, timeout)
@@ -456,7 +457,9 @@ class AudienceClient(JobCalls, PredictCalls):
 
     # ------------------------------------------------------------ admin
 
-    def rebuild_index(self, *, reembed: bool = False, timeout: Timeout = None) -> RebuildResult:
+    def rebuild_index(
+        self, *, reembed: bool = False, timeout: Timeout = None
+    ) -> RebuildResult:
         """Rebuild the vector index and swap it in atomically (a long job: no deadline unless
         ``timeout`` seconds are given). reembed: embed every stored text again."""
         request = cv.rebuild_request(reembed)

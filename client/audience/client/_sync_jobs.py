@@ -25,7 +25,9 @@ class JobCalls:
     def _unary(self, method: Callable[..., Any], request: Any, timeout: Timeout) -> Any:
         raise NotImplementedError  # the client's own
 
-    def start_rebuild_index(self, *, reembed: bool = False, timeout: Timeout = DEFAULT) -> Job:
+    def start_rebuild_index(
+        self, *, reembed: bool = False, timeout: Timeout = DEFAULT
+    ) -> Job:
         """Start a rebuild of the index as a job and return at once (see :meth:`wait_job`)."""
         request = cv.rebuild_request(reembed)
         return cv.job(self._unary(self._live.admin.StartRebuildIndex, request, timeout))
