@@ -298,7 +298,8 @@ class SegmentBuilder:
         id_of.update(group_id)
         status.update(group_status)
 
-        described = self.stages.describer.describe(*sample, groups=under, embed=users.embed_terms)
+        embed = _remembered(users.embed_terms)  # the parts' terms are mostly the segments'
+        described = self.stages.describer.describe(*sample, groups=under, embed=embed)
         if progress:
             progress("describe", 1, 1)
 
@@ -335,7 +336,7 @@ class SegmentBuilder:
             (groups if lab in under else segments).append(seg)
         part_labels = parts.place(clustering.coords, labels)
         part_nodes, next_part = self._parts(
-            parts, part_labels, keep, users, node, id_of, previous, len(order) + 1
+            parts, part_labels, keep, iids, embed, node, id_of, previous, len(order) + 1
         )
         for seg in segments:
             seg.children = [p.segment_id for p in part_nodes if p.parent_id == seg.segment_id]
@@ -409,7 +410,8 @@ class SegmentBuilder:
         parts: Parts,
         part_labels: np.ndarray,
         sample: tuple[np.ndarray, list[str], list[dict]],
-        users: Population,
+        iids: np.ndarray,
+        embed: Callable[[Sequence[str]], np.ndarray] | None,
         node: Callable[..., _Node],
         id_of: dict[int, str],
         previous: SegmentModel | None,
@@ -420,11 +422,11 @@ class SegmentBuilder:
         leaves = parts.leaves_under()
         inner = {p: held for p, held in leaves.items() if held != [p]}
         described = self.stages.describer.describe(
-            part_labels[sample[0]], *sample[1:], groups=inner, embed=users.embed_terms
+            part_labels[sample[0]], *sample[1:], groups=inner, embed=embed
         )
         segment_of_part = parts.segment_of_part()
         split_of = parts.split_of()
-        members = {p: np.sort(users.iids[np.isin(part_labels, held)]) for p, held in leaves.items()}
+        members = {p: np.sort(iids[np.isin(part_labels, held)]) for p, held in leaves.items()}
         old = _old_parts(previous)
         part_id: dict[int, str] = {}
         status: dict[int, tuple[str, list[str]]] = {}
@@ -512,6 +514,23 @@ def _old_members(previous: SegmentModel | None) -> tuple[dict, dict]:
         for g in previous.groups
     }
     return leaves, grouped
+
+
+def _remembered(
+    embed: Callable[[Sequence[str]], np.ndarray] | None,
+) -> Callable[[Sequence[str]], np.ndarray] | None:
+    """`embed`, each term encoded once however often it is asked for."""
+    if embed is None:
+        return None
+    seen: dict[str, np.ndarray] = {}
+
+    def terms(wanted: Sequence[str]) -> np.ndarray:
+        new = [t for t in dict.fromkeys(wanted) if t not in seen]
+        if new:
+            seen.update(zip(new, np.asarray(embed(new), dtype=np.float32)))
+        return np.array([seen[t] for t in wanted], dtype=np.float32)
+
+    return terms
 
 
 def _old_parts(previous: SegmentModel | None) -> dict[str, dict[str, np.ndarray]]:

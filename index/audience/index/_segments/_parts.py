@@ -44,10 +44,6 @@ class Parts:
     centres: np.ndarray  # (2 * len(splits), dims) float32, in the model's PCA space
 
     @classmethod
-    def none(cls, dims: int) -> Parts:
-        return cls((), np.zeros((0, dims), np.float32))
-
-    @classmethod
     def fit(
         cls,
         coords: np.ndarray,
@@ -64,7 +60,7 @@ class Parts:
 
         n_segments = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
         budget = max(0, (per_segment - 1) * n_segments) if splits is None else splits
-        candidates: list[tuple[float, int, str, int, np.ndarray]] = []
+        candidates: list[tuple] = []  # (-gain, order, kind, node, centres, sides, rows)
         tried = 0
 
         def consider(kind: str, node: int, rows: np.ndarray) -> None:
