@@ -1,10 +1,11 @@
-"""The fitted segment model: segments, the projection users are placed in, the clustered fit
-sample (for k-NN assignment) and every user's label; saved as JSON + .npz of plain arrays with
-a sha256 manifest, never pickle.
+"""The fitted segment model: segments, the groups above them and the parts below them, the
+projection users are placed in, the clustered fit sample (for k-NN assignment), every user's
+label and leaf part; saved as JSON + .npz of plain arrays with a sha256 manifest, never pickle.
 
 Placing a user (`SegmentModel.assign`, and every user outside the fit sample at build time):
 the user's vector in the model's PCA space joins the segment most of its k nearest clustered
 fit users belong to when that share is at least `min_vote`; otherwise it is an outlier.
+`SegmentModel.place` then takes it down its segment's splits to a leaf part (_parts.py).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class SegmentModel:
         self._knn.add(np.ascontiguousarray(self.fit_coords[clustered]))
 
     def node(self, segment_id: str) -> Segment:
-        """A segment or a group of segments by id (UnknownSegment if this model has none)."""
+        """A node of the tree (segment, group or part) by id (UnknownSegment if none)."""
         seg = self.by_id.get(segment_id)
         if seg is None:
             raise UnknownSegment(f"segment_id: unknown segment {segment_id!r}")
