@@ -71,7 +71,8 @@ class SegmentTree:
 
 @dataclass(frozen=True)
 class UserSegment:
-    """A user's segment, membership strength in [0, 1], and whether it is an outlier."""
+    """A user's segment and finest part, membership strength in [0, 1], and whether it is an
+    outlier."""
 
     user_id: str
     segment_id: str
