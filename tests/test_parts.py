@@ -305,3 +305,50 @@ def test_exactly_k_chooses_its_method_by_neighbour_agreement() -> None:
     assert [c["method"] for c in summary["candidates"]] == ["kmeans", "umap-kmeans", "tree"]
     assert summary["method"] in ("kmeans", "umap-kmeans", "tree") and summary["reason"]
     assert len(chosen.segments) == 3 and len(chosen.groups) == 1
+
+
+def test_umap_neighbours_are_found_exactly_with_each_row_first() -> None:
+    from audience.index._segments._stages import cosine_neighbours
+
+    x = np.random.default_rng(0).standard_normal((600, 12)).astype(np.float32)
+    x[1] = x[0] * 3  # a duplicate direction: row 1 must still come first in its own list
+    indices, distances = cosine_neighbours(x, 8)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    assert indices.shape == (600, 8) and (indices[:, 0] == np.arange(600)).all()
+    assert indices[0, 1] == 1 and indices[1, 1] == 0
+    expected = np.argsort(-sims, axis=1, kind="stable")[2:, 1:8]
+    assert (indices[2:, 1:] == expected).mean() > 0.99  # rounding may swap near-ties
+    got = np.take_along_axis(sims, indices.astype(np.int64), axis=1)
+    assert (
+        np.allclose(distances, np.maximum(1 - got, 0), atol=1e-5) and (distances[:, 0] == 0).all()
+    )
+
+
+def test_umap_over_a_large_sample_does_not_go_through_pynndescent(monkeypatch) -> None:
+    """From UMAP_EXACT_BELOW rows on, UMAP would find the neighbours with pynndescent (a
+    numba compile of ~1 min in every process); the reducer hands it exact ones instead."""
+    import warnings
+
+    import umap.umap_
+
+    from audience.index._segments._stages import UMAP_EXACT_BELOW, FitSample
+
+    class NoPynndescent:
+        def __init__(self, *args, **kwargs) -> None:
+            raise AssertionError("UMAP searched the neighbours itself")
+
+    monkeypatch.setattr(umap.umap_, "NNDescent", NoPynndescent)
+    rng = np.random.default_rng(0)
+    n = UMAP_EXACT_BELOW + 104
+    truth = np.arange(n) % 3
+    centres = rng.standard_normal((3, 20)) * 4
+    x = (centres[truth] + rng.standard_normal((n, 20))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="precomputed_knn")  # ignored: a failure
+        space = UmapReducer(on="pca").reduce(FitSample(x, x))
+    labels = HdbscanClusterer(min_cluster_size=200).cluster(space).labels
+    assert labels.max() + 1 == 3 and (labels >= 0).mean() > 0.95
+    for j in range(3):  # each segment is one blob
+        assert len(set(truth[labels == j])) == 1
