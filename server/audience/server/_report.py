@@ -180,11 +180,9 @@ def _embed_2d(coords: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
     """(n, 2) layout of the rows and the method's name: UMAP from 50 points, else PCA."""
     n = len(coords)
     if n >= _UMAP_MIN_POINTS:
-        import umap
+        from audience.index._segments import umap_cosine
 
-        xy = umap.UMAP(
-            n_components=2, n_neighbors=15, metric="cosine", random_state=seed
-        ).fit_transform(coords)
+        xy = umap_cosine(coords, n_components=2, n_neighbors=15, random_state=seed)
         return np.asarray(xy, dtype=np.float64), "UMAP (cosine)"
     return _pca_2d(coords), "PCA"
 

@@ -30,6 +30,7 @@ from ._stages import (
     Stages,
     UmapReducer,
     default_stages,
+    umap_cosine,
 )
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "default_stages",
     "describe_segments",
     "segment_keywords",
+    "umap_cosine",
     "with_text_dims",
     "used_dims",
 ]

@@ -142,31 +142,38 @@ class UmapReducer:
     def reduce(self, sample: FitSample) -> np.ndarray:
         if len(sample.pca) <= self.neighbors + 2:
             return sample.pca
-        import umap
-
         points = sample.vectors if self.on == "vectors" else sample.pca
-        knn = (None, None, None)  # below UMAP_EXACT_BELOW rows UMAP's own search is exact
-        if len(points) >= UMAP_EXACT_BELOW:
-            knn = (*cosine_neighbours(points, self.neighbors), None)
-        with warnings.catch_warnings():
-            # "transforming new data will be unavailable": the build never transforms
-            warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
-            return umap.UMAP(
-                n_components=self.dims,
-                n_neighbors=self.neighbors,
-                min_dist=0.0,
-                metric="cosine",
-                random_state=self.seed,
-                low_memory=True,
-                precomputed_knn=knn,
-                tqdm_kwds=_EpochReport.kwds(sample.progress),
-            ).fit_transform(points)
+        return umap_cosine(
+            points,
+            n_components=self.dims,
+            n_neighbors=self.neighbors,
+            min_dist=0.0,
+            random_state=self.seed,
+            low_memory=True,
+            tqdm_kwds=_EpochReport.kwds(sample.progress),
+        )
 
     def __repr__(self) -> str:
         return f"umap(of {self.on}, {self.dims} dims, {self.neighbors} neighbours)"
 
 
 UMAP_EXACT_BELOW = 4096  # UMAP finds the neighbours of fewer rows exactly itself
+
+
+def umap_cosine(points: np.ndarray, *, n_neighbors: int = 15, **options: Any) -> np.ndarray:
+    """UMAP (cosine) of the rows; from UMAP_EXACT_BELOW rows on, with their exact neighbours
+    (`cosine_neighbours`) instead of pynndescent's. options: UMAP's own."""
+    import umap
+
+    knn = (None, None, None)  # below UMAP_EXACT_BELOW rows UMAP's own search is exact
+    if len(points) >= UMAP_EXACT_BELOW:
+        knn = (*cosine_neighbours(points, n_neighbors), None)
+    with warnings.catch_warnings():
+        # "transforming new data will be unavailable": nothing here transforms
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+        return umap.UMAP(
+            n_neighbors=n_neighbors, metric="cosine", precomputed_knn=knn, **options
+        ).fit_transform(points)
 
 
 def cosine_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
