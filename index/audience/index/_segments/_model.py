@@ -130,22 +130,17 @@ class SegmentModel:
 
     def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(labels, strength) for user vectors; label -1 = outlier."""
-        return vote(
-            self._knn,
-            self._knn_labels,
-            self.project(vectors),
-            self.params.knn,
-            self.params.min_vote,
-        )
+        return self._vote(self.project(vectors))
 
     def place(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(labels, strength, leaf parts) for user vectors, as the build placed its users
         (part -1: an outlier, or in a segment that was not split)."""
         coords = self.project(vectors)
-        labels, strength = vote(
-            self._knn, self._knn_labels, coords, self.params.knn, self.params.min_vote
-        )
+        labels, strength = self._vote(coords)
         return labels, strength, self._splits.place(coords, labels)
+
+    def _vote(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return vote(self._knn, self._knn_labels, coords, self.params.knn, self.params.min_vote)
 
     # ------------------------------------------------------------------ persistence
 
