@@ -6,10 +6,17 @@ the GIL released (as a faiss search does), and answers with a prebuilt 100-user
 LookalikeResponse. Same grpcio, same thread-pool server and socket I/O as `audience serve`.
 `FloorClient(target).latencies(work_ms, calls)` times it from a bare stub: what any Python
 gRPC service would add on this machine around a call of that length.
+
+`python bench/_grpc_floor.py PORT_FILE --engine DATA_DIR [OPTIONS_JSON]` (EngineFloorServer)
+is the second floor: a bare grpcio server around the same engine call, with the process
+settings of `audience serve` and its request and response conversion, but none of the rest of
+the server (interceptors, health, reflection, jobs): what the engine itself costs behind gRPC
+at a server's pace, which the first floor's hot, GIL-free work does not pay.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import sys
@@ -65,6 +72,36 @@ def _serve(port_file: str) -> None:
     server.wait_for_termination()
 
 
+def _serve_engine(port_file: str, data_dir: str, options: dict) -> None:
+    from audience.server import _process
+
+    _process.apply(_process.ProcessSettings())  # before grpc loads; may re-exec this process
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from audience.client._proto import audience_pb2 as pb
+    from audience.client._proto import audience_pb2_grpc as pb_grpc
+    from audience.index import Engine, EngineConfig
+    from audience.server._convert import query_from_pb, with_scored
+
+    engine = Engine.open(EngineConfig(data_dir=Path(data_dir), lexical_dim=0, **options))
+
+    class Lookalike(pb_grpc.LookalikeServicer):
+        def FindLookalikes(self, request, context):
+            found = engine.find_lookalikes(query_from_pb(request))
+            return with_scored(pb.LookalikeResponse(eligible=found.eligible), found.users)
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_LookalikeServicer_to_server(Lookalike(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    with open(f"{port_file}.tmp", "w") as f:
+        f.write(str(port))
+    os.replace(f"{port_file}.tmp", port_file)
+    server.wait_for_termination()
+
+
 class FloorServer:
     """This module as a server process; `target` once it listens."""
 
@@ -82,6 +119,17 @@ class FloorServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EngineFloorServer(FloorServer):
+    """The bare server around the engine over `data_dir` (its own copy: one process per data
+    dir), with EngineConfig `options`; `target` once it listens."""
+
+    def __init__(self, tmp: Path, data_dir: Path, options: dict) -> None:
+        port_file = tmp / f"engine-floor-port-{time.monotonic_ns()}"
+        args = [sys.executable, __file__, str(port_file), "--engine", str(data_dir)]
+        self.proc, port = spawn_listening([*args, json.dumps(options)], port_file)
+        self.target = f"127.0.0.1:{port}"
 
 
 class FloorClient:
@@ -110,6 +158,9 @@ class FloorClient:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core busy, as one search is
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _serve(sys.argv[1])
+    if len(sys.argv) > 3 and sys.argv[2] == "--engine":
+        _serve_engine(sys.argv[1], sys.argv[3], json.loads(sys.argv[4]) if sys.argv[4:] else {})
+    else:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core busy, as one search is
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        _serve(sys.argv[1])

@@ -15,8 +15,10 @@
    server with no Audience code whose handler works as long as the engine call took
    in-process (bench/_grpc_floor.py): the latency any Python gRPC service adds here.
    Where a call's time goes beyond that floor: the engine in-process with a pause after
-   each call (a server's pace: its caches cool between calls), and, from the server's own
-   metrics, its handler's time beside the whole call as the client sees it.
+   each call (a server's pace: its caches cool between calls); a bare gRPC server around
+   the same engine call (on a copy of the data dir, same client, same rounds: what
+   Audience's own server code adds); and, from the server's own metrics, its handler's time
+   beside the whole call as the client sees it.
 
 Like `audience serve`, the benchmark restarts itself once with transparent huge pages (unless
 --serve-flag=--no-huge-pages), so the in-process engine and the exact baseline use the same
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import socket
 import statistics
 import tempfile
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from _data import DATASETS
-from _grpc_floor import FloorClient, FloorServer
+from _grpc_floor import EngineFloorServer, FloorClient, FloorServer
 from _harness import ServerProcess, encode_baseline, log, plain_model
 
 from audience.client import AudienceClient, LookalikeQuery, LookalikeResult, Profile
@@ -317,17 +320,9 @@ def _auto_latency(client, queries, rng, by_label, names, n_base, reps, ids) -> d
     }
 
 
-def _in_process(args, data_dir: Path, ids: list[str], seed_sets, qvecs: np.ndarray) -> dict:
-    """The same engine in this process (the call without gRPC) and the raw faiss search."""
-    import faiss
-
-    from audience.index import Engine, EngineConfig, Seed
-    from audience.index import LookalikeQuery as EngineQuery
-
-    log("  in-process engine ...")
-    out: dict = {}
-    # The same index settings as the server (an --index-kind=... serve flag, say).
-    same = {
+def _engine_options(args) -> dict:
+    """The EngineConfig index settings of the server's flags (an --index-kind=..., say)."""
+    same: dict = {
         flag[2:].split("=", 1)[0].replace("-", "_"): flag.split("=", 1)[1]
         for flag in args.serve_flag
         if flag.startswith(("--index-kind=", "--ann-threshold=", "--ef-search="))
@@ -337,7 +332,19 @@ def _in_process(args, data_dir: Path, ids: list[str], seed_sets, qvecs: np.ndarr
     for key in ("ann_threshold", "hnsw_ef_search"):
         if key in same:
             same[key] = int(same[key])
-    engine = Engine.open(EngineConfig(data_dir=data_dir, lexical_dim=0, **same))
+    return same
+
+
+def _in_process(args, data_dir: Path, ids: list[str], seed_sets, qvecs: np.ndarray) -> dict:
+    """The same engine in this process (the call without gRPC) and the raw faiss search."""
+    import faiss
+
+    from audience.index import Engine, EngineConfig, Seed
+    from audience.index import LookalikeQuery as EngineQuery
+
+    log("  in-process engine ...")
+    out: dict = {}
+    engine = Engine.open(EngineConfig(data_dir=data_dir, lexical_dim=0, **_engine_options(args)))
     try:
         eq = [EngineQuery(seeds=tuple(Seed(user_id=ids[i]) for i in s), k=100) for s in seed_sets]
         for q in eq[:20]:
@@ -434,6 +441,13 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     # weighs on both sides of the p50 ratio alike.
     floor = FloorServer(tmp)
     floor_client = FloorClient(floor.target)
+    # The second floor: a bare gRPC server around the same engine call (on a copy of the data
+    # dir), timed with the same client in the same rounds: what Audience's own server code
+    # (interceptors and the rest) adds, beside what the engine costs behind any gRPC server.
+    bare_dir = tmp / "data-scale-bare"
+    shutil.copytree(data_dir, bare_dir, ignore=shutil.ignore_patterns("LOCK"))
+    engine_floor = EngineFloorServer(tmp, bare_dir, _engine_options(args))
+    engine_floor_client = AudienceClient(engine_floor.target, timeout=600)
     t0 = time.perf_counter()
     server = ServerProcess(data_dir, *serve_flags)
     client = AudienceClient(server.target, timeout=600)
@@ -447,12 +461,15 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         # machine's drift (large here) weighs on both sides of the QPS ratio alike. Each
         # Flat scan streams 1.5 GB through the caches, so each gRPC round is preceded by
         # untimed queries (other seeds again), as a serving index is warm with its traffic.
+        _timed_queries(engine_floor_client, warm)
         lat, results, flat_lat, floor_lat, round_ratios = [], [], [], [], []
+        engine_floor_lat: list[float] = []
         for r, chunk in enumerate(np.array_split(np.arange(len(queries)), ROUNDS)):
             floor_lat += floor_client.latencies(out["inprocess_p50_ms"], len(chunk), ROUND_WARMUP)
-            _timed_queries(
-                client, [warm[(r * ROUND_WARMUP + j) % len(warm)] for j in range(ROUND_WARMUP)]
-            )
+            round_warm = [warm[(r * ROUND_WARMUP + j) % len(warm)] for j in range(ROUND_WARMUP)]
+            _timed_queries(engine_floor_client, round_warm)
+            engine_floor_lat += _timed_queries(engine_floor_client, [queries[i] for i in chunk])[0]
+            _timed_queries(client, round_warm)
             lat_r, results_r = _timed_queries(client, [queries[i] for i in chunk])
             results += results_r  # the chunks run in query order
             flat_r = []
@@ -466,6 +483,8 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         out["grpc_p50_ms"], out["grpc_p99_ms"] = _pct(lat, 50), _pct(lat, 99)
         out["grpc_floor_p50_ms"] = _pct(floor_lat, 50)
         out["grpc_vs_floor_p50"] = out["grpc_p50_ms"] / out["grpc_floor_p50_ms"]  # goal <= 1.1
+        out["grpc_engine_floor_p50_ms"] = _pct(engine_floor_lat, 50)
+        out["grpc_vs_engine_floor_p50"] = out["grpc_p50_ms"] / out["grpc_engine_floor_p50_ms"]
         out["qps_single"] = len(lat) / (sum(lat) / 1000)
         out["qps_exact_flat"] = len(flat_lat) / (sum(flat_lat) / 1000)
         out["exact_flat_p50_ms"] = _pct(flat_lat, 50)
@@ -484,6 +503,9 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
         server.stop()
         floor_client.close()
         floor.stop()
+        engine_floor_client.close()
+        engine_floor.stop()
+        shutil.rmtree(bare_dir, ignore_errors=True)
 
     out.update(_metrics_cost(data_dir, serve_flags, warm, queries))
 
@@ -616,6 +638,15 @@ def _table(out: dict) -> None:
             out["grpc_vs_floor_p50"],
             fmt="{:>11.2f}x",
         )
+        if "grpc_engine_floor_p50_ms" in out:
+            row(
+                "bare gRPC server around the engine, p50 ms",
+                out["grpc_engine_floor_p50_ms"],
+                out["inprocess_p50_ms"],
+                "{:>12.2f}",
+            )
+            row("FindLookalikes p50 / that server's", out["grpc_vs_engine_floor_p50"],
+                fmt="{:>11.2f}x")  # fmt: skip
         row("exact Flat search, p50 ms", out["exact_flat_p50_ms"], fmt="{:>12.2f}")
         if "auto_p50_ms" in out:
             row("strategy=auto p50 ms (20 seeds, 1 topic)", out["auto_p50_ms"],
