@@ -28,6 +28,16 @@ from _harness import spawn_listening
 METHOD = "/bench.Floor/Work"
 
 
+def _listen(server, port_file: str) -> None:
+    """Start `server` on a free port, write the port to `port_file` (atomically), serve."""
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    with open(f"{port_file}.tmp", "w") as f:
+        f.write(str(port))
+    os.replace(f"{port_file}.tmp", port_file)
+    server.wait_for_termination()
+
+
 def _serve(port_file: str) -> None:
     # First, before grpc loads: the same grpc socket I/O as `audience serve` (_process.py).
     os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
@@ -64,12 +74,7 @@ def _serve(port_file: str) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("bench.Floor", {"Work": handler}),)
     )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    with open(f"{port_file}.tmp", "w") as f:
-        f.write(str(port))
-    os.replace(f"{port_file}.tmp", port_file)
-    server.wait_for_termination()
+    _listen(server, port_file)
 
 
 def _serve_engine(port_file: str, data_dir: str, options: dict) -> None:
@@ -94,12 +99,7 @@ def _serve_engine(port_file: str, data_dir: str, options: dict) -> None:
 
     server = grpc.server(ThreadPoolExecutor(max_workers=16))
     pb_grpc.add_LookalikeServicer_to_server(Lookalike(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    with open(f"{port_file}.tmp", "w") as f:
-        f.write(str(port))
-    os.replace(f"{port_file}.tmp", port_file)
-    server.wait_for_termination()
+    _listen(server, port_file)
 
 
 class FloorServer:
