@@ -440,13 +440,15 @@ def _scale(args, base: np.ndarray, labels: list[str], tmp: Path) -> dict:
     # engine call took in-process: what any Python gRPC service adds here around that call.
     # It is timed in the same rounds as Audience, just before it, so that the machine's drift
     # weighs on both sides of the p50 ratio alike.
-    floor = FloorServer(tmp)
-    floor_client = FloorClient(floor.target)
     # The second floor: a bare gRPC server around the same engine call (on a copy of the data
     # dir), timed with the same client in the same rounds: what Audience's own server code
     # (interceptors and the rest) adds, beside what the engine costs behind any gRPC server.
+    # The copy is written out before anything is timed or calibrated (as after the load).
     bare_dir = tmp / "data-scale-bare"
     shutil.copytree(data_dir, bare_dir, ignore=shutil.ignore_patterns("LOCK"))
+    os.sync()
+    floor = FloorServer(tmp)
+    floor_client = FloorClient(floor.target)
     engine_floor = EngineFloorServer(tmp, bare_dir, _engine_options(args))
     engine_floor_client = AudienceClient(engine_floor.target, timeout=600)
     t0 = time.perf_counter()
