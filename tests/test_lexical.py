@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from audience.client import AudienceClient, Profile
-from audience.index._durable import seal_json
 from audience.index._encode._lexical import LexicalModel, LexicalModelError, analyze, cjk_share
 
 HEADLINES = {
@@ -148,33 +145,3 @@ def test_corrupted_lexical_model_is_detected(start_server, tmp_path: Path, caplo
         assert hit.user_id == "money-1" and hit.score == pytest.approx(1.0, abs=1e-4)
         assert all(abs(np.linalg.norm(v) - 1) < 1e-4 for v in vectors.values())
     assert LexicalModel.load(data / "lexical") is not None  # the refit was saved
-
-
-def test_basis_is_centred_and_a_model_saved_before_answers_as_plain_lsa(tmp_path: Path) -> None:
-    docs = [text for texts in HEADLINES.values() for text in texts] * 2
-    model = LexicalModel.fit(docs, dim=8)
-    projected = np.asarray(model.tfidf(docs) @ model.components.T)
-    assert np.abs(model.center).max() > 0.01
-    np.testing.assert_allclose(projected.mean(axis=0), model.center, atol=1e-5)
-    rows = model.transform(docs)
-    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
-    assert not model.transform(["xylophone quartz"]).any()  # no known term: zeros, not -center
-
-    model.save(tmp_path)
-    again = LexicalModel.load(tmp_path)
-    assert again is not None and np.array_equal(again.transform(docs), rows)
-
-    # A model written before the centre was saved (no `center` array): read as plain LSA.
-    legacy = LexicalModel(model.terms, model.idf, model.components, model.manifest)
-    legacy.save(tmp_path / "old")
-    path = tmp_path / "old" / "lexical.npz"
-    with np.load(path) as z:
-        arrays = {name: z[name] for name in z.files if name != "center"}
-    np.savez(path, **arrays)
-    manifest = json.loads((tmp_path / "old" / "lexical.json").read_text())
-    manifest["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (tmp_path / "old" / "lexical.json").write_bytes(seal_json(manifest))
-    old = LexicalModel.load(tmp_path / "old")
-    assert old is not None and not old.center.any()
-    plain = projected / np.linalg.norm(projected, axis=1, keepdims=True)
-    np.testing.assert_allclose(old.transform(docs), plain, atol=1e-5)

@@ -6,20 +6,7 @@ user vector also carries a lexical part fitted on the stored texts themselves:
     tokens     words (lowercased, 2+ characters, not only digits; c++ and c# kept whole)
                and, in runs of CJK characters, every character and every pair of neighbours
     weights    sublinear tf x smoothed idf, each document L2-normalised
-    reduction  truncated SVD (randomised) to `dim` components, each weighted by its singular
-               value squared, less the corpus's mean; rows L2-normalised
-
-The weighting makes the inner product of two documents x, y the co-occurrence of their terms
-in the corpus, x (X'X)_k y' (plain LSA coordinates, x V, give x (V V') y': a projection that
-weighs a rare direction as much as a topic), so texts that share no word but words used
-together come out alike. The mean is taken off because the first components are what every
-text shares (how common its words are); left in, they make all texts alike and decide the
-ranking among users of different topics. Measured on the product's vectors (semantic channel
-beside it, 100 seed lists of 20 per mix, precision@100 of the centroid for 1 / 2 / 3 topics):
-THUCNews headlines 0.930 / 0.888 / 0.861 -> 0.955 / 0.936 / 0.929, StackOverflow titles
-0.984 / 0.984 / 0.991 -> 0.987 / 0.990 / 0.994. Either change alone gains less (centring alone
-0.940 / 0.908 / 0.889 on THUCNews); the weighting without centring loses (0.808 / 0.769 /
-0.692). Models saved before (no `center` array) are read as plain LSA and answer as before.
+    reduction  truncated SVD (randomised) to `dim` components; rows L2-normalised
 
 It is fitted by `rebuild-index` (and on a first start over a non-empty store) and then used
 unchanged for every new text until the next fit. It is saved without pickle: one .npz of
@@ -91,19 +78,11 @@ class LexicalModel:
     """A fitted vocabulary, idf and SVD basis."""
 
     def __init__(
-        self,
-        terms: np.ndarray,
-        idf: np.ndarray,
-        components: np.ndarray,
-        manifest: LexicalManifest,
-        center: np.ndarray | None = None,
+        self, terms: np.ndarray, idf: np.ndarray, components: np.ndarray, manifest: LexicalManifest
     ) -> None:
         self.terms = terms
         self.idf = idf.astype(np.float32)
         self.components = np.ascontiguousarray(components, dtype=np.float32)  # (dim, terms)
-        # Taken off every projected document that has a known term (zeros: plain LSA).
-        dim = self.components.shape[0]
-        self.center = np.zeros(dim, np.float32) if center is None else center.astype(np.float32)
         self.manifest = manifest
         self._index = {str(t): i for i, t in enumerate(terms)}
 
@@ -150,13 +129,9 @@ class LexicalModel:
         )
         x = model._tfidf(tokenized)
         k = max(1, min(dim, min(x.shape) - 1))
-        _, singular, vt = randomized_svd(x, n_components=k, n_iter=5, random_state=seed)
-        basis = vt * (singular / max(float(singular[0]), 1e-12))[:, None]  # module docstring
+        _, _, vt = randomized_svd(x, n_components=k, n_iter=5, random_state=seed)
         if k < dim:  # tiny corpus: pad so the vector dimension stays fixed
-            basis = np.vstack([basis, np.zeros((dim - k, basis.shape[1]), basis.dtype)])
-        projected = np.asarray(x @ basis.T)
-        has_terms = np.diff(x.indptr) > 0
-        center = projected[has_terms].mean(axis=0) if has_terms.any() else np.zeros(dim)
+            vt = np.vstack([vt, np.zeros((dim - k, vt.shape[1]), vt.dtype)])
         manifest = LexicalManifest(
             sha256="",
             dim=dim,
@@ -172,7 +147,7 @@ class LexicalModel:
             dim,
             time.perf_counter() - t0,
         )
-        return cls(terms, idf, basis.astype(np.float32), manifest, center.astype(np.float32))
+        return cls(terms, idf, vt.astype(np.float32), manifest)
 
     def _tfidf(self, tokenized: Sequence[Sequence[str]]) -> sp.csr_matrix:
         rows, cols, vals = [], [], []
@@ -204,7 +179,6 @@ class LexicalModel:
         """(n, dim) float32, rows of unit norm (all zeros for a document with no known term)."""
         x = self._tfidf([analyze(d) for d in documents])
         out = np.asarray(x @ self.components.T, dtype=np.float32)
-        out[np.diff(x.indptr) > 0] -= self.center
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out
@@ -215,9 +189,7 @@ class LexicalModel:
         """Write `lexical.npz` + `lexical.json` durably (temp file, fsync, rename)."""
         directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        np.savez(
-            buf, terms=self.terms, idf=self.idf, components=self.components, center=self.center
-        )
+        np.savez(buf, terms=self.terms, idf=self.idf, components=self.components)
         data = buf.getvalue()
         write_durably(directory / "lexical.npz", data)
         manifest = LexicalManifest(
@@ -241,5 +213,4 @@ class LexicalModel:
         if hashlib.sha256(data).hexdigest() != manifest.sha256:
             raise LexicalModelError("lexical model file does not match its checksum")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            center = z["center"] if "center" in z.files else None  # saved before: plain LSA
-            return cls(z["terms"], z["idf"], z["components"], manifest, center)
+            return cls(z["terms"], z["idf"], z["components"], manifest)
