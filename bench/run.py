@@ -41,7 +41,7 @@ lookalike  Each user is a StackOverflow title / THUCNews headline / blogger (fir
            --mixed 1,2,3: seed lists of 1, 2, 3 labels, every strategy side by side:
            precision@k (in any seed label), balance (smallest seed label's count over the
            largest's), and the Pearson r across lists of the quality estimate (the
-           audience's interest fit) with the measured precision (`estimate_precision_r`).
+           audience's interest share) with the measured precision (`estimate_precision_r`).
 """
 
 from __future__ import annotations
@@ -209,14 +209,14 @@ def bench_mixed(
     """Seed lists drawn from 1, 2, 3 labels (20 seeds split evenly), every strategy on the
     same lists: precision@k (in any seed label), balance (the smallest seed label's share of
     the audience over the largest's), and how the quality estimate tracks precision: the
-    audience's interest fit (`estimate_precision_r`), and each other figure beside it."""
+    audience's interest share (`estimate_precision_r`), and each other figure beside it."""
     import numpy as np
 
     rng = random.Random(args.seed + 7)
     out: dict = {}
-    pooled: dict[str, list[float]] = {"precision": [], "interest_fit": [], "cohesion": [],
-                                      "lift_at_1": [], "lift_at_5": [], "lift_at_10": [],
-                                      "heldout_recall": []}  # fmt: skip
+    pooled: dict[str, list[float]] = {"precision": [], "interest_share": [], "interest_fit": [],
+                                      "cohesion": [], "lift_at_1": [], "lift_at_5": [],
+                                      "lift_at_10": [], "heldout_recall": []}  # fmt: skip
     for mix in args.mixed:
         lists = []
         for _ in range(args.lists):
@@ -238,7 +238,7 @@ def bench_mixed(
                 counts = [sum(label_of[u.user_id] == lab for u in res.users) for lab in chosen]
                 prec.append(sum(counts) / max(len(res.users), 1))
                 bal.append(min(counts) / max(max(counts), 1))
-                est.append(res.quality.interest_fit)
+                est.append(res.quality.interest_share)
                 chosen_names.append(res.strategy)
                 pooled["precision"].append(prec[-1])
                 for key in list(pooled)[1:]:
@@ -249,14 +249,14 @@ def bench_mixed(
                 "estimate_precision_r": _pearson(prec, est),
                 "mean_query_ms": ms,
                 "per_list_precision": prec,
-                "per_list_interest_fit": est,
+                "per_list_interest_share": est,
             }
             if strategy == "auto":
                 row[strategy]["chose"] = {n: chosen_names.count(n) for n in set(chosen_names)}
             log(f"mix {mix} {strategy}: precision {np.mean(prec):.3f} balance {np.mean(bal):.3f}")
         out[str(mix)] = row
     # across every seed list and strategy of the run: does the estimate track precision?
-    out["estimate_precision_r"] = _pearson(pooled["precision"], pooled["interest_fit"])
+    out["estimate_precision_r"] = _pearson(pooled["precision"], pooled["interest_share"])
     out["estimate_precision_r_by_estimate"] = {
         key: _pearson(pooled["precision"], pooled[key]) for key in pooled if key != "precision"
     }

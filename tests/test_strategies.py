@@ -309,6 +309,70 @@ def test_quality_carries_the_audience_interest_fit(crafted) -> None:
     assert off.quality.interest_fit < got.quality.background_interest_fit + 0.05
 
 
+def test_quality_carries_the_audience_interest_share(crafted) -> None:
+    """Interest share estimates precision: an audience drawn from the seeds' two interests is
+    all in them, random eligible users are in them about as often as they really are (180 of
+    the 318 non-seeds), and an audience of the third interest is not in them at all."""
+    client, ids, _, interest_of = crafted
+    query = LookalikeQuery(seed_ids=SEEDS_AB, k=60, strategy="multi-interest")
+    got = client.find_lookalikes(replace(query, estimate_quality=True))
+    assert got.quality is not None
+    assert {interest_of[u.user_id] for u in got.users} == {"a", "b"}
+    assert got.quality.interest_share == pytest.approx(1.0)
+    truth = np.mean([interest_of[u] in "ab" for u in ids if u not in set(SEEDS_AB)])
+    assert got.quality.background_interest_share == pytest.approx(truth, abs=0.1)
+    others = [u for u in ids if interest_of[u] != "c"]
+    off = client.find_lookalikes(replace(query, exclude_ids=others, estimate_quality=True))
+    assert off.quality is not None
+    assert off.quality.interest_share <= 0.05
+
+
+def test_interest_share_counts_users_nearer_an_interest_than_any_rival_region() -> None:
+    """The share against given regions: a region whose nearest (an interest or another
+    region) is an interest, or a region already the interest's, is the interest's own and
+    does not compete; the others are rivals; the share is the mean over partitions."""
+    from audience.index._seedquality import interest_share
+
+    e = np.eye(4, dtype=np.float32)
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    interest = e[[0]]
+    near = unit(e[0] + 0.5 * e[1])  # 0.89 to the interest: its own
+    chained = unit(e[1] + 0.3 * e[0])  # nearest is `near` (0.69): its own too
+    rival_a, rival_b = e[2], unit(e[2] + e[3])  # each other's nearest (0.71): rivals
+    regions = np.stack([near, chained, rival_a, rival_b])
+    users = np.stack([e[0], chained, e[2], e[3]])  # in, in (0.29 to the interest), out, out
+    zero = np.zeros(4, np.float32)
+    assert interest_share(users, interest, zero, [regions]) == pytest.approx(0.5)
+    # a partition with no rival counts everyone in; two partitions average
+    both = [regions, np.stack([near, e[1]])]
+    assert interest_share(users, interest, zero, both) == pytest.approx(0.75)
+    assert interest_share(users[:0], interest, zero, [regions]) == 0.0
+
+
+def test_background_regions_find_separated_groups() -> None:
+    """Spherical k-means of the centred sample: three separated groups come back as three
+    regions in every partition, made once per k."""
+    from audience.index._background import PARTITIONS, Background
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 32))
+    X = np.vstack([c + 0.3 * rng.normal(size=(40, 32)) for c in centres]).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    bg = Background(np.arange(len(X)), X, X.mean(0))
+    parts = bg.regions(3)
+    assert len(parts) == PARTITIONS and bg.regions(3) is parts
+    truth = np.repeat(np.arange(3), 40)
+    centred = X - X.mean(0)
+    for regions in parts:
+        assert regions.shape == (3, 32)
+        assert np.allclose(np.linalg.norm(regions, axis=1), 1.0, atol=1e-5)
+        found = (centred @ regions.T).argmax(1)
+        assert len({(t, f) for t, f in zip(truth, found)}) == 3  # one region per group
+
+
 def test_bad_strategy_names_are_invalid_argument(crafted) -> None:
     client = crafted[0]
     for name in ("centroids", "best_score", "AUTO"):

@@ -318,6 +318,8 @@ def audience_quality(msg: pb.AudienceQuality) -> AudienceQuality:
         background_cohesion=msg.background_cohesion,
         interest_fit=msg.interest_fit,
         background_interest_fit=msg.background_interest_fit,
+        interest_share=msg.interest_share,
+        background_interest_share=msg.background_interest_share,
     )
 
 

@@ -291,10 +291,13 @@ class AudienceQuality:
 
     reach: the audience size as a share of the eligible users; heldout_recall: share of
     held-out seeds found within it; lift_at_1/5/10: share found within 1%/5%/10% of the
-    eligible users, over that share (1.0 = no better than random). interest_fit: mean over
-    the audience's users of the best cosine (less the average user) to where the population
-    of one of the seeds' interests stands, beside background_interest_fit for random eligible
-    users (of the figures here, the one that follows an audience's precision best). cohesion:
+    eligible users, over that share (1.0 = no better than random). interest_share: share of
+    the audience's users nearer (less the average user) the population of one of the seeds'
+    interests than any other region of the population, beside background_interest_share for
+    random eligible users: an estimate of the audience's precision (of the figures here, the
+    one that follows it best). interest_fit: mean over the audience's users of the best
+    cosine (less the average user) to where the population of one of the seeds' interests
+    stands, beside background_interest_fit for random eligible users. cohesion:
     mean cosine between two users of the audience itself, beside background_cohesion between
     two random eligible users: an audience much tighter than random pairs is usually pure.
     The audience's own figures are 0.0 in an estimate made without its audience.
@@ -310,6 +313,8 @@ class AudienceQuality:
     background_cohesion: float = 0.0
     interest_fit: float = 0.0
     background_interest_fit: float = 0.0
+    interest_share: float = 0.0
+    background_interest_share: float = 0.0
 
 
 @dataclass(frozen=True)

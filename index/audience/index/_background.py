@@ -22,6 +22,9 @@ from ._catalog import Catalog
 
 SIZE = 2000  # users in the sample (all of them below that)
 REDRAW_CHANGE = 0.25  # redraw when the index size moved this much since the last draw
+PARTITIONS = 3  # partitions of the sample into regions
+KMEANS_STARTS = 3  # each partition: the best of this many k-means runs
+KMEANS_ROUNDS = 30
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Background:
     mean: np.ndarray  # (dim,) float32: the mean user vector of the sample
     mean_scores: np.ndarray | None = None  # (b,) vectors @ mean, computed once
     gram: np.ndarray | None = None  # (b, b) vectors @ vectors.T, made on first use
+    _regions: dict | None = None  # k -> partitions (see `regions`), made on first use
 
     def __post_init__(self) -> None:
         if self.mean_scores is None:
@@ -43,6 +47,30 @@ class Background:
             object.__setattr__(self, "gram", self.vectors @ self.vectors.T)
         assert self.gram is not None
         return self.gram
+
+    def regions(self, k: int) -> tuple[np.ndarray, ...]:
+        """PARTITIONS partitions of the sample into `k` regions, each as (k, dim) unit rows:
+        the centres of spherical k-means on the users less the average user (each the best of
+        KMEANS_STARTS k-means++ starts). Made once per k for this sample; several partitions,
+        so that a figure read against them does not hang on one draw of k-means."""
+        if self._regions is None:
+            object.__setattr__(self, "_regions", {})
+        assert self._regions is not None
+        if k not in self._regions:
+            centred = np.asarray(self.vectors, np.float32) - self.mean
+            centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+            k = max(1, min(k, len(centred)))
+            self._regions[k] = tuple(
+                max(
+                    (
+                        _spherical_kmeans(centred, k, p * KMEANS_STARTS + s)
+                        for s in range(KMEANS_STARTS)
+                    ),
+                    key=lambda centres: float((centred @ centres.T).max(axis=1).sum()),
+                )
+                for p in range(PARTITIONS)
+            )
+        return self._regions[k]
 
     def __len__(self) -> int:
         return len(self.iids)
@@ -62,6 +90,40 @@ class Background:
         scores = self.mean_scores[keep] if self.mean_scores is not None else None
         gram = self.gram[np.ix_(keep, keep)] if self.gram is not None else None
         return Background(self.iids[keep], self.vectors[keep], self.mean, scores, gram)
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(k, dim) unit centres of k-means by cosine over the unit rows `x` (k-means++ start;
+    an emptied region restarts at the row farthest from its centre)."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    centres = np.empty((k, x.shape[1]), np.float32)
+    centres[0] = x[rng.integers(n)]
+    gap = 1.0 - (x @ centres[0]).astype(np.float64)  # to the nearest centre so far
+    for j in range(1, k):
+        weights = np.maximum(gap, 0.0)
+        total = float(weights.sum())
+        pick = rng.choice(n, p=weights / total) if total > 0 else rng.integers(n)
+        centres[j] = x[pick]
+        gap = np.minimum(gap, 1.0 - x @ centres[j])
+    labels = np.full(n, -1)
+    for _ in range(KMEANS_ROUNDS):
+        sims = x @ centres.T
+        new = sims.argmax(axis=1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        member = np.zeros((k, n), np.float32)
+        member[labels, np.arange(n)] = 1.0
+        sums = member @ x
+        empty = np.flatnonzero(np.bincount(labels, minlength=k) == 0)
+        if len(empty):
+            far = np.argsort(sims[np.arange(n), labels])[: len(empty)]
+            for j, i in zip(empty, far):
+                sums[labels[i]] -= x[i]
+                sums[j], labels[i] = x[i], j
+        centres = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return centres
 
 
 class BackgroundCache:

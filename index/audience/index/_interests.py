@@ -71,7 +71,7 @@ class _Grouping:
         self.mu2 = float(mu @ mu)
         self.seed_mu = vectors @ mu - self.mu2  # (n,) s . mu - mu . mu
         self.seed_norm = np.maximum(np.linalg.norm(vectors - mu, axis=1), 1e-9)
-        self.m = max(2, min(PROTOTYPE_USERS, len(background) // 20))
+        self.m = prototype_users(len(background))
 
     def _norms(self, top: np.ndarray) -> np.ndarray:
         """|mean(top) - mu| of prototypes given as (..., m) indices."""
@@ -195,6 +195,11 @@ def find_interests(
     labels = _drop_misfits(vectors, sims, labels)
     count = int(labels.max()) + 1 if (labels >= 0).any() else 0
     return Interests(labels, count, fit)
+
+
+def prototype_users(population: int) -> int:
+    """Background users whose mean is a prototype, for a background of `population` users."""
+    return max(2, min(PROTOTYPE_USERS, population // 20))
 
 
 def population_directions(

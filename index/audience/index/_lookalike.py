@@ -95,7 +95,7 @@ class LookalikeScorer:
         iid_of = self.catalog.iid_of
         vectors = self.catalog.user_vectors(np.array([iid_of[u] for u in users.user_ids], np.int64))
         if estimate is not None:
-            estimate = quality.with_audience(estimate, vectors, seeds, bg)
+            estimate = quality.with_audience(estimate, vectors, seeds, bg, background)
         diagnostics = None
         if query.explain:
             diagnostics = self._diagnose(seeds, background, strategy, estimate)

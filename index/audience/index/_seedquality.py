@@ -26,13 +26,13 @@ keywords, outliers, warnings.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from ._background import Background
-from ._interests import Interests, find_interests, population_directions
+from ._interests import Interests, find_interests, population_directions, prototype_users
 from ._search import SeedSet
 from ._segments import segment_keywords
 from ._strategies import Auto, MultiInterest, SeedStrategy, heldout_reach
@@ -68,19 +68,69 @@ def estimate(
 
 
 def with_audience(
-    estimate: AudienceQuality, audience: np.ndarray, seeds: SeedSet, background: Background
+    estimate: AudienceQuality,
+    audience: np.ndarray,
+    seeds: SeedSet,
+    background: Background,
+    sample: Background,
 ) -> AudienceQuality:
     """The estimate with what the audience's own vectors say, each beside the same for the
-    background (random eligible users): cohesion, and interest fit."""
+    background (random eligible users): interest share, interest fit and cohesion. `sample`:
+    the whole background sample (`background` is its eligible part), whose regions the
+    interest share is read against."""
     interests = find_interests(seeds.vectors, background)
     directions = population_directions(seeds.vectors, background, interests)
+    regions = sample.regions(max(2, round(len(sample) / prototype_users(len(sample)))))
+    mean = background.mean
     return replace(
         estimate,
+        interest_share=interest_share(audience, directions, mean, regions),
+        background_interest_share=interest_share(background.vectors, directions, mean, regions),
         cohesion=cohesion(audience),
         background_cohesion=cohesion(background.vectors),
-        interest_fit=interest_fit(audience, directions, background.mean),
-        background_interest_fit=interest_fit(background.vectors, directions, background.mean),
+        interest_fit=interest_fit(audience, directions, mean),
+        background_interest_fit=interest_fit(background.vectors, directions, mean),
     )
+
+
+def interest_share(
+    vectors: np.ndarray, directions: np.ndarray, mean: np.ndarray, partitions: Sequence[np.ndarray]
+) -> float:
+    """Share of the rows that stand in one of the seeds' interests: nearer (by cosine, less
+    the average user `mean`) an interest's population direction than every region of the
+    population that is not the interests' own. `partitions`: the population cut into regions
+    of about an interest's population's size ((k, dim) unit rows each). A region is the
+    interests' own when its nearest (an interest or another region) is an interest or a
+    region already their own: an interest wider than one region keeps all of its regions.
+    The share is the mean over the partitions."""
+    if not len(vectors) or not len(directions):
+        return 0.0
+    directions = np.asarray(directions, np.float32)
+    centred = np.asarray(vectors, np.float32) - mean
+    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    best = (centred @ directions.T).max(axis=1)
+    shares = []
+    for regions in partitions:
+        own = _interests_own(regions, directions)
+        rivals = regions[~own]
+        rival = (centred @ rivals.T).max(axis=1) if len(rivals) else np.full(len(best), -np.inf)
+        shares.append(float(np.mean(best >= rival)))
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def _interests_own(regions: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Bool per region: linked to an interest through nearest neighbours (see above)."""
+    between = regions @ regions.T
+    np.fill_diagonal(between, -np.inf)
+    to_interest = (regions @ directions.T).max(axis=1)
+    own = np.zeros(len(regions), bool)
+    while True:
+        to_own = np.maximum(to_interest, np.where(own[None, :], between, -np.inf).max(axis=1))
+        to_rest = np.where(own[None, :], -np.inf, between).max(axis=1)
+        grown = own | (to_own > to_rest)
+        if (grown == own).all():
+            return own
+        own = grown
 
 
 def interest_fit(vectors: np.ndarray, directions: np.ndarray, mean: np.ndarray) -> float:

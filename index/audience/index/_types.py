@@ -180,6 +180,10 @@ class AudienceQuality:
     # mean best cosine (centred) of its users to a seed interest's population (_seedquality)
     interest_fit: float = 0.0
     background_interest_fit: float = 0.0  # the same for random eligible users
+    # share of its users nearer a seed interest's population than any other region of the
+    # population (_seedquality.interest_share): an estimate of its precision
+    interest_share: float = 0.0
+    background_interest_share: float = 0.0  # the same for random eligible users
 
 
 @dataclass(frozen=True)

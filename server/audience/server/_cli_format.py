@@ -277,13 +277,15 @@ def job_card(job: Any) -> list[str]:
 
 
 def quality(q: Any) -> list[str]:
-    """An AudienceQuality in two or three lines."""
+    """An AudienceQuality in two to four lines."""
     tight = []  # only an estimate made with its audience has the audience's own figures
     if q.background_cohesion:
         tight = [
+            f"users in the seeds' interests (estimated precision): {q.interest_share:.0%} "
+            f"(random users: {q.background_interest_share:.0%})",
             f"fit to the seeds' interests {q.interest_fit:.2f} (random users: "
             f"{q.background_interest_fit:.2f}); audience cohesion {q.cohesion:.2f} (two random "
-            f"users: {q.background_cohesion:.2f})"
+            f"users: {q.background_cohesion:.2f})",
         ]
     return tight + [
         f"held-out seeds expected within this audience: {q.heldout_recall:.0%} "

@@ -171,6 +171,8 @@ def quality_to_pb(q: AudienceQuality) -> pb.AudienceQuality:
         background_cohesion=q.background_cohesion,
         interest_fit=q.interest_fit,
         background_interest_fit=q.background_interest_fit,
+        interest_share=q.interest_share,
+        background_interest_share=q.background_interest_share,
     )
 
 

@@ -680,6 +680,8 @@ class AudienceQuality(_message.Message):
     BACKGROUND_COHESION_FIELD_NUMBER: _builtins.int
     INTEREST_FIT_FIELD_NUMBER: _builtins.int
     BACKGROUND_INTEREST_FIT_FIELD_NUMBER: _builtins.int
+    INTEREST_SHARE_FIELD_NUMBER: _builtins.int
+    BACKGROUND_INTEREST_SHARE_FIELD_NUMBER: _builtins.int
     heldout_seeds: _builtins.int
     reach: _builtins.float
     """The audience size as a share of the eligible users."""
@@ -699,10 +701,16 @@ class AudienceQuality(_message.Message):
     interest_fit: _builtins.float
     """Mean over the audience's users of the best cosine (less the average user) to where the
     population of one of the seeds' interests stands; and the same for random eligible users.
-    Of these figures, the one that follows an audience's precision best across seed lists and
-    strategies (see the README, "Strategies").
     """
     background_interest_fit: _builtins.float
+    interest_share: _builtins.float
+    """Share of the audience's users that stand in one of the seeds' interests: nearer (less
+    the average user) an interest's population than any other region of the population; and
+    the same for random eligible users. An estimate of the audience's precision, and of these
+    figures the one that follows it best across seed lists and strategies (see the README,
+    "Strategies").
+    """
+    background_interest_share: _builtins.float
     def __init__(
         self,
         *,
@@ -716,10 +724,12 @@ class AudienceQuality(_message.Message):
         background_cohesion: _builtins.float = ...,
         interest_fit: _builtins.float = ...,
         background_interest_fit: _builtins.float = ...,
+        interest_share: _builtins.float = ...,
+        background_interest_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_cohesion", b"background_cohesion", "background_interest_fit", b"background_interest_fit", "cohesion", b"cohesion", "heldout_recall", b"heldout_recall", "heldout_seeds", b"heldout_seeds", "interest_fit", b"interest_fit", "lift_at_1", b"lift_at_1", "lift_at_10", b"lift_at_10", "lift_at_5", b"lift_at_5", "reach", b"reach"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_cohesion", b"background_cohesion", "background_interest_fit", b"background_interest_fit", "background_interest_share", b"background_interest_share", "cohesion", b"cohesion", "heldout_recall", b"heldout_recall", "heldout_seeds", b"heldout_seeds", "interest_fit", b"interest_fit", "interest_share", b"interest_share", "lift_at_1", b"lift_at_1", "lift_at_10", b"lift_at_10", "lift_at_5", b"lift_at_5", "reach", b"reach"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
