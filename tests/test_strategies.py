@@ -401,9 +401,11 @@ def test_cli_strategy_explain_and_seeds_diagnose(crafted, capsys) -> None:
     assert "8 of" in out and "(multi-interest)" in out and "closest seed" in out
     assert "held-out seeds expected within this audience" in out and "lift over random" in out
     assert "audience cohesion" in out
+    assert "users in the seeds' interests (estimated precision): 100%" in out
     assert main([*args, "--quality", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["strategy"] == "multi-interest" and doc["quality"]["heldout_seeds"] == 12
+    assert doc["quality"]["interest_share"] == 1.0
     with pytest.raises(SystemExit) as exit_:  # argparse: not a choice
         main([*args[:-2], "--strategy", "nearest"])
     assert exit_.value.code == 2
