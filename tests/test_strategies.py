@@ -371,6 +371,8 @@ def test_background_regions_find_separated_groups() -> None:
         assert np.allclose(np.linalg.norm(regions, axis=1), 1.0, atol=1e-5)
         found = (centred @ regions.T).argmax(1)
         assert len({(t, f) for t, f in zip(truth, found)}) == 3  # one region per group
+    small = Background(np.arange(5), X[:5], X[:5].mean(0))  # fewer users than regions asked
+    assert small.regions(40) is small.regions(40) and small.regions(40)[0].shape == (5, 32)
 
 
 def test_bad_strategy_names_are_invalid_argument(crafted) -> None:

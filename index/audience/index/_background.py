@@ -56,10 +56,12 @@ class Background:
         if self._regions is None:
             object.__setattr__(self, "_regions", {})
         assert self._regions is not None
+        k = max(1, min(k, len(self.vectors)))
+        if not len(self.vectors):
+            return ()
         if k not in self._regions:
             centred = np.asarray(self.vectors, np.float32) - self.mean
             centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
-            k = max(1, min(k, len(centred)))
             self._regions[k] = tuple(
                 max(
                     (
