@@ -311,7 +311,7 @@ def test_quality_carries_the_audience_interest_fit(crafted) -> None:
 
 def test_quality_carries_the_audience_interest_share(crafted) -> None:
     """Interest share estimates precision: an audience drawn from the seeds' two interests is
-    all in them, random eligible users are in them about as often as they really are (180 of
+    all in them, random eligible users are in them about as often as they really are (168 of
     the 318 non-seeds), and an audience of the third interest is not in them at all."""
     client, ids, _, interest_of = crafted
     query = LookalikeQuery(seed_ids=SEEDS_AB, k=60, strategy="multi-interest")
