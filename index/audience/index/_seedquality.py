@@ -105,9 +105,7 @@ def interest_share(
     The share is the mean over the partitions."""
     if not len(vectors) or not len(directions):
         return 0.0
-    directions = np.asarray(directions, np.float32)
-    centred = np.asarray(vectors, np.float32) - mean
-    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    centred = _centred(vectors, mean)
     best = (centred @ directions.T).max(axis=1)
     shares = []
     for regions in partitions:
@@ -138,9 +136,13 @@ def interest_fit(vectors: np.ndarray, directions: np.ndarray, mean: np.ndarray) 
     interests' population `directions` (unit rows)."""
     if not len(vectors) or not len(directions):
         return 0.0
+    return float((_centred(vectors, mean) @ directions.T).max(axis=1).mean())
+
+
+def _centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The rows less the average user, each scaled to unit norm (float64)."""
     centred = np.asarray(vectors, np.float64) - mean
-    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
-    return float((centred @ directions.T).max(axis=1).mean())
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
 
 
 def cohesion(vectors: np.ndarray) -> float:
