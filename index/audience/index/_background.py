@@ -60,8 +60,7 @@ class Background:
         if not len(self.vectors):
             return ()
         if k not in self._regions:
-            centred = np.asarray(self.vectors, np.float32) - self.mean
-            centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+            centred = centred_unit(self.vectors, self.mean, np.float32)
             self._regions[k] = tuple(
                 max(
                     (
@@ -92,6 +91,12 @@ class Background:
         scores = self.mean_scores[keep] if self.mean_scores is not None else None
         gram = self.gram[np.ix_(keep, keep)] if self.gram is not None else None
         return Background(self.iids[keep], self.vectors[keep], self.mean, scores, gram)
+
+
+def centred_unit(vectors: np.ndarray, mean: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """The rows less the average user `mean`, each scaled to unit norm."""
+    centred = np.asarray(vectors, dtype) - mean
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
 
 
 def _spherical_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:

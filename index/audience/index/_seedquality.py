@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ._background import Background
+from ._background import Background, centred_unit
 from ._interests import Interests, find_interests, population_directions, prototype_users
 from ._search import SeedSet
 from ._segments import segment_keywords
@@ -105,7 +105,7 @@ def interest_share(
     The share is the mean over the partitions."""
     if not len(vectors) or not len(directions):
         return 0.0
-    centred = _centred(vectors, mean)
+    centred = centred_unit(vectors, mean)
     best = (centred @ directions.T).max(axis=1)
     shares = []
     for regions in partitions:
@@ -136,13 +136,7 @@ def interest_fit(vectors: np.ndarray, directions: np.ndarray, mean: np.ndarray) 
     interests' population `directions` (unit rows)."""
     if not len(vectors) or not len(directions):
         return 0.0
-    return float((_centred(vectors, mean) @ directions.T).max(axis=1).mean())
-
-
-def _centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """The rows less the average user, each scaled to unit norm (float64)."""
-    centred = np.asarray(vectors, np.float64) - mean
-    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    return float((centred_unit(vectors, mean) @ directions.T).max(axis=1).mean())
 
 
 def cohesion(vectors: np.ndarray) -> float:
