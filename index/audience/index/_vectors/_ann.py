@@ -193,10 +193,18 @@ class HnswIndex(_AnnIndex):
         self._inner = faiss.downcast_index(index.index)
         self._storage = faiss.downcast_index(self._inner.storage)
         self.kind = "hnsw-f32"
+        self._row_type: type | None = np.float32  # how the codes hold a vector (None: 8-bit)
         if isinstance(self._inner, faiss.IndexHNSWSQ):
             qtype = self._storage.sq.qtype
             self.kind = "hnsw" if qtype == faiss.ScalarQuantizer.QT_fp16 else "hnsw-sq8"
+            self._row_type = np.float16 if self.kind == "hnsw" else None
+        if (
+            self._row_type is not None
+            and self._storage.code_size != dim * np.dtype(self._row_type).itemsize
+        ):
+            self._row_type = None  # not plain values after all: let faiss decode
         self.default_effort = ef_search
+        self._plain_params: dict[int, faiss.SearchParametersHNSW] = {}  # by efSearch
         by_label = self._ids_by_label()
         alive = np.flatnonzero(by_label >= 0)
         self._remember(by_label[alive], alive)
@@ -251,7 +259,24 @@ class HnswIndex(_AnnIndex):
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         if not len(labels):
             return np.zeros((0, self.dim), np.float32)
-        return self._inner.storage.reconstruct_batch(labels)
+        rows = self._rows()
+        if rows is None:  # 8-bit codes: faiss decodes them
+            return self._storage.reconstruct_batch(labels)
+        return rows[labels].astype(np.float32)
+
+    def _rows(self) -> np.ndarray | None:
+        """The stored vectors as a (ntotal, dim) view of faiss's own codes (fp16 or float32:
+        both kept as the plain IEEE values), or None for 8-bit codes. Made on each call (an
+        add may move the codes). 20 seeds' vectors out of 1M (fp16, no huge pages): 48 us
+        back to back and 176 us 2 ms apart, where reconstruct_batch took 111 and 278 us."""
+        if self._row_type is None:
+            return None
+        n = int(self._storage.ntotal)
+        if n == 0:
+            return np.zeros((0, self.dim), self._row_type)
+        size = n * self.dim * np.dtype(self._row_type).itemsize
+        codes = faiss.rev_swig_ptr(self._storage.codes.data(), size)
+        return codes.view(self._row_type).reshape(n, self.dim)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if not len(ids):
@@ -307,11 +332,23 @@ class HnswIndex(_AnnIndex):
         return self.tombstones > self.COMPACT_SHARE * max(int(self._index.ntotal), 1)
 
     def _ann_search(self, q: np.ndarray, k: int, sel, effort: int):
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = max(effort, k)
-        if sel is not None:
+        ef = max(effort, k)
+        if sel is None:  # the common case: parameters made once per depth, then only read
+            params = self._plain_params.get(ef)
+            if params is None:
+                params = self._params(ef)
+                if len(self._plain_params) < 64:  # callers may ask for any depth
+                    self._plain_params[ef] = params
+        else:
+            params = self._params(ef)
             params.sel = sel
         return self._index.search(q, k, params=params)
+
+    @staticmethod
+    def _params(ef: int) -> faiss.SearchParametersHNSW:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef
+        return params
 
     @classmethod
     def read(cls, path: Path, dim: int, **options: int) -> HnswIndex:
