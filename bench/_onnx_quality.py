@@ -112,8 +112,9 @@ def _retune(emb: OnnxEmbedder, *, threads: int | None = None, spin: bool = True)
     return emb
 
 
-def _batch(emb: OnnxEmbedder, size: int) -> OnnxEmbedder:
+def _batch(emb: OnnxEmbedder, size: int, tokens: int | None = None) -> OnnxEmbedder:
     emb.batch_size = size
+    emb.max_batch_tokens = tokens or emb.max_batch_tokens
     return emb
 
 
@@ -172,6 +173,9 @@ def build_variants(names: list[str], work: Path) -> dict[str, Callable[[], objec
         "int8-b16": lambda: _batch(int8(), 16),
         "int8-b128": lambda: _batch(int8(), 128),
         "int8-b256": lambda: _batch(int8(), 256),
+        "int8-t256": lambda: _batch(int8(), 64, 256),  # padded tokens per batch (512 ships)
+        "int8-t1024": lambda: _batch(int8(), 64, 1024),
+        "int8-t2048": lambda: _batch(int8(), 64, 2048),  # shipped until 2026-12-02
         "int8-spin": lambda: _retune(int8(), spin=True),
         "openvino": lambda: _OpenVino(fp32(), "LATENCY"),
         "openvino-f32": lambda: _OpenVino(fp32(), "LATENCY", "f32"),

@@ -99,6 +99,19 @@ def test_agrees_with_torch(
     np.testing.assert_allclose(again, got, atol=2e-3 if backend == "onnx-int8" else 1e-5)
 
 
+def test_batches_keep_to_the_token_budget(onnx_data: Path, want: np.ndarray) -> None:
+    emb = _embedder(onnx_data, "onnx-int8")
+    shapes: list[tuple[int, int]] = []
+    run = emb._run
+    emb._run = lambda feeds: (shapes.append(feeds["input_ids"].shape), run(feeds))[1]
+    texts = TEXTS * 20
+    got = emb.embed(texts)
+    assert sum(b for b, _ in shapes) == len(texts) and len(shapes) > 1
+    assert all(b <= emb.batch_size and (b * w <= emb.max_batch_tokens or b == 1) for b, w in shapes)
+    assert [w for _, w in shapes] == sorted(w for _, w in shapes)  # by length: little padding
+    assert float(np.min(np.sum(got[: len(TEXTS)] * want, axis=1))) >= 0.95
+
+
 def test_chinese_and_empty(onnx_data: Path, want: np.ndarray) -> None:
     emb = _embedder(onnx_data, "onnx")
     zh = emb.embed([TEXTS[-1]])

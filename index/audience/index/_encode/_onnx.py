@@ -39,9 +39,14 @@ from .._errors import PreconditionFailed
 log = logging.getLogger("audience.index")
 
 MANIFEST_FORMAT = 2  # 2: every file checksummed, the manifest sealed
-# Padded tokens per batch at most (64 titles of 32 tokens, 8 texts of 256): bounds the
-# working memory of a batch of long texts (peak RSS 820 -> 334 MB on 256-token texts).
-MAX_BATCH_TOKENS = 2048
+# Padded tokens per batch at most (32 titles of 16 tokens, 2 texts of 256). A request's texts
+# are sorted by length and cut into batches; the smaller the batches, the nearer each pads to
+# its own texts' lengths: 256 StackOverflow titles pad to 1.10x their tokens at 512 against
+# 1.27x at 2048, and batches of ~500 real tokens run as fast per token as larger ones (2,000
+# titles at once: 736 vs 735 texts/s; 256 tokens: 688). bench/_onnx_quality.py --variants
+# onnx-int8 int8-t2048; through gRPC in batches of 256 users (bench/run.py perf --users 0):
+# 522 -> 621 users/s, precision@100 unchanged. It also bounds a batch's working memory.
+MAX_BATCH_TOKENS = 512
 EXPORT_MODULE = "audience.index._encode._onnx_export"  # run as `python -m` by export_in_child
 
 Exporter = Callable[..., Any]  # (model, out_dir, *, quantize) -> out_dir
