@@ -6,7 +6,7 @@ not a test): does a search slow down when calls arrive at a server's pace, and w
         [--rounds 3] [--json OUT.json]
 
 Clustered unit vectors (2,000 centres plus noise, 384 dims), an HNSW graph of each storage kind
-(M 32, efConstruction 40, as `hnsw` / `hnsw-f32` / `hnsw-sq8` store vectors), 400 queries near
+(built by the product's HnswIndex, as `hnsw` / `hnsw-f32` / `hnsw-sq8`), 400 queries near
 stored vectors, efSearch 200, k 100. Per round and kind, the median search time: back to back
 (the baseline), with a 2 ms sleep after each search, and with a 2 ms busy spin instead (the core
 never idles), each with OpenMP at 2 threads and at 1. A slowdown that the spin shares is not the
@@ -24,21 +24,15 @@ import numpy as np
 
 DIM = 384
 GAP_S = 0.002
+KINDS = ["fp16", "f32", "sq8"]  # HnswIndex storage: hnsw, hnsw-f32, hnsw-sq8
 
 
 def _graph(x: np.ndarray, kind: str):
-    import faiss
+    """The faiss index the product's HnswIndex builds for `kind` (fp16 / f32 / sq8 storage,
+    its M and efConstruction), to be searched raw, at the engine's depth."""
+    from audience.index._vectors._ann import HnswIndex
 
-    ip = faiss.METRIC_INNER_PRODUCT
-    if kind == "f32":
-        index = faiss.IndexHNSWFlat(DIM, 32, ip)
-    else:
-        qt = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}[kind]
-        index = faiss.IndexHNSWSQ(DIM, qt, 32, ip)
-    index.hnsw.efConstruction = 40
-    index.train(x)
-    index.add(x)
-    return index
+    return HnswIndex.build(DIM, np.arange(len(x)), x, storage=kind)._index
 
 
 def _median_ms(index, queries: np.ndarray, gap: str) -> float:
@@ -62,7 +56,7 @@ def _median_ms(index, queries: np.ndarray, gap: str) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--users", type=int, default=300_000)
-    p.add_argument("--kinds", nargs="+", default=["fp16", "f32", "sq8"])
+    p.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=str)
     args = p.parse_args()
