@@ -14,6 +14,13 @@ on 200 other seed lists, then timed with 1 client, 8 concurrent clients and the 
 the serving process' peak (the server's, for a server). Audience runs as `audience serve` and
 is called over gRPC with 20 seed ids (the API takes seeds, not a query vector).
 
+Beside Audience, two floors in the same run (`grpc_floors`), with the same Python gRPC client
+stack: the bare grpcio server of bench/_grpc_floor.py whose handler does, hot, as much work as
+Audience's engine call took in-process (what any Python gRPC service would get for that work
+on this machine), and a bare grpcio server around the same engine call at the same effort
+(no interceptors, health or jobs). Their QPS against the in-process libraries' says how much of
+Audience's gap to them is the Python gRPC call itself.
+
 Optional dependencies: `make bench-peers-deps` (Milvus Lite, pymilvus, Chroma, LanceDB). A
 system whose package is missing is reported as skipped, with that command.
 """
@@ -29,12 +36,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from _data import DATASETS
+from _grpc_floor import EngineFloorServer, FloorClient, FloorServer
 from _harness import ServerProcess, encode_baseline, log
 from _peer_systems import GOAL_RECALL, HNSW_LADDER, SEEDS, K, disk_bytes, peak_rss, recall
 from _perf import _concurrent_qps, _replicate, draw_seed_sets, label_rows
@@ -171,7 +181,87 @@ def _audience(args, name: str, work: Path, qz: dict) -> dict:
     finally:
         client.close()
         server.stop()
+    out["grpc_floors"] = _floors(data_dir, work, kind, queries)
     return out
+
+
+def _floors(data_dir: Path, work: Path, kind: str, queries: list[LookalikeQuery]) -> dict:
+    """The two bare grpcio servers of the module's docstring, timed as Audience was: one
+    client (p50, QPS), then 8 concurrent clients."""
+    from audience.index import Engine, EngineConfig, Seed
+    from audience.index import LookalikeQuery as EngineQuery
+
+    log("  the same calls on bare grpcio servers ...")
+    engine = Engine.open(EngineConfig(data_dir=data_dir, lexical_dim=0, index_kind=kind))
+    try:
+        calls = [
+            EngineQuery(
+                seeds=tuple(Seed(user_id=u) for u in q.seed_ids),
+                k=q.k,
+                search_effort=q.search_effort,
+            )
+            for q in queries
+        ]
+        for q in calls[:WARM]:
+            engine.find_lookalikes(q)
+        lat = []
+        for q in calls:
+            t0 = time.perf_counter()
+            engine.find_lookalikes(q)
+            lat.append((time.perf_counter() - t0) * 1000)
+    finally:
+        engine.close()
+    work_ms = float(np.percentile(lat, 50))
+    out: dict = {"inprocess_p50_ms": work_ms}
+
+    with FloorServer(work) as floor:
+        clients = [FloorClient(floor.target) for _ in range(8)]
+        try:
+            lat = clients[0].latencies(work_ms, len(queries))
+            done: list[int] = []
+
+            def work_on(c: FloorClient) -> None:
+                done.append(len(c.latencies(work_ms, len(queries) // 4, warm=0)))
+
+            for c in clients:
+                c.latencies(work_ms, 1, warm=0)  # connected before the clock starts
+            qps_8 = _threads_qps([partial(work_on, c) for c in clients], done)
+        finally:
+            for c in clients:
+                c.close()
+    out["bare"] = _timings(lat, qps_8)
+
+    with EngineFloorServer(work, data_dir, {"index_kind": kind}) as floor:
+        with AudienceClient(floor.target, timeout=600) as client:
+            for q in queries[:WARM]:
+                client.find_lookalikes(q)
+            lat = []
+            for q in queries:
+                t0 = time.perf_counter()
+                client.find_lookalikes(q)
+                lat.append((time.perf_counter() - t0) * 1000)
+        qps_8 = _concurrent_qps(floor.target, queries * 2, 8)
+    out["engine"] = _timings(lat, qps_8)
+    return out
+
+
+def _threads_qps(jobs: list, done: list[int]) -> float:
+    """Calls per second of `jobs` run on one thread each (each appends its calls to done)."""
+    threads = [threading.Thread(target=job) for job in jobs]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - t0)
+
+
+def _timings(lat: list[float], qps_8: float) -> dict:
+    return {
+        "qps_single": len(lat) / (sum(lat) / 1000),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "qps_8_clients": qps_8,
+    }
 
 
 def _worker(name: str, mode: str, work: Path) -> tuple[dict, float]:
@@ -248,6 +338,10 @@ def _versus(systems: dict) -> dict:
             best = max(ran, key=lambda n: ran[n][metric])
             ratios[f"audience_{metric}_vs_best_{group}"] = a[metric] / ran[best][metric]
             ratios[f"best_{group}_{metric}"] = best
+            for floor, timed in a.get("grpc_floors", {}).items():
+                if group == "library" and isinstance(timed, dict) and metric in timed:
+                    mine = timed[metric] / ran[best][metric]
+                    ratios[f"{floor}_grpc_floor_{metric}_vs_best_library"] = mine
         if group == "server":
             small = min(ran, key=lambda n: ran[n]["rss_bytes"])
             ratios["audience_rss_vs_smallest_server"] = a["rss_bytes"] / ran[small]["rss_bytes"]
@@ -278,6 +372,20 @@ def _table(out: dict) -> None:
             f"{r['rss_bytes'] / gib:>8.2f}{r['disk_bytes'] / gib:>9.2f}{r['build_s']:>8.0f}"
             f"{r['restart_s']:>10.1f}"
         )
+    floors = out["systems"].get("audience", {}).get("grpc_floors")
+    if floors:
+        print(
+            f"Audience's engine call in-process, p50 {floors['inprocess_p50_ms']:.2f} ms; served by"
+        )
+        for floor, what in (
+            ("bare", "a bare grpcio server, as much work"),
+            ("engine", "a bare grpcio server, same engine call"),
+        ):
+            r = floors[floor]
+            print(
+                f"  {what:<40}{r['qps_single']:>8.0f} QPS 1{r['p50_ms']:>8.2f} ms p50"
+                f"{r['qps_8_clients']:>8.0f} QPS 8"
+            )
     for key, value in out.get("versus", {}).items():
         if isinstance(value, float):
             print(f"  {key:<48}{value:>8.2f}x")
