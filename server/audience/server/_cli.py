@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=INDEX_KIND_SETTINGS,
         help="vector index (auto: exact below --ann-threshold users, hnsw above)",
     )
-    s.add_argument("--ann-threshold", type=int, help="users from which auto uses hnsw (100000)")
+    s.add_argument("--ann-threshold", type=int, help="users from which auto uses hnsw (10000)")
     s.add_argument("--ef-search", type=int, help="default hnsw search depth per query (256)")
     s.add_argument("--recency-half-life-days", type=float, help="decay of older texts (off)")
     s.add_argument(
