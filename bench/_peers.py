@@ -202,13 +202,8 @@ def _floors(data_dir: Path, work: Path, kind: str, queries: list[LookalikeQuery]
             )
             for q in queries
         ]
-        for q in calls[:WARM]:
-            engine.find_lookalikes(q)
-        lat = []
-        for q in calls:
-            t0 = time.perf_counter()
-            engine.find_lookalikes(q)
-            lat.append((time.perf_counter() - t0) * 1000)
+        _latencies_ms(engine.find_lookalikes, calls[:WARM])
+        lat = _latencies_ms(engine.find_lookalikes, calls)
     finally:
         engine.close()
     work_ms = float(np.percentile(lat, 50))
@@ -233,16 +228,21 @@ def _floors(data_dir: Path, work: Path, kind: str, queries: list[LookalikeQuery]
 
     with EngineFloorServer(work, data_dir, {"index_kind": kind}) as floor:
         with AudienceClient(floor.target, timeout=600) as client:
-            for q in queries[:WARM]:
-                client.find_lookalikes(q)
-            lat = []
-            for q in queries:
-                t0 = time.perf_counter()
-                client.find_lookalikes(q)
-                lat.append((time.perf_counter() - t0) * 1000)
+            _latencies_ms(client.find_lookalikes, queries[:WARM])
+            lat = _latencies_ms(client.find_lookalikes, queries)
         qps_8 = _concurrent_qps(floor.target, queries * 2, 8)
     out["engine"] = _timings(lat, qps_8)
     return out
+
+
+def _latencies_ms(call, items: list) -> list[float]:
+    """Milliseconds of `call(item)` for each item, one after the other."""
+    lat = []
+    for item in items:
+        t0 = time.perf_counter()
+        call(item)
+        lat.append((time.perf_counter() - t0) * 1000)
+    return lat
 
 
 def _threads_qps(jobs: list, done: list[int]) -> float:
