@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from _data import DATASETS
 from _harness import encode_baseline, log
-from _perf import _replicate
+from _perf import _replicate, draw_seed_sets, label_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 GAP_S = 0.002
@@ -36,23 +36,14 @@ QUERIES = 300
 
 
 def _queries(vectors: np.ndarray, labels: list[str], rng: random.Random) -> np.ndarray:
-    """Unit means of 20 users of one tag (replicas of titles sharing it), as `perf` draws."""
-    n, n_base = len(vectors), len(labels)
-    by_label: dict[str, list[int]] = {}
-    for row in range(min(n, n_base)):
-        by_label.setdefault(labels[row], []).append(row)
-    tags = sorted(t for t, rows in by_label.items() if len(rows) >= 20 or n > n_base)
-    out = []
-    for _ in range(QUERIES):
-        members = by_label[rng.choice(tags)]
-        chosen: set[int] = set()
-        while len(chosen) < 20:
-            i = rng.choice(members) + n_base * rng.randrange(max(1, n // n_base))
-            if i < n:
-                chosen.add(i)
-        q = vectors[sorted(chosen)].astype(np.float64).mean(axis=0)
-        out.append(q / np.linalg.norm(q))
-    return np.array(out, np.float32)
+    """Unit means of 20 users of one tag, drawn as `perf` draws its seeds; below the number of
+    titles, from the titles that are there."""
+    n = len(vectors)
+    by_label, names, reps = label_rows(labels[:n], n)
+    names = [t for t in names if len(by_label[t]) >= 20]
+    seed_sets = draw_seed_sets(rng, by_label, names, reps, n, QUERIES)
+    q = vectors[np.array(seed_sets)].astype(np.float64).mean(axis=1)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _latencies_ms(index, queries: np.ndarray) -> list[float]:
